@@ -1,0 +1,127 @@
+# Coalition developer tasks.
+#
+# The two entry points for a new user (see README.md) are:
+#   make serve   set up, then run coalition-server on the embedded SQLite default (ARGS=... passes flags)
+#   make test    set up, then run the whole suite: codegen staleness, ruff, mypy, pytest (incl. slow)
+# Each sets itself up: virtual environment in .venv, editable install of .[dev], protobuf code.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# Re-install when pyproject.toml changes; the stamp lives inside the venv, so it goes with it.
+STAMP := $(VENV)/.coalition-install.stamp
+PIP := $(PY) -m pip --disable-pip-version-check
+# Pinned: `npm view @bufbuild/buf version`.
+BUF_VERSION := 1.75.0
+GENERATED_DIR := client/coalition/v1
+
+# Extra arguments: `make serve ARGS="--help"`, `make test PYTEST_ARGS="-x -k ledger"`.
+ARGS ?=
+PYTEST_ARGS ?=
+
+# The commands, defined once and shared by the individual targets and `test`.
+RUN_CHECK_GENERATED = $(PY) scripts/generate_protos.py --check
+RUN_RUFF_CHECK = $(BIN)/ruff check .
+RUN_RUFF_FORMAT_CHECK = $(BIN)/ruff format --check .
+RUN_MYPY = $(BIN)/mypy
+RUN_PYTEST = $(BIN)/pytest
+
+.PHONY: help venv install generate generate-if-missing check-generated serve test test-fast \
+        pytest lint format typecheck buf-lint clean distclean
+
+help:
+	@echo "Coalition — make targets"
+	@echo "  make serve       set up, generate code, run coalition-server (SQLite default; ARGS=...)"
+	@echo "  make test        set up, then the whole suite: codegen staleness, lint, typecheck, pytest"
+	@echo "  make test-fast   pytest -m 'not slow' (PYTEST_ARGS=...)"
+	@echo "  make lint        ruff check + ruff format --check"
+	@echo "  make format      ruff check --fix + ruff format"
+	@echo "  make typecheck   mypy (strict, configured in pyproject.toml)"
+	@echo "  make generate    regenerate $(GENERATED_DIR) from proto/"
+	@echo "  make check-generated  fail if $(GENERATED_DIR) is stale"
+	@echo "  make buf-lint    buf lint proto (npx @bufbuild/buf@$(BUF_VERSION); needs node)"
+	@echo "  make venv | install | clean | distclean"
+
+# --- set-up ---------------------------------------------------------------------------------
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "Coalition needs Python 3.11+ as '$(PYTHON)' (override with PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(PY)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+generate: install
+	$(PY) scripts/generate_protos.py
+
+# `make test` generates only what is missing: existing generated code is checked, not
+# silently rewritten, so a stale checkout fails (run `make generate` and commit the result).
+generate-if-missing: install
+	@if ! compgen -G '$(GENERATED_DIR)/*_pb2.py' >/dev/null; then \
+	  echo "$(GENERATED_DIR) has no generated code: generating"; \
+	  $(PY) scripts/generate_protos.py; \
+	fi
+
+# --- the two entry points -------------------------------------------------------------------
+
+serve: generate
+	exec $(BIN)/coalition-server $(ARGS)
+
+# The WHOLE suite, slow tests included (no -m filter).
+test: generate-if-missing
+	$(RUN_CHECK_GENERATED)
+	$(RUN_RUFF_CHECK)
+	$(RUN_RUFF_FORMAT_CHECK)
+	$(RUN_MYPY)
+	$(RUN_PYTEST) $(PYTEST_ARGS)
+
+# --- individual steps -----------------------------------------------------------------------
+
+test-fast: generate-if-missing
+	$(RUN_PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+pytest: generate-if-missing
+	$(RUN_PYTEST) $(PYTEST_ARGS)
+
+check-generated: install
+	$(RUN_CHECK_GENERATED)
+
+lint: install
+	$(RUN_RUFF_CHECK)
+	$(RUN_RUFF_FORMAT_CHECK)
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: generate-if-missing
+	$(RUN_MYPY)
+
+buf-lint:
+	@command -v npx >/dev/null || { echo "buf-lint needs node/npm (npx)" >&2; exit 1; }
+	npx --yes @bufbuild/buf@$(BUF_VERSION) lint proto
+
+# --- cleaning -------------------------------------------------------------------------------
+
+# Caches and build output only; never the data directory of a local server.
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	find . -path ./$(VENV) -prune -o -path ./.git -prune -o -path ./node_modules -prune -o \
+	  \( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 | xargs -0 -r rm -rf
+	rm -f $(STAMP)
+
+distclean: clean
+	rm -rf $(VENV) node_modules

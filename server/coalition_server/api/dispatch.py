@@ -1,0 +1,197 @@
+"""One place where every RPC is decoded, authenticated and has its errors mapped.
+
+Handlers are built from the service descriptors with raw-bytes deserialisation, so the
+call signature is checked against the exact bytes received. Servicer methods are plain
+``async def Method(self, request, call) -> Response`` functions marked with ``@rpc(policy)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+from google.rpc import error_details_pb2, status_pb2
+
+from coalition_server.api.auth import Authenticator, Caller, Policy
+from coalition_server.domain.errors import (
+    DomainError,
+    InvalidArgumentError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from coalition_server.store.database import is_unavailable
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "coalition"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc(policy: Policy) -> Callable[[F], F]:
+    """Mark a servicer method as an RPC with an authentication policy."""
+
+    def mark(fn: F) -> F:
+        fn.__coalition_policy__ = policy  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a servicer method knows about the call besides its request."""
+
+    method: str
+    raw_request: bytes
+    caller: Caller | None
+    context: grpc.aio.ServicerContext[Any, Any]
+
+    def require_caller(self) -> Caller:
+        """The authenticated caller (only absent for unsigned calls to public methods)."""
+        if self.caller is None:
+            raise UnauthenticatedError("MISSING_CREDENTIALS", "this call must be signed")
+        return self.caller
+
+
+def status_for(error: DomainError) -> grpc.Status:
+    """The rich status (google.rpc.Status with ErrorInfo) of a domain error."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
+    return _RichStatus(error.code, error.message, status)
+
+
+@dataclass(frozen=True)
+class _RichStatus(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    status: status_pb2.Status
+
+    @property
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:  # type: ignore[override]
+        return (("grpc-status-details-bin", self.status.SerializeToString()),)
+
+
+def _as_domain_error(exc: BaseException) -> DomainError | None:
+    if isinstance(exc, DomainError):
+        return exc
+    if is_unavailable(exc):
+        return UnavailableError("DATABASE_UNAVAILABLE", "the database is unavailable; retry")
+    return None
+
+
+class Dispatcher:
+    """Builds generic handlers for servicers, sharing one authenticator."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
+
+    def handler(self, service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
+        """A generic handler serving every method of ``service`` from ``servicer``."""
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        for method in service.methods:
+            impl = getattr(servicer, method.name, None)
+            policy = getattr(impl, "__coalition_policy__", None)
+            if impl is None or not isinstance(policy, Policy):
+                raise TypeError(f"{type(servicer).__name__}.{method.name} is not an @rpc method")
+            full_name = f"/{service.full_name}/{method.name}"
+            request_cls = GetMessageClass(method.input_type)
+            if method.server_streaming:
+                handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                    self._streaming(full_name, request_cls, impl, policy),
+                    response_serializer=_serialize,
+                )
+            else:
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                    self._unary(full_name, request_cls, impl, policy),
+                    response_serializer=_serialize,
+                )
+        return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+    async def _prepare(
+        self,
+        method: str,
+        request_cls: type[Message],
+        raw: bytes,
+        policy: Policy,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> tuple[Message, Call]:
+        try:
+            request = request_cls.FromString(raw)
+        except (DecodeError, RecursionError):
+            raise InvalidArgumentError(
+                "MALFORMED_REQUEST", f"the request is not a valid {request_cls.__name__}"
+            ) from None
+        metadata = {
+            key: value
+            for key, value in (context.invocation_metadata() or ())
+            if isinstance(value, str)
+        }
+        caller = await self._auth.authenticate(method, metadata, raw, policy)
+        return request, Call(method, raw, caller, context)
+
+    def _unary(
+        self,
+        method: str,
+        request_cls: type[Message],
+        impl: Callable[[Message, Call], Awaitable[Message]],
+        policy: Policy,
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
+        async def behaviour(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+            try:
+                request, call = await self._prepare(method, request_cls, raw, policy, context)
+                return await impl(request, call)
+            except Exception as exc:
+                await _abort(method, context, exc)
+                raise  # unreachable: abort raises
+
+        return behaviour
+
+    def _streaming(
+        self,
+        method: str,
+        request_cls: type[Message],
+        impl: Callable[[Message, Call], AsyncIterator[Message]],
+        policy: Policy,
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Message]]:
+        async def behaviour(
+            raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Message]:
+            try:
+                request, call = await self._prepare(method, request_cls, raw, policy, context)
+                async for response in impl(request, call):
+                    yield response
+            except Exception as exc:
+                await _abort(method, context, exc)
+
+        return behaviour
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+async def _abort(method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    error = _as_domain_error(exc)
+    if error is None:
+        log.exception("unexpected error in %s", method)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        return
+    if isinstance(error, UnavailableError) and error is not exc:
+        log.warning("database unavailable in %s: %s", method, type(exc).__name__)
+    await context.abort_with_status(status_for(error))
+
+
+__all__ = ["Call", "Dispatcher", "rpc", "status_for"]

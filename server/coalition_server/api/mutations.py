@@ -1,0 +1,46 @@
+"""Shared handling of mutations: request_id validation and idempotency keys."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from google.protobuf.message import Message
+
+from coalition import dsse
+from coalition.errors import CoalitionError
+from coalition.v1 import envelope_pb2
+from coalition_server.api.dispatch import Call
+from coalition_server.domain.errors import InvalidArgumentError, ResourceExhaustedError
+from coalition_server.store.sequencer import IdempotencyKey
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+def idempotency_key(request: Message, call: Call) -> IdempotencyKey | None:
+    """The idempotency key of a mutation, or None when it has no request_id."""
+    request_id: str = getattr(request, "request_id")  # noqa: B009 - every mutation has one
+    if not request_id:
+        return None
+    if not _REQUEST_ID.match(request_id):
+        raise InvalidArgumentError(
+            "BAD_REQUEST_ID", "request_id must be 1 to 64 characters of [A-Za-z0-9._:-]"
+        )
+    stripped = type(request)()
+    stripped.CopyFrom(request)
+    stripped.ClearField("request_id")
+    digest = hashlib.sha256(stripped.SerializeToString(deterministic=True)).digest()
+    return IdempotencyKey(call.require_caller().key_id, request_id, call.method, digest)
+
+
+def decode_envelope(message: envelope_pb2.Envelope, field: str) -> dsse.Envelope:
+    """A DSSE envelope from the request, or INVALID_ARGUMENT naming the field."""
+    if len(message.payload) > MAX_PAYLOAD_BYTES:
+        raise ResourceExhaustedError(
+            "PAYLOAD_TOO_LARGE", f"{field}: statements are at most {MAX_PAYLOAD_BYTES} bytes"
+        )
+    try:
+        return dsse.Envelope.from_proto(message)
+    except CoalitionError as exc:
+        raise InvalidArgumentError("MALFORMED_ENVELOPE", f"{field}: {exc}") from None

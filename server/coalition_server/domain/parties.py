@@ -1,0 +1,72 @@
+"""Validation of party registrations (pure)."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime, timedelta
+
+from coalition import dsse
+from coalition.errors import CoalitionError
+from coalition.keys import PublicKey
+from coalition.statements import parse_payload, payload_type
+from coalition.v1 import party_pb2
+from coalition_server.domain.errors import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+
+MAX_NAME_LENGTH = 128
+MIN_NONCE_BYTES = 16
+# A registration must have been signed recently: an old one found somewhere is not a request.
+MAX_CLOCK_SKEW = timedelta(minutes=10)
+
+
+def validate_name(name: str) -> str:
+    """A display name: 1..128 characters, no control characters, NFC-normalised."""
+    normalised = unicodedata.normalize("NFC", name).strip()
+    if not 1 <= len(normalised) <= MAX_NAME_LENGTH:
+        raise InvalidArgumentError("BAD_NAME", f"name must be 1 to {MAX_NAME_LENGTH} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in normalised):
+        raise InvalidArgumentError("BAD_NAME", "name contains control or unassigned characters")
+    return normalised
+
+
+def check_registration(
+    envelope: dsse.Envelope, caller_key_id: str, now: datetime
+) -> party_pb2.PartyRegistration:
+    """Decode and check a self-signed registration made by the calling key."""
+    if envelope.payload_type != payload_type(party_pb2.PartyRegistration):
+        raise InvalidArgumentError("WRONG_STATEMENT_TYPE", "expected a PartyRegistration statement")
+    try:
+        registration = parse_payload(party_pb2.PartyRegistration, envelope.payload)
+        key = PublicKey(registration.signing_key)
+    except CoalitionError as exc:
+        raise InvalidArgumentError("MALFORMED_STATEMENT", str(exc)) from None
+    if key.key_id != caller_key_id:
+        raise PermissionDeniedError(
+            "NOT_YOUR_KEY", "a party registers its own key: sign the call with it"
+        )
+    try:
+        dsse.verify(envelope, key)
+    except CoalitionError:
+        raise UnauthenticatedError(
+            "BAD_STATEMENT_SIGNATURE", "the registration is not signed by its signing_key"
+        ) from None
+    if registration.role == party_pb2.ROLE_UNSPECIFIED or registration.role not in (
+        party_pb2.Role.values()
+    ):
+        raise InvalidArgumentError("BAD_ROLE", "role must be contributor, lab or auditor")
+    validate_name(registration.name)
+    if len(registration.encryption_key) != 32:
+        raise InvalidArgumentError("BAD_ENCRYPTION_KEY", "encryption_key must be 32 bytes")
+    if len(registration.nonce) < MIN_NONCE_BYTES or len(registration.nonce) > 64:
+        raise InvalidArgumentError("BAD_NONCE", "nonce must be 16 to 64 random bytes")
+    if not registration.HasField("created_time"):
+        raise InvalidArgumentError("MISSING_CREATED_TIME", "created_time is required")
+    created = registration.created_time.ToDatetime(tzinfo=now.tzinfo)
+    if abs(created - now) > MAX_CLOCK_SKEW:
+        raise InvalidArgumentError(
+            "STALE_STATEMENT", "created_time is more than 10 minutes from the server's clock"
+        )
+    return registration

@@ -1,0 +1,1 @@
+"""Server-held keys: the log key, the coalition's statement key (later: key-encryption keys)."""

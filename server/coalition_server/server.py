@@ -1,0 +1,137 @@
+"""Assembles the gRPC server: services, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from coalition.v1 import ledger_pb2, party_pb2
+from coalition_server.api.auth import Authenticator
+from coalition_server.api.dispatch import Dispatcher
+from coalition_server.api.ledger import LedgerServicer
+from coalition_server.api.party import PartyServicer
+from coalition_server.config import Settings
+from coalition_server.keys.server_keys import ServerKeys
+from coalition_server.store import migrate
+from coalition_server.store.database import Database
+from coalition_server.store.ledger import LedgerStore, LogIdentity
+from coalition_server.store.parties import PartyStore
+from coalition_server.store.sequencer import Sequencer
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
+    party_pb2.DESCRIPTOR.services_by_name["PartyService"],
+)
+
+
+class NotMigratedError(Exception):
+    """The database schema is not at this server's revision."""
+
+
+class CoalitionServer:
+    """One server process. ``start`` binds and serves; ``stop`` drains and closes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self._db: Database | None = None
+        self._sequencer: Sequencer | None = None
+
+    async def start(self) -> int:
+        """Open the database, check the log, bind and start serving; return the port."""
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = self._db = Database.connect(settings.database_url())
+        if settings.should_auto_migrate():
+            await migrate.upgrade(db)
+        elif not await migrate.is_current(db):
+            raise NotMigratedError(
+                "the database is not migrated to this version: run `coalition-server migrate`"
+            )
+        keys = ServerKeys.load(settings.data_dir, settings.origin)
+        ledger = LedgerStore(db)
+        await ledger.initialise(
+            LogIdentity(
+                origin=keys.log_signer.name,
+                verifier_key=keys.log_signer.verifier.verifier_key,
+                coalition_public_key=keys.coalition_key.public_key.raw,
+            ),
+            keys.log_signer,
+        )
+        sequencer = self._sequencer = Sequencer(db, keys.log_signer, max_batch=settings.max_batch)
+        sequencer.start()
+        parties = PartyStore(db)
+        dispatcher = Dispatcher(Authenticator(parties, settings.auth_window_seconds))
+
+        server = self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers(
+            (
+                dispatcher.handler(SERVICES[0], LedgerServicer(ledger)),
+                dispatcher.handler(SERVICES[1], PartyServicer(parties, sequencer)),
+            )
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [service.full_name for service in SERVICES]
+            + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        self.port = self._bind(server)
+        await server.start()
+        for service in SERVICES:
+            await self._health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("coalition-server listening on %s (port %d)", settings.listen, self.port)
+        return self.port
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        settings = self.settings
+        if settings.tls_cert and settings.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(_read(settings.tls_key), _read(settings.tls_cert))]
+            )
+            port = server.add_secure_port(settings.listen, credentials)
+        else:
+            port = server.add_insecure_port(settings.listen)
+        if port == 0:
+            raise OSError(f"could not bind {settings.listen}")
+        return port
+
+    @property
+    def sequencer_batches(self) -> int:
+        """How many batches (signed checkpoints) this process has sequenced."""
+        return self._sequencer.batches if self._sequencer is not None else 0
+
+    async def wait(self) -> None:
+        """Serve until the server is stopped."""
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Go NOT_SERVING, let in-flight calls finish within ``grace``, then close."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._sequencer is not None:
+            await self._sequencer.stop()
+        if self._db is not None:
+            await self._db.dispose()
+
+
+def _read(path: Path) -> bytes:
+    return Path(path).read_bytes()

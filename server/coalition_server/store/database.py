@@ -1,0 +1,114 @@
+"""Database engines: SQLite (embedded default) and PostgreSQL (production).
+
+Two engines per database. The *writer* carries the sequencer's transactions: on SQLite it
+opens them with ``BEGIN IMMEDIATE`` so that the write lock is taken before the tree head is
+read (two processes can never both extend the same head); on PostgreSQL the sequencer locks
+the head row instead. The *reader* serves queries without ever waiting for that lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Map plain ``sqlite:`` and ``postgresql:`` URLs onto the async drivers we use."""
+    parsed = make_url(url)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    if parsed.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
+    return parsed
+
+
+def sqlite_url(path: str) -> URL:
+    """URL of a SQLite database file."""
+    return URL.create("sqlite+aiosqlite", database=path)
+
+
+def is_sqlite(url: URL) -> bool:
+    """Whether ``url`` names a SQLite database."""
+    return url.get_backend_name() == "sqlite"
+
+
+def _sqlite_pragmas(immediate: bool):  # type: ignore[no-untyped-def]
+    def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy, not the driver, emit BEGIN, so savepoints and IMMEDIATE work.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # FULL: a committed (acknowledged) append survives power loss, not only a crash.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return on_connect, on_begin
+
+
+def _make_engine(url: URL, *, writer: bool, pool_size: int) -> AsyncEngine:
+    if is_sqlite(url):
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+        on_connect, on_begin = _sqlite_pragmas(immediate=writer)
+        event.listen(engine.sync_engine, "connect", on_connect)
+        event.listen(engine.sync_engine, "begin", on_begin)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        # A dead connection after a database restart is replaced, not reused.
+        pool_recycle=3600,
+    )
+
+
+@dataclass
+class Database:
+    """The writer and reader engines of one database."""
+
+    url: URL
+    writer: AsyncEngine
+    reader: AsyncEngine
+
+    @classmethod
+    def connect(cls, url: str | URL, *, reader_pool_size: int = 8) -> Database:
+        """Create (lazily connecting) engines for ``url``."""
+        parsed = normalise_url(url)
+        return cls(
+            url=parsed,
+            writer=_make_engine(parsed, writer=True, pool_size=1),
+            reader=_make_engine(parsed, writer=False, pool_size=reader_pool_size),
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether this is the embedded SQLite store."""
+        return is_sqlite(self.url)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.writer.dispose()
+        await self.reader.dispose()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached (retryable), not a bug."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, ConnectionError | OSError | TimeoutError)

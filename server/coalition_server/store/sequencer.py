@@ -1,0 +1,432 @@
+"""The sequencer: group commit of signed statements into the Merkle tree.
+
+Submissions queue up while the previous batch commits; each batch is ONE database
+transaction that (1) locks the tree head (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE``
+on SQLite), so any number of server processes extend one tree, (2) checks idempotency keys
+and duplicate statements and runs each submission's domain effect in a savepoint, (3)
+writes leaves, subject index rows and the new perfect-subtree hashes, (4) signs and stores a
+checkpoint and moves the head. Only after the commit returns are callers answered, each with
+its index, the checkpoint and an inclusion proof computed from the batch's own nodes (no
+extra reads). If the commit fails, nobody is answered with success: nothing acknowledged is
+ever lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coalition import dsse, merkle, statements
+from coalition.checkpoint import Checkpoint, sign_checkpoint
+from coalition.merkle import CompactRange, NodeId
+from coalition.note import NoteSigner
+from coalition.v1 import ledger_pb2
+from coalition_server.domain.errors import (
+    AlreadyExistsError,
+    DomainError,
+    UnavailableError,
+)
+from coalition_server.store import models
+from coalition_server.store.database import Database, is_unavailable
+from coalition_server.timeutil import as_utc, to_timestamp, utcnow
+
+log = logging.getLogger(__name__)
+
+Effect = Callable[[AsyncConnection, int], Awaitable[None]]
+"""A submission's domain effect, run inside the batch transaction with its future index.
+
+It may read and write its own tables and raise DomainError to refuse the submission; its
+writes are then rolled back (savepoint) and the index is not consumed.
+"""
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """Identifies a mutation so a retry returns the first answer."""
+
+    caller_key_id: str
+    request_id: str
+    method: str
+    request_digest: bytes
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A signed statement to append, with what it concerns and what to answer."""
+
+    envelope: dsse.Envelope
+    signer_key_id: str
+    respond: Callable[[ledger_pb2.Receipt], bytes]
+    subjects: tuple[str, ...] = ()
+    idempotency: IdempotencyKey | None = None
+    effect: Effect | None = None
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """The serialised response; ``receipt`` is None when it is a replayed first answer."""
+
+    response: bytes
+    receipt: ledger_pb2.Receipt | None
+
+
+@dataclass
+class _Pending:
+    submission: Submission
+    future: asyncio.Future[AppendResult]
+
+
+@dataclass
+class _Accepted:
+    pending: _Pending
+    index: int
+    leaf: bytes
+    leaf_hash: bytes
+    statement_hash: bytes
+
+
+@dataclass
+class _BatchOutcome:
+    accepted: list[_Accepted] = field(default_factory=list)
+    replays: list[tuple[_Pending, IdempotencyKey]] = field(default_factory=list)
+    failures: list[tuple[_Pending, BaseException]] = field(default_factory=list)
+
+
+def statement_hash(envelope: dsse.Envelope) -> bytes:
+    """SHA-256 of the signed bytes of a statement: equal statements are one statement."""
+    return hashlib.sha256(dsse.pae(envelope.payload_type, envelope.payload)).digest()
+
+
+class Sequencer:
+    """Batches submissions into durable, signed tree growth. One per server process."""
+
+    def __init__(
+        self,
+        database: Database,
+        signer: NoteSigner,
+        *,
+        max_batch: int = 1024,
+        max_queue: int = 100_000,
+    ) -> None:
+        self._db = database
+        self._signer = signer
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
+        self._task: asyncio.Task[None] | None = None
+        # Cached right edge of the tree; valid only while the head still has its size.
+        self._frontier: CompactRange | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sequencer")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        if self._task is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def submit(self, submission: Submission) -> AppendResult:
+        """Append a statement; return once it is durable, integrated and signed over."""
+        if self._task is None:
+            raise UnavailableError("SEQUENCER_STOPPED", "the server is shutting down")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(submission, future))
+        except asyncio.QueueFull:
+            raise UnavailableError("SEQUENCER_BUSY", "too many appends queued; retry") from None
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._run_batch(batch)
+            except Exception as exc:  # never let the loop die: fail the batch instead
+                log.exception("sequencer batch failed")
+                self._fail_all(batch, exc)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _fail_all(self, batch: Sequence[_Pending], exc: BaseException) -> None:
+        self._frontier = None
+        error: BaseException = exc
+        if is_unavailable(exc):
+            error = UnavailableError("DATABASE_UNAVAILABLE", "the database is unavailable; retry")
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        async with self._db.writer.connect() as conn:
+            try:
+                outcome = await self._sequence(conn, batch)
+            except BaseException:
+                self._frontier = None
+                raise
+        for pending, exc in outcome.failures:
+            pending.future.set_exception(exc)
+        for pending, key in outcome.replays:
+            pending.future.set_result(await self._replay(key))
+        self.batches += 1
+
+    async def _replay(self, key: IdempotencyKey) -> AppendResult:
+        async with self._db.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(models.IdempotentResponse.response).where(
+                        models.IdempotentResponse.caller_key_id == key.caller_key_id,
+                        models.IdempotentResponse.request_id == key.request_id,
+                    )
+                )
+            ).one()
+        return AppendResult(response=row.response, receipt=None)
+
+    async def _sequence(self, conn: AsyncConnection, batch: list[_Pending]) -> _BatchOutcome:
+        outcome = _BatchOutcome()
+        async with conn.begin():
+            head = (
+                await conn.execute(
+                    select(models.TreeHead).where(models.TreeHead.id == 1).with_for_update()
+                )
+            ).one()
+            frontier = await self._load_frontier(conn, head.size, head.root_hash)
+            old_frontier_ids = CompactRange.frontier_ids(head.size)
+            nodes: dict[NodeId, bytes] = dict(zip(old_frontier_ids, frontier.hashes, strict=True))
+            integrated_time = max(utcnow(), as_utc(head.last_integrated_time))
+            stamp = to_timestamp(integrated_time)
+            seen_keys: set[tuple[str, str]] = set()
+            seen_statements: set[bytes] = set()
+            for pending in batch:
+                sub = pending.submission
+                try:
+                    key = sub.idempotency
+                    if key is not None:
+                        replay = await self._check_request_id(conn, key, seen_keys)
+                        if replay:
+                            outcome.replays.append((pending, key))
+                            continue
+                    digest = statement_hash(sub.envelope)
+                    await self._check_new_statement(conn, digest, seen_statements)
+                    index = frontier.size
+                    if sub.effect is not None:
+                        async with conn.begin_nested():
+                            await sub.effect(conn, index)
+                except DomainError as exc:
+                    outcome.failures.append((pending, exc))
+                    continue
+                if key is not None:
+                    seen_keys.add((key.caller_key_id, key.request_id))
+                seen_statements.add(digest)
+                leaf = ledger_pb2.LedgerLeaf(
+                    integrated_time=stamp, envelope=sub.envelope.to_proto()
+                ).SerializeToString(deterministic=True)
+                leaf_hash = merkle.leaf_hash(leaf)
+                nodes.update(frontier.append(leaf_hash))
+                outcome.accepted.append(_Accepted(pending, index, leaf, leaf_hash, digest))
+            if not outcome.accepted:
+                return outcome
+            await self._write(conn, outcome.accepted, nodes, head.size, integrated_time)
+            checkpoint = Checkpoint(self._signer.name, frontier.size, frontier.root())
+            note = sign_checkpoint(checkpoint, self._signer)
+            await conn.execute(
+                insert(models.SignedCheckpoint),
+                [
+                    {
+                        "tree_size": frontier.size,
+                        "root_hash": checkpoint.root_hash,
+                        "note": note,
+                        "issued_at": integrated_time,
+                    }
+                ],
+            )
+            await conn.execute(
+                update(models.TreeHead)
+                .where(models.TreeHead.id == 1)
+                .values(
+                    size=frontier.size,
+                    root_hash=checkpoint.root_hash,
+                    last_integrated_time=integrated_time,
+                )
+            )
+            results = self._receipts(outcome.accepted, nodes, frontier.size, note)
+            idempotent_rows = [
+                {
+                    "caller_key_id": key.caller_key_id,
+                    "request_id": key.request_id,
+                    "method": key.method,
+                    "request_digest": key.request_digest,
+                    "response": result.response,
+                    "entry_idx": accepted.index,
+                }
+                for accepted, result in zip(outcome.accepted, results, strict=True)
+                if (key := accepted.pending.submission.idempotency) is not None
+            ]
+            if idempotent_rows:
+                await conn.execute(insert(models.IdempotentResponse), idempotent_rows)
+        # Committed: from here on every accepted append is durable and may be acknowledged.
+        self._frontier = frontier
+        for accepted, result in zip(outcome.accepted, results, strict=True):
+            accepted.pending.future.set_result(result)
+        return outcome
+
+    async def _load_frontier(
+        self, conn: AsyncConnection, size: int, root_hash: bytes
+    ) -> CompactRange:
+        cached = self._frontier
+        if cached is not None and cached.size == size and cached.root() == root_hash:
+            return cached.copy()
+        # Another replica moved the head (or we just started): read its right edge.
+        ids = CompactRange.frontier_ids(size)
+        hashes = await read_nodes(conn, ids)
+        frontier = CompactRange(size, [hashes[node] for node in ids])
+        if frontier.root() != root_hash:
+            raise RuntimeError("stored tree nodes do not match the tree head")
+        return frontier
+
+    async def _check_request_id(
+        self, conn: AsyncConnection, key: IdempotencyKey, seen: set[tuple[str, str]]
+    ) -> bool:
+        """True when this request_id was already answered (the caller gets that answer)."""
+        if (key.caller_key_id, key.request_id) in seen:
+            # A concurrent duplicate in this very batch: answer it after the commit.
+            return True
+        row = (
+            await conn.execute(
+                select(models.IdempotentResponse.request_digest).where(
+                    models.IdempotentResponse.caller_key_id == key.caller_key_id,
+                    models.IdempotentResponse.request_id == key.request_id,
+                )
+            )
+        ).one_or_none()
+        if row is None:
+            return False
+        if row.request_digest != key.request_digest:
+            raise AlreadyExistsError(
+                "REQUEST_ID_REUSED",
+                "this request_id was already used for a different request",
+                {"request_id": key.request_id},
+            )
+        return True
+
+    async def _check_new_statement(
+        self, conn: AsyncConnection, digest: bytes, seen: set[bytes]
+    ) -> None:
+        exists = (
+            digest in seen
+            or (
+                await conn.execute(
+                    select(models.LogEntry.idx).where(models.LogEntry.statement_hash == digest)
+                )
+            ).first()
+            is not None
+        )
+        if exists:
+            raise AlreadyExistsError(
+                "DUPLICATE_STATEMENT", "this exact signed statement is already in the ledger"
+            )
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        accepted: list[_Accepted],
+        nodes: dict[NodeId, bytes],
+        old_size: int,
+        integrated_time: datetime,
+    ) -> None:
+        await conn.execute(
+            insert(models.LogEntry),
+            [
+                {
+                    "idx": item.index,
+                    "leaf_hash": item.leaf_hash,
+                    "leaf": item.leaf,
+                    "statement_hash": item.statement_hash,
+                    "kind": statements.kind(item.pending.submission.envelope.payload_type),
+                    "signer_key_id": item.pending.submission.signer_key_id,
+                    "integrated_time": integrated_time,
+                }
+                for item in accepted
+            ],
+        )
+        subject_rows = [
+            {"subject": subject, "idx": item.index}
+            for item in accepted
+            for subject in sorted(
+                {item.pending.submission.signer_key_id, *item.pending.submission.subjects}
+            )
+        ]
+        await conn.execute(insert(models.EntrySubject), subject_rows)
+        old_ids = set(CompactRange.frontier_ids(old_size))
+        await conn.execute(
+            insert(models.MerkleNode),
+            [
+                {"level": node.level, "idx": node.index, "hash": digest}
+                for node, digest in nodes.items()
+                if node not in old_ids
+            ],
+        )
+
+    def _receipts(
+        self, accepted: list[_Accepted], nodes: dict[NodeId, bytes], size: int, note: str
+    ) -> list[AppendResult]:
+        results = []
+        for item in accepted:
+            proof = merkle.inclusion_plan(item.index, size).assemble(nodes)
+            receipt = ledger_pb2.Receipt(
+                index=item.index,
+                leaf_hash=item.leaf_hash,
+                checkpoint=note,
+                inclusion_proof=proof,
+                tree_size=size,
+                leaf=item.leaf,
+            )
+            response = item.pending.submission.respond(receipt)
+            results.append(AppendResult(response=response, receipt=receipt))
+        return results
+
+
+async def read_nodes(conn: AsyncConnection, ids: Sequence[NodeId]) -> dict[NodeId, bytes]:
+    """Read the hashes of the given perfect subtrees (one query)."""
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(models.MerkleNode.level, models.MerkleNode.idx, models.MerkleNode.hash).where(
+            tuple_(models.MerkleNode.level, models.MerkleNode.idx).in_(
+                [(node.level, node.index) for node in ids]
+            )
+        )
+    )
+    found = {NodeId(row.level, row.idx): row.hash for row in rows}
+    missing = [node for node in ids if node not in found]
+    if missing:
+        raise RuntimeError(f"tree nodes missing from the store: {missing[:3]}")
+    return found
+
+
+__all__ = [
+    "AppendResult",
+    "Effect",
+    "IdempotencyKey",
+    "Sequencer",
+    "Submission",
+    "read_nodes",
+    "statement_hash",
+]
