@@ -7,6 +7,7 @@ kept byte for byte as signed. An auditor decodes entries with nothing but this m
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final, TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -14,7 +15,7 @@ from google.protobuf.message import DecodeError, Message
 from coalition import dsse
 from coalition.errors import EnvelopeError
 from coalition.keys import SigningKey
-from coalition.v1 import party_pb2
+from coalition.v1 import access_pb2, consent_pb2, items_pb2, party_pb2
 
 PAYLOAD_TYPE_PREFIX: Final = "application/vnd.coalition.v1."
 PAYLOAD_TYPE_SUFFIX: Final = "+proto"
@@ -22,7 +23,18 @@ PAYLOAD_TYPE_SUFFIX: Final = "+proto"
 # The closed set of statement types this version understands.
 STATEMENT_TYPES: Final[dict[str, type[Message]]] = {
     f"{PAYLOAD_TYPE_PREFIX}{cls.DESCRIPTOR.name}{PAYLOAD_TYPE_SUFFIX}": cls
-    for cls in (party_pb2.PartyRegistration,)
+    for cls in (
+        party_pb2.PartyRegistration,
+        items_pb2.ItemRegistration,
+        consent_pb2.ConsentToken,
+        consent_pb2.Withdrawal,
+        access_pb2.Agreement,
+        access_pb2.LeaseRequest,
+        access_pb2.KeyRelease,
+        access_pb2.WithdrawalNotice,
+        access_pb2.DeletionReceipt,
+        access_pb2.ShreddingRecord,
+    )
 }
 
 M = TypeVar("M", bound=Message)
@@ -43,6 +55,14 @@ def kind(payload_type_: str) -> str:
     ):
         return payload_type_[len(PAYLOAD_TYPE_PREFIX) : -len(PAYLOAD_TYPE_SUFFIX)]
     return payload_type_
+
+
+def statement_id(envelope: dsse.Envelope) -> str:
+    """A statement's public id: 32 hex characters of SHA-256(PAE(type, payload)).
+
+    Signatures are not part of it, so a statement countersigned later keeps its id.
+    """
+    return hashlib.sha256(envelope.pae()).hexdigest()[:32]
 
 
 def sign_statement(statement: Message, key: SigningKey) -> dsse.Envelope:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from coalition_server.store.database import normalise_url, sqlite_url
@@ -25,6 +26,11 @@ class Settings:
     max_batch: int = 1024
     auth_window_seconds: float = 300.0
     max_message_bytes: int = 8 * 1024 * 1024
+    # Prices are integer micros of this ISO 4217 currency.
+    currency: str = "USD"
+    # A retired key-encryption key is destroyed this long after retirement.
+    kek_retention: timedelta = timedelta(days=7)
+    retention_check_seconds: float = 3600.0
     # SQLite (embedded default) is migrated on start; PostgreSQL needs `coalition-server migrate`.
     auto_migrate: bool | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -10,25 +11,36 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from coalition.v1 import ledger_pb2, party_pb2
+from coalition.v1 import access_pb2, consent_pb2, items_pb2, ledger_pb2, party_pb2
+from coalition_server.api.access import AccessServicer
 from coalition_server.api.auth import Authenticator
+from coalition_server.api.consent import ConsentServicer
 from coalition_server.api.dispatch import Dispatcher
+from coalition_server.api.items import ItemServicer
 from coalition_server.api.ledger import LedgerServicer
 from coalition_server.api.party import PartyServicer
 from coalition_server.config import Settings
+from coalition_server.context import ServerContext
+from coalition_server.keys.provider import FileKeyProvider
 from coalition_server.keys.server_keys import ServerKeys
 from coalition_server.store import migrate
 from coalition_server.store.database import Database
+from coalition_server.store.items import destroy_retired_keks
 from coalition_server.store.ledger import LedgerStore, LogIdentity
 from coalition_server.store.parties import PartyStore
 from coalition_server.store.sequencer import Sequencer
+from coalition_server.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
 SERVICES = (
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
     party_pb2.DESCRIPTOR.services_by_name["PartyService"],
+    items_pb2.DESCRIPTOR.services_by_name["ItemService"],
+    consent_pb2.DESCRIPTOR.services_by_name["ConsentService"],
+    access_pb2.DESCRIPTOR.services_by_name["AccessService"],
 )
+KEK_DIRECTORY = "keks"
 
 
 class NotMigratedError(Exception):
@@ -45,6 +57,7 @@ class CoalitionServer:
         self._health = HealthServicer()
         self._db: Database | None = None
         self._sequencer: Sequencer | None = None
+        self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Open the database, check the log, bind and start serving; return the port."""
@@ -69,8 +82,18 @@ class CoalitionServer:
         )
         sequencer = self._sequencer = Sequencer(db, keys.log_signer, max_batch=settings.max_batch)
         sequencer.start()
-        parties = PartyStore(db)
+        parties = self.parties = PartyStore(db)
         dispatcher = Dispatcher(Authenticator(parties, settings.auth_window_seconds))
+        self.context = ServerContext(
+            database=db,
+            sequencer=sequencer,
+            coalition_key=keys.coalition_key,
+            key_provider=FileKeyProvider(settings.data_dir / KEK_DIRECTORY),
+            currency=settings.currency,
+        )
+        self._retention = asyncio.get_running_loop().create_task(
+            self._destroy_retired_keys(), name="kek-retention"
+        )
 
         server = self._server = grpc.aio.server(
             options=[
@@ -79,10 +102,17 @@ class CoalitionServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
+        servicers = (
+            LedgerServicer(ledger),
+            PartyServicer(parties, sequencer),
+            ItemServicer(self.context),
+            ConsentServicer(self.context, ledger),
+            AccessServicer(self.context),
+        )
         server.add_generic_rpc_handlers(
-            (
-                dispatcher.handler(SERVICES[0], LedgerServicer(ledger)),
-                dispatcher.handler(SERVICES[1], PartyServicer(parties, sequencer)),
+            tuple(
+                dispatcher.handler(service, servicer)
+                for service, servicer in zip(SERVICES, servicers, strict=True)
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -122,9 +152,30 @@ class CoalitionServer:
         assert self._server is not None
         await self._server.wait_for_termination()
 
+    async def destroy_retired_keys(self) -> list[str]:
+        """Destroy key-encryption keys whose retention window has passed; return their ids."""
+        context = self.context
+        now = utcnow()
+        async with context.database.reader.begin() as conn:
+            return await destroy_retired_keks(
+                conn, context.key_provider, now - self.settings.kek_retention, now
+            )
+
+    async def _destroy_retired_keys(self) -> None:
+        while True:
+            try:
+                destroyed = await self.destroy_retired_keys()
+                if destroyed:
+                    log.info("destroyed %d retired key-encryption keys", len(destroyed))
+            except Exception:
+                log.exception("destroying retired key-encryption keys failed; will retry")
+            await asyncio.sleep(self.settings.retention_check_seconds)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Go NOT_SERVING, let in-flight calls finish within ``grace``, then close."""
         await self._health.enter_graceful_shutdown()
+        if self._retention is not None:
+            self._retention.cancel()
         if self._server is not None:
             await self._server.stop(grace)
         if self._sequencer is not None:

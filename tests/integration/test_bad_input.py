@@ -115,6 +115,12 @@ def _cases() -> list[
 
         return make
 
+    def out_of_range_time(me: SigningKey, other: SigningKey):  # type: ignore[no-untyped-def]
+        registration = _registration(me)
+        registration.created_time.seconds = 2**62
+        raw = _request(sign_statement(registration, me))
+        return REGISTER, raw, _signed(me, REGISTER, raw)
+
     def wrong_type(me: SigningKey, other: SigningKey):  # type: ignore[no-untyped-def]
         payload = _registration(me).SerializeToString()
         raw = _request(dsse_sign("application/vnd.coalition.v1.Other+proto", payload, me))
@@ -183,6 +189,8 @@ def _cases() -> list[
             CODE.INVALID_ARGUMENT,
             "STALE_STATEMENT",
         ),
+        ("time out of range", out_of_range_time, CODE.INVALID_ARGUMENT, "BAD_CREATED_TIME"),
+        ("name with spaces around", statement(name=" Ada "), CODE.INVALID_ARGUMENT, "BAD_NAME"),
         ("wrong statement type", wrong_type, CODE.INVALID_ARGUMENT, "WRONG_STATEMENT_TYPE"),
         ("non-canonical payload", non_canonical, CODE.INVALID_ARGUMENT, "MALFORMED_STATEMENT"),
         ("oversized statement", huge_payload, CODE.RESOURCE_EXHAUSTED, "PAYLOAD_TOO_LARGE"),

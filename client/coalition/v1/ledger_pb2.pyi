@@ -485,7 +485,7 @@ class ListEntriesBySubjectRequest(_message.Message):
     subject_key_id: _builtins.str
     """A party's key id; empty for any subject."""
     kind: _builtins.str
-    """An entry kind (the statement's payload type); empty for any kind."""
+    """An entry kind: the statement message name, e.g. "PartyRegistration"; empty for any kind."""
     page_size: _builtins.int
     """Maximum number of entries; 0 means the server default, at most 1000."""
     page_token: _builtins.str

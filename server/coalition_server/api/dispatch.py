@@ -19,14 +19,17 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from google.rpc import error_details_pb2, status_pb2
 
+from coalition.v1 import party_pb2
 from coalition_server.api.auth import Authenticator, Caller, Policy
 from coalition_server.domain.errors import (
     DomainError,
     InvalidArgumentError,
+    PermissionDeniedError,
     UnauthenticatedError,
     UnavailableError,
 )
 from coalition_server.store.database import is_unavailable
+from coalition_server.store.parties import PartyRecord
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,16 @@ class Call:
         if self.caller is None:
             raise UnauthenticatedError("MISSING_CREDENTIALS", "this call must be signed")
         return self.caller
+
+    def require_role(self, role: party_pb2.Role.ValueType) -> PartyRecord:
+        """The caller's registration, which must have ``role``; else PERMISSION_DENIED."""
+        party = self.require_caller().require_party()
+        if party.role != role:
+            raise PermissionDeniedError(
+                "ROLE_NOT_ALLOWED",
+                f"this call is for {party_pb2.Role.Name(role).removeprefix('ROLE_').lower()}s",
+            )
+        return party
 
 
 def status_for(error: DomainError) -> grpc.Status:
@@ -106,7 +119,12 @@ class Dispatcher:
                 raise TypeError(f"{type(servicer).__name__}.{method.name} is not an @rpc method")
             full_name = f"/{service.full_name}/{method.name}"
             request_cls = GetMessageClass(method.input_type)
-            if method.server_streaming:
+            if method.client_streaming:
+                handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                    self._client_streaming(full_name, request_cls, impl, policy),
+                    response_serializer=_serialize,
+                )
+            elif method.server_streaming:
                 handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                     self._streaming(full_name, request_cls, impl, policy),
                     response_serializer=_serialize,
@@ -126,12 +144,7 @@ class Dispatcher:
         policy: Policy,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> tuple[Message, Call]:
-        try:
-            request = request_cls.FromString(raw)
-        except (DecodeError, RecursionError):
-            raise InvalidArgumentError(
-                "MALFORMED_REQUEST", f"the request is not a valid {request_cls.__name__}"
-            ) from None
+        request = _parse(request_cls, raw)
         metadata = {
             key: value
             for key, value in (context.invocation_metadata() or ())
@@ -157,6 +170,37 @@ class Dispatcher:
 
         return behaviour
 
+    def _client_streaming(
+        self,
+        method: str,
+        request_cls: type[Message],
+        impl: Callable[[AsyncIterator[Message], Call], Awaitable[Message]],
+        policy: Policy,
+    ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
+        # A client stream is authenticated once, on its metadata, with the digest of b"".
+        async def behaviour(
+            raw_stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Message:
+            try:
+                metadata = {
+                    key: value
+                    for key, value in (context.invocation_metadata() or ())
+                    if isinstance(value, str)
+                }
+                caller = await self._auth.authenticate(method, metadata, b"", policy)
+                call = Call(method, b"", caller, context)
+
+                async def messages() -> AsyncIterator[Message]:
+                    async for raw in raw_stream:
+                        yield _parse(request_cls, raw)
+
+                return await impl(messages(), call)
+            except Exception as exc:
+                await _abort(method, context, exc)
+                raise
+
+        return behaviour
+
     def _streaming(
         self,
         method: str,
@@ -175,6 +219,15 @@ class Dispatcher:
                 await _abort(method, context, exc)
 
         return behaviour
+
+
+def _parse(request_cls: type[Message], raw: bytes) -> Message:
+    try:
+        return request_cls.FromString(raw)
+    except (DecodeError, RecursionError):
+        raise InvalidArgumentError(
+            "MALFORMED_REQUEST", f"the request is not a valid {request_cls.__name__}"
+        ) from None
 
 
 def _serialize(message: Message) -> bytes:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from coalition.v1 import ledger_pb2, party_pb2
 from coalition_server.api.auth import Policy
 from coalition_server.api.dispatch import Call, rpc
@@ -11,7 +9,7 @@ from coalition_server.api.mutations import decode_envelope, idempotency_key
 from coalition_server.domain.errors import InvalidArgumentError, NotFoundError
 from coalition_server.domain.parties import check_registration
 from coalition_server.store.parties import PartyRecord, PartyStore, insert_party
-from coalition_server.store.sequencer import Sequencer, Submission
+from coalition_server.store.sequencer import EffectContext, Sequencer, Submission
 from coalition_server.timeutil import utcnow
 
 
@@ -43,22 +41,18 @@ class PartyServicer:
                 registration_index=index,
             )
 
-        async def effect(conn: AsyncConnection, index: int) -> None:
-            await insert_party(conn, record(index))
+        async def effect(context: EffectContext) -> None:
+            await insert_party(context.conn, record(context.index))
 
         def respond(receipt: ledger_pb2.Receipt) -> bytes:
             return party_pb2.RegisterPartyResponse(
                 party=record(receipt.index).to_proto(), receipt=receipt
             ).SerializeToString()
 
-        result = await self._sequencer.submit(
-            Submission(
-                envelope=envelope,
-                signer_key_id=caller.key_id,
-                respond=respond,
-                idempotency=key,
-                effect=effect,
-            )
+        result = await self._sequencer.submit_one(
+            Submission(envelope=envelope, signer_key_id=caller.key_id, effect=effect),
+            respond,
+            key,
         )
         return party_pb2.RegisterPartyResponse.FromString(result.response)
 

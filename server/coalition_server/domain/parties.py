@@ -57,14 +57,20 @@ def check_registration(
         party_pb2.Role.values()
     ):
         raise InvalidArgumentError("BAD_ROLE", "role must be contributor, lab or auditor")
-    validate_name(registration.name)
+    if validate_name(registration.name) != registration.name:
+        raise InvalidArgumentError(
+            "BAD_NAME", "name must be NFC-normalised without surrounding spaces"
+        )
     if len(registration.encryption_key) != 32:
         raise InvalidArgumentError("BAD_ENCRYPTION_KEY", "encryption_key must be 32 bytes")
     if len(registration.nonce) < MIN_NONCE_BYTES or len(registration.nonce) > 64:
         raise InvalidArgumentError("BAD_NONCE", "nonce must be 16 to 64 random bytes")
     if not registration.HasField("created_time"):
         raise InvalidArgumentError("MISSING_CREATED_TIME", "created_time is required")
-    created = registration.created_time.ToDatetime(tzinfo=now.tzinfo)
+    try:
+        created = registration.created_time.ToDatetime(tzinfo=now.tzinfo)
+    except ValueError:
+        raise InvalidArgumentError("BAD_CREATED_TIME", "created_time is out of range") from None
     if abs(created - now) > MAX_CLOCK_SKEW:
         raise InvalidArgumentError(
             "STALE_STATEMENT", "created_time is more than 10 minutes from the server's clock"

@@ -22,6 +22,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -137,3 +138,186 @@ class Party(Base):
     registration_idx: Mapped[int] = mapped_column(
         BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
     )
+
+
+# --- items and their encrypted content --------------------------------------------------
+
+
+class ItemRow(Base):
+    """A registered data item (its commitment); content, if any, is in ``item_content``."""
+
+    __tablename__ = "items"
+
+    item_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    contributor_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    commitment: Mapped[bytes] = mapped_column(LargeBinary(32))
+    size_bytes: Mapped[int] = mapped_column(BigInt)
+    media_type: Mapped[str] = mapped_column(String(255))
+    # coalition.v1.ItemState: REGISTERED, STORED or WITHDRAWN.
+    state: Mapped[int] = mapped_column(SmallInteger)
+    registration_idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
+    )
+    withdrawal_idx: Mapped[int | None] = mapped_column(BigInt, nullable=True)
+
+
+class ItemTag(Base):
+    """One tag of one item."""
+
+    __tablename__ = "item_tags"
+
+    item_id: Mapped[str] = mapped_column(String(32), ForeignKey("items.item_id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    __table_args__ = (Index("ix_item_tags_tag", "tag"),)
+
+
+class KeyEncryptionKey(Base):
+    """A contributor's key-encryption key (the key itself lives in the key provider)."""
+
+    __tablename__ = "keks"
+
+    kek_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Retired keys wrap nothing any more; they are destroyed after the retention window.
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    destroyed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ItemContent(Base):
+    """An uploaded item's wrapped data key: deleting this row shreds the content."""
+
+    __tablename__ = "item_content"
+
+    item_id: Mapped[str] = mapped_column(String(32), ForeignKey("items.item_id"), primary_key=True)
+    kek_id: Mapped[str] = mapped_column(String(64), ForeignKey("keks.kek_id"))
+    wrapped_data_key: Mapped[bytes] = mapped_column(LargeBinary)
+    segment_count: Mapped[int] = mapped_column(Integer)
+
+
+class ItemSegment(Base):
+    """One sealed segment of an item's content (AES-256-GCM STREAM segment)."""
+
+    __tablename__ = "item_segments"
+
+    item_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- consent ------------------------------------------------------------------------------
+
+
+class ConsentRow(Base):
+    """A consent token; ``payload`` is the signed ConsentToken, parsed when terms are checked."""
+
+    __tablename__ = "consents"
+
+    consent_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    contributor_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
+    )
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # coalition.v1.ConsentState as recorded: GIVEN, WITHDRAWN or INVALIDATED (LAPSED is
+    # derived from not_after at read time).
+    state: Mapped[int] = mapped_column(SmallInteger)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    withdrawal_idx: Mapped[int | None] = mapped_column(BigInt, nullable=True)
+    # A member never uses a nonce twice (a replayed or cloned token is refused).
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+    __table_args__ = (UniqueConstraint("contributor_key_id", "nonce"),)
+
+
+class ConsentItem(Base):
+    """Explicit item ids named by a consent token (tag and all-items selectors have none)."""
+
+    __tablename__ = "consent_items"
+
+    consent_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("consents.consent_id"), primary_key=True
+    )
+    item_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+# --- agreements, leases, releases, notices --------------------------------------------------
+
+
+class AgreementRow(Base):
+    """A signed agreement between one lab and the coalition."""
+
+    __tablename__ = "agreements"
+
+    agreement_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    lab_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
+    )
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    expiry_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AgreementItem(Base):
+    """An item an agreement covers."""
+
+    __tablename__ = "agreement_items"
+
+    agreement_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("agreements.agreement_id"), primary_key=True
+    )
+    item_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+    __table_args__ = (Index("ix_agreement_items_item", "item_id"),)
+
+
+class LeaseRow(Base):
+    """A lease taken by a lab on an agreement."""
+
+    __tablename__ = "leases"
+
+    lease_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    agreement_id: Mapped[str] = mapped_column(String(32), ForeignKey("agreements.agreement_id"))
+    lab_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
+    )
+    start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expiry_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReleasedItem(Base):
+    """An item whose data key was released in a KeyRelease entry."""
+
+    __tablename__ = "released_items"
+
+    release_idx: Mapped[int] = mapped_column(
+        BigInt,
+        ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED"),
+        primary_key=True,
+    )
+    item_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    lab_key_id: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_released_items_item", "item_id", "lab_key_id"),)
+
+
+class NoticeRow(Base):
+    """A withdrawal notice to a lab, and the receipt that answered it."""
+
+    __tablename__ = "notices"
+
+    notice_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
+    )
+    lab_key_id: Mapped[str] = mapped_column(String(64))
+    agreement_id: Mapped[str] = mapped_column(String(32))
+    withdrawal_id: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    respond_by: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    receipt_idx: Mapped[int | None] = mapped_column(BigInt, nullable=True)
+
+    __table_args__ = (Index("ix_notices_lab_idx", "lab_key_id", "idx"),)

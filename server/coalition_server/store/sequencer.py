@@ -1,14 +1,21 @@
 """The sequencer: group commit of signed statements into the Merkle tree.
 
-Submissions queue up while the previous batch commits; each batch is ONE database
-transaction that (1) locks the tree head (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE``
-on SQLite), so any number of server processes extend one tree, (2) checks idempotency keys
-and duplicate statements and runs each submission's domain effect in a savepoint, (3)
-writes leaves, subject index rows and the new perfect-subtree hashes, (4) signs and stores a
-checkpoint and moves the head. Only after the commit returns are callers answered, each with
-its index, the checkpoint and an inclusion proof computed from the batch's own nodes (no
-extra reads). If the commit fails, nobody is answered with success: nothing acknowledged is
-ever lost.
+Callers submit *groups*: one or more statements that are appended together or not at all
+(a registration; a batch of consent tokens; a strike's withdrawals). Groups queue up while
+the previous batch commits; each batch is ONE database transaction that
+
+1. locks the tree head (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so any
+   number of server processes extend one tree, in one order;
+2. for each group, in a savepoint: checks its idempotency key and duplicate statements and
+   runs each statement's domain effect, which may refuse it (DomainError: the whole group is
+   rolled back and consumes no index) or add follow-up statements (e.g. the coalition's notices
+   for a withdrawal) that are appended right after it, in the same group;
+3. writes leaves, subject index rows and the new perfect-subtree hashes, signs and stores a
+   checkpoint, and moves the head.
+
+Only after the commit returns are callers answered, each with receipts (index, checkpoint,
+inclusion proof computed from the batch's own nodes, no extra reads). If the commit fails,
+nobody is answered with success: nothing acknowledged is ever lost.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,22 +37,34 @@ from coalition.checkpoint import Checkpoint, sign_checkpoint
 from coalition.merkle import CompactRange, NodeId
 from coalition.note import NoteSigner
 from coalition.v1 import ledger_pb2
-from coalition_server.domain.errors import (
-    AlreadyExistsError,
-    DomainError,
-    UnavailableError,
-)
+from coalition_server.domain.errors import AlreadyExistsError, DomainError, UnavailableError
 from coalition_server.store import models
 from coalition_server.store.database import Database, is_unavailable
 from coalition_server.timeutil import as_utc, to_timestamp, utcnow
 
 log = logging.getLogger(__name__)
 
-Effect = Callable[[AsyncConnection, int], Awaitable[None]]
-"""A submission's domain effect, run inside the batch transaction with its future index.
 
-It may read and write its own tables and raise DomainError to refuse the submission; its
-writes are then rolled back (savepoint) and the index is not consumed.
+@dataclass
+class EffectContext:
+    """What a domain effect sees: the open transaction, its index and the batch time.
+
+    ``memo`` is shared by every effect of one batch, so effects can see what earlier
+    statements of the same batch did before it is visible in the database. Effects replace
+    values in it and never mutate them: a refused group's notes are rolled back with it.
+    """
+
+    conn: AsyncConnection
+    index: int
+    integrated_time: datetime
+    memo: dict[str, Any]
+
+
+Effect = Callable[[EffectContext], Awaitable["Sequence[Submission] | None"]]
+"""A statement's domain effect, run inside the batch transaction.
+
+It may read and write its own tables, raise DomainError to refuse its group, and return
+follow-up submissions to append right after it (they may have effects of their own).
 """
 
 
@@ -60,41 +80,58 @@ class IdempotencyKey:
 
 @dataclass(frozen=True)
 class Submission:
-    """A signed statement to append, with what it concerns and what to answer."""
+    """A signed statement to append and what it concerns."""
 
     envelope: dsse.Envelope
     signer_key_id: str
-    respond: Callable[[ledger_pb2.Receipt], bytes]
     subjects: tuple[str, ...] = ()
-    idempotency: IdempotencyKey | None = None
     effect: Effect | None = None
+
+
+Respond = Callable[[Sequence[ledger_pb2.Receipt]], bytes]
+"""Builds the serialised response of a group from its receipts (in append order)."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """Statements appended atomically, answered with one response."""
+
+    submissions: tuple[Submission, ...]
+    respond: Respond
+    idempotency: IdempotencyKey | None = None
 
 
 @dataclass(frozen=True)
 class AppendResult:
-    """The serialised response; ``receipt`` is None when it is a replayed first answer."""
+    """A group's serialised response, and its receipts (empty for a replayed answer)."""
 
     response: bytes
-    receipt: ledger_pb2.Receipt | None
+    receipts: tuple[ledger_pb2.Receipt, ...]
 
 
 @dataclass
 class _Pending:
-    submission: Submission
+    group: Group
     future: asyncio.Future[AppendResult]
 
 
 @dataclass
-class _Accepted:
-    pending: _Pending
+class _Leaf:
     index: int
+    submission: Submission
     leaf: bytes
     leaf_hash: bytes
     statement_hash: bytes
 
 
 @dataclass
-class _BatchOutcome:
+class _Accepted:
+    pending: _Pending
+    leaves: list[_Leaf]
+
+
+@dataclass
+class _Batch:
     accepted: list[_Accepted] = field(default_factory=list)
     replays: list[tuple[_Pending, IdempotencyKey]] = field(default_factory=list)
     failures: list[tuple[_Pending, BaseException]] = field(default_factory=list)
@@ -106,7 +143,7 @@ def statement_hash(envelope: dsse.Envelope) -> bytes:
 
 
 class Sequencer:
-    """Batches submissions into durable, signed tree growth. One per server process."""
+    """Batches groups of statements into durable, signed tree growth. One per process."""
 
     def __init__(
         self,
@@ -123,6 +160,7 @@ class Sequencer:
         self._task: asyncio.Task[None] | None = None
         # Cached right edge of the tree; valid only while the head still has its size.
         self._frontier: CompactRange | None = None
+        self._committed = asyncio.Event()
         self.batches = 0
 
     def start(self) -> None:
@@ -140,16 +178,29 @@ class Sequencer:
             await self._task
         self._task = None
 
-    async def submit(self, submission: Submission) -> AppendResult:
-        """Append a statement; return once it is durable, integrated and signed over."""
+    async def submit(self, group: Group) -> AppendResult:
+        """Append a group; return once it is durable, integrated and signed over."""
+        if not group.submissions:
+            raise ValueError("a group needs at least one statement")
         if self._task is None:
             raise UnavailableError("SEQUENCER_STOPPED", "the server is shutting down")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Pending(submission, future))
+            self._queue.put_nowait(_Pending(group, future))
         except asyncio.QueueFull:
             raise UnavailableError("SEQUENCER_BUSY", "too many appends queued; retry") from None
         return await future
+
+    async def submit_one(
+        self,
+        submission: Submission,
+        respond: Callable[[ledger_pb2.Receipt], bytes],
+        idempotency: IdempotencyKey | None = None,
+    ) -> AppendResult:
+        """Append one statement (its follow-ups, if any, come after it)."""
+        return await self.submit(
+            Group((submission,), lambda receipts: respond(receipts[0]), idempotency)
+        )
 
     async def _run(self) -> None:
         while True:
@@ -186,6 +237,17 @@ class Sequencer:
         for pending, key in outcome.replays:
             pending.future.set_result(await self._replay(key))
         self.batches += 1
+        # Wake everyone following the log (feeds), then arm a fresh event for the next batch.
+        self._committed.set()
+        self._committed = asyncio.Event()
+
+    async def wait_for_commit(self, seconds: float) -> None:
+        """Return after this process commits its next batch, or after ``seconds``.
+
+        Other replicas' batches are not signalled here: followers also poll on timeout.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._committed.wait(), seconds)
 
     async def _replay(self, key: IdempotencyKey) -> AppendResult:
         async with self._db.reader.connect() as conn:
@@ -197,10 +259,10 @@ class Sequencer:
                     )
                 )
             ).one()
-        return AppendResult(response=row.response, receipt=None)
+        return AppendResult(response=row.response, receipts=())
 
-    async def _sequence(self, conn: AsyncConnection, batch: list[_Pending]) -> _BatchOutcome:
-        outcome = _BatchOutcome()
+    async def _sequence(self, conn: AsyncConnection, batch: list[_Pending]) -> _Batch:
+        outcome = _Batch()
         async with conn.begin():
             head = (
                 await conn.execute(
@@ -212,38 +274,46 @@ class Sequencer:
             nodes: dict[NodeId, bytes] = dict(zip(old_frontier_ids, frontier.hashes, strict=True))
             integrated_time = max(utcnow(), as_utc(head.last_integrated_time))
             stamp = to_timestamp(integrated_time)
+            memo: dict[str, Any] = {}
             seen_keys: set[tuple[str, str]] = set()
             seen_statements: set[bytes] = set()
             for pending in batch:
-                sub = pending.submission
+                group = pending.group
+                key = group.idempotency
+                memo_before = dict(memo)
                 try:
-                    key = sub.idempotency
-                    if key is not None:
-                        replay = await self._check_request_id(conn, key, seen_keys)
-                        if replay:
-                            outcome.replays.append((pending, key))
-                            continue
-                    digest = statement_hash(sub.envelope)
-                    await self._check_new_statement(conn, digest, seen_statements)
-                    index = frontier.size
-                    if sub.effect is not None:
+                    if key is not None and await self._check_request_id(conn, key, seen_keys):
+                        outcome.replays.append((pending, key))
+                        continue
+                    apply = self._apply_group(
+                        conn, group, frontier.size, integrated_time, memo, seen_statements
+                    )
+                    if any(sub.effect is not None for sub in group.submissions):
+                        # Effects write: a refused group must leave nothing behind.
                         async with conn.begin_nested():
-                            await sub.effect(conn, index)
+                            leaves = await apply
+                    else:
+                        leaves = await apply
                 except DomainError as exc:
+                    memo.clear()
+                    memo.update(memo_before)  # forget what the refused group's effects noted
                     outcome.failures.append((pending, exc))
                     continue
+                # The group is in: give its leaves their hashes and grow the tree.
+                for item in leaves:
+                    item.leaf = ledger_pb2.LedgerLeaf(
+                        integrated_time=stamp, envelope=item.submission.envelope.to_proto()
+                    ).SerializeToString(deterministic=True)
+                    item.leaf_hash = merkle.leaf_hash(item.leaf)
+                    nodes.update(frontier.append(item.leaf_hash))
+                    seen_statements.add(item.statement_hash)
                 if key is not None:
                     seen_keys.add((key.caller_key_id, key.request_id))
-                seen_statements.add(digest)
-                leaf = ledger_pb2.LedgerLeaf(
-                    integrated_time=stamp, envelope=sub.envelope.to_proto()
-                ).SerializeToString(deterministic=True)
-                leaf_hash = merkle.leaf_hash(leaf)
-                nodes.update(frontier.append(leaf_hash))
-                outcome.accepted.append(_Accepted(pending, index, leaf, leaf_hash, digest))
+                outcome.accepted.append(_Accepted(pending, leaves))
             if not outcome.accepted:
                 return outcome
-            await self._write(conn, outcome.accepted, nodes, head.size, integrated_time)
+            all_leaves = [leaf for accepted in outcome.accepted for leaf in accepted.leaves]
+            await self._write(conn, all_leaves, nodes, head.size, integrated_time)
             checkpoint = Checkpoint(self._signer.name, frontier.size, frontier.root())
             note = sign_checkpoint(checkpoint, self._signer)
             await conn.execute(
@@ -266,7 +336,9 @@ class Sequencer:
                     last_integrated_time=integrated_time,
                 )
             )
-            results = self._receipts(outcome.accepted, nodes, frontier.size, note)
+            results = [
+                self._result(accepted, nodes, frontier.size, note) for accepted in outcome.accepted
+            ]
             idempotent_rows = [
                 {
                     "caller_key_id": key.caller_key_id,
@@ -274,10 +346,10 @@ class Sequencer:
                     "method": key.method,
                     "request_digest": key.request_digest,
                     "response": result.response,
-                    "entry_idx": accepted.index,
+                    "entry_idx": accepted.leaves[0].index,
                 }
                 for accepted, result in zip(outcome.accepted, results, strict=True)
-                if (key := accepted.pending.submission.idempotency) is not None
+                if (key := accepted.pending.group.idempotency) is not None
             ]
             if idempotent_rows:
                 await conn.execute(insert(models.IdempotentResponse), idempotent_rows)
@@ -286,6 +358,37 @@ class Sequencer:
         for accepted, result in zip(outcome.accepted, results, strict=True):
             accepted.pending.future.set_result(result)
         return outcome
+
+    async def _apply_group(
+        self,
+        conn: AsyncConnection,
+        group: Group,
+        next_index: int,
+        integrated_time: datetime,
+        memo: dict[str, Any],
+        seen_statements: set[bytes],
+    ) -> list[_Leaf]:
+        """Run the group's effects in order (follow-ups right after their parent)."""
+        leaves: list[_Leaf] = []
+        in_group: set[bytes] = set()
+        todo = list(group.submissions)
+        while todo:
+            submission = todo.pop(0)
+            digest = statement_hash(submission.envelope)
+            if digest in in_group:
+                raise AlreadyExistsError(
+                    "DUPLICATE_STATEMENT", "the same statement appears twice in one request"
+                )
+            await self._check_new_statement(conn, digest, seen_statements)
+            in_group.add(digest)
+            index = next_index + len(leaves)
+            leaves.append(_Leaf(index, submission, b"", b"", digest))
+            if submission.effect is not None:
+                context = EffectContext(conn, index, integrated_time, memo)
+                follow_ups = await submission.effect(context)
+                if follow_ups:
+                    todo[0:0] = list(follow_ups)
+        return leaves
 
     async def _load_frontier(
         self, conn: AsyncConnection, size: int, root_hash: bytes
@@ -346,7 +449,7 @@ class Sequencer:
     async def _write(
         self,
         conn: AsyncConnection,
-        accepted: list[_Accepted],
+        leaves: list[_Leaf],
         nodes: dict[NodeId, bytes],
         old_size: int,
         integrated_time: datetime,
@@ -359,19 +462,17 @@ class Sequencer:
                     "leaf_hash": item.leaf_hash,
                     "leaf": item.leaf,
                     "statement_hash": item.statement_hash,
-                    "kind": statements.kind(item.pending.submission.envelope.payload_type),
-                    "signer_key_id": item.pending.submission.signer_key_id,
+                    "kind": statements.kind(item.submission.envelope.payload_type),
+                    "signer_key_id": item.submission.signer_key_id,
                     "integrated_time": integrated_time,
                 }
-                for item in accepted
+                for item in leaves
             ],
         )
         subject_rows = [
             {"subject": subject, "idx": item.index}
-            for item in accepted
-            for subject in sorted(
-                {item.pending.submission.signer_key_id, *item.pending.submission.subjects}
-            )
+            for item in leaves
+            for subject in sorted({item.submission.signer_key_id, *item.submission.subjects})
         ]
         await conn.execute(insert(models.EntrySubject), subject_rows)
         old_ids = set(CompactRange.frontier_ids(old_size))
@@ -384,23 +485,21 @@ class Sequencer:
             ],
         )
 
-    def _receipts(
-        self, accepted: list[_Accepted], nodes: dict[NodeId, bytes], size: int, note: str
-    ) -> list[AppendResult]:
-        results = []
-        for item in accepted:
-            proof = merkle.inclusion_plan(item.index, size).assemble(nodes)
-            receipt = ledger_pb2.Receipt(
+    def _result(
+        self, accepted: _Accepted, nodes: dict[NodeId, bytes], size: int, note: str
+    ) -> AppendResult:
+        receipts = tuple(
+            ledger_pb2.Receipt(
                 index=item.index,
                 leaf_hash=item.leaf_hash,
                 checkpoint=note,
-                inclusion_proof=proof,
+                inclusion_proof=merkle.inclusion_plan(item.index, size).assemble(nodes),
                 tree_size=size,
                 leaf=item.leaf,
             )
-            response = item.pending.submission.respond(receipt)
-            results.append(AppendResult(response=response, receipt=receipt))
-        return results
+            for item in accepted.leaves
+        )
+        return AppendResult(response=accepted.pending.group.respond(receipts), receipts=receipts)
 
 
 async def read_nodes(conn: AsyncConnection, ids: Sequence[NodeId]) -> dict[NodeId, bytes]:
@@ -419,14 +518,3 @@ async def read_nodes(conn: AsyncConnection, ids: Sequence[NodeId]) -> dict[NodeI
     if missing:
         raise RuntimeError(f"tree nodes missing from the store: {missing[:3]}")
     return found
-
-
-__all__ = [
-    "AppendResult",
-    "Effect",
-    "IdempotencyKey",
-    "Sequencer",
-    "Submission",
-    "read_nodes",
-    "statement_hash",
-]

@@ -1,0 +1,439 @@
+"""Replaying the ledger: what an auditor checks, entry by entry, without trusting the server.
+
+:class:`LedgerReplay` is fed the leaves of the log in index order and checks, for each:
+
+* the leaf is a strictly (canonically) encoded ``coalition.v1.LedgerLeaf`` whose hash is the
+  one the server claimed;
+* its envelope is well formed and carries a statement type this version knows;
+* every signature on it verifies: a ``PartyRegistration`` is self-signed by the key it
+  registers; every other signature must be by a party registered *earlier* in the log, or
+  by one of the trusted ``authorities`` (the coalition's own statement key);
+* the log's integration time never goes backwards.
+
+It folds the leaf hashes into a :class:`~coalition.merkle.CompactRange`, and
+:meth:`LedgerReplay.finish` compares the recomputed root with a signed checkpoint. A tree
+head verified on an earlier run (``previous``) is checked on the way, the moment the replay
+reaches its size, so a rewritten history is caught at the exact size it diverges from.
+
+The class does no I/O: the caller fetches leaves however it likes. Signature checks, the
+costly part, can be deferred (``defer_signatures=True``) and run elsewhere, e.g. in a process
+pool, with :func:`find_signature_failure`; all inputs and results are picklable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, NamedTuple
+
+from google.protobuf.message import DecodeError, Message
+
+from coalition import dsse, merkle, statements
+from coalition.checkpoint import Checkpoint
+from coalition.errors import CoalitionError, EnvelopeError, KeyFormatError, SignatureError
+from coalition.keys import PublicKey
+from coalition.v1 import envelope_pb2, ledger_pb2, party_pb2
+
+__all__ = [
+    "AuditError",
+    "LedgerReplay",
+    "ReplayResult",
+    "SignatureCheck",
+    "TreeHead",
+    "find_signature_failure",
+    "verify_signature_checks",
+]
+
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_MIN_SECONDS: Final = -62_135_596_800
+_MAX_SECONDS: Final = 253_402_300_799
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class AuditError(CoalitionError):
+    """The ledger failed an audit check; the message says exactly where and how.
+
+    ``index`` is the entry at fault when one entry is to blame, else None.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep ``index`` when the error crosses a process boundary.
+        return (_make_audit_error, (self.message, self.index))
+
+
+def _make_audit_error(message: str, index: int | None) -> AuditError:
+    return AuditError(message, index=index)
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    """A tree size and its root hash, e.g. the checkpoint an earlier audit verified."""
+
+    size: int
+    root_hash: bytes
+
+
+class SignatureCheck(NamedTuple):
+    """One deferred Ed25519 check: does ``public_key`` sign ``message`` as ``signature``?
+
+    A plain tuple of bytes and ints, so that it pickles cheaply to a worker process.
+    """
+
+    entry: int
+    key_id: str
+    public_key: bytes
+    signature: bytes
+    message: bytes
+
+
+def find_signature_failure(checks: Iterable[SignatureCheck]) -> tuple[int, str] | None:
+    """The lowest-index failing check as ``(index, message)``, or None if all verify.
+
+    A module-level pure function of picklable values: suitable for a process pool.
+    """
+    failure: tuple[int, str] | None = None
+    for check in checks:
+        if failure is not None and check.entry >= failure[0]:
+            continue
+        try:
+            PublicKey(check.public_key).verify(check.signature, check.message)
+        except (SignatureError, KeyFormatError):
+            failure = (check.entry, _bad_signature(check.entry, check.key_id))
+    return failure
+
+
+def verify_signature_checks(checks: Iterable[SignatureCheck]) -> None:
+    """Raise AuditError for the lowest-index check that fails; return if all verify."""
+    failure = find_signature_failure(checks)
+    if failure is not None:
+        raise AuditError(failure[1], index=failure[0])
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What a successful replay established."""
+
+    size: int
+    """Number of entries replayed (the checkpoint's size)."""
+    root_hash: bytes
+    """Recomputed root, equal to the checkpoint's."""
+    kinds: Mapping[str, int]
+    """Number of entries of each statement kind (``PartyRegistration``, ...)."""
+    parties: int
+    """Number of parties registered in the replayed log."""
+    last_integrated_time: datetime | None
+    """Integration time of the last entry (None for an empty log)."""
+    previous_verified: bool
+    """True when a previously verified tree head was given and matched."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Party:
+    index: int
+    public_key: PublicKey
+
+
+class LedgerReplay:
+    """Checks a ledger leaf by leaf; see the module docstring for what is checked.
+
+    Feed every leaf from index 0 with :meth:`feed`, then call :meth:`finish` with the signed
+    checkpoint the leaves should add up to. Any failed check raises :class:`AuditError`, and
+    the replay must then be abandoned. :meth:`feed` changes no state when it raises.
+    """
+
+    def __init__(
+        self,
+        previous: TreeHead | None = None,
+        *,
+        authorities: Iterable[PublicKey] = (),
+        defer_signatures: bool = False,
+    ) -> None:
+        """``previous``: a tree head verified before, which this log must extend.
+
+        ``authorities``: keys that may sign statements without being registered parties,
+        i.e. the coalition's own statement-signing key (key releases, withdrawal notices,
+        its side of agreements). They must come from a trusted source, never from the log.
+
+        ``defer_signatures``: collect signature checks instead of running them; the caller
+        then drains them with :meth:`take_deferred` and runs them (in any process) with
+        :func:`find_signature_failure`. Registrations are trusted for the rest of the replay
+        before their own signature has been checked, which is sound because any failure,
+        once found, fails the whole audit and the lowest-index failure is the one reported.
+        """
+        if previous is not None and (not isinstance(previous.size, int) or previous.size < 0):
+            raise ValueError("previous tree size must be a non-negative int")
+        self._range = merkle.CompactRange.empty()
+        self._previous = previous
+        self._previous_verified = False
+        self._parties: dict[str, _Party] = {}
+        self._authorities = {key.key_id: key for key in authorities}
+        self._kinds: Counter[str] = Counter()
+        self._last_time: tuple[int, int] | None = None
+        self._defer = defer_signatures
+        self._deferred: list[SignatureCheck] = []
+        if previous is not None and previous.size == 0:
+            self._check_previous(merkle.EMPTY_ROOT)
+
+    @property
+    def size(self) -> int:
+        """Number of entries fed so far: the index the next leaf must have."""
+        return self._range.size
+
+    def root(self) -> bytes:
+        """Root hash of the entries fed so far."""
+        return self._range.root()
+
+    @property
+    def kinds(self) -> Mapping[str, int]:
+        """Entries fed so far, counted by statement kind."""
+        return dict(self._kinds)
+
+    def party_key(self, key_id: str) -> PublicKey | None:
+        """The signing key of a party registered in the entries fed so far, or None."""
+        party = self._parties.get(key_id)
+        return party.public_key if party is not None else None
+
+    @property
+    def deferred(self) -> int:
+        """Number of signature checks deferred and not yet taken."""
+        return len(self._deferred)
+
+    def take_deferred(self) -> list[SignatureCheck]:
+        """Hand over (and forget) the signature checks deferred so far, in index order."""
+        deferred, self._deferred = self._deferred, []
+        return deferred
+
+    def feed(self, index: int, leaf: bytes, *, leaf_hash: bytes | None = None) -> bytes:
+        """Check entry ``index`` (which must be the next one) and fold it into the tree.
+
+        ``leaf`` is the serialised LedgerLeaf as the server sent it; ``leaf_hash``, if given,
+        is the hash the server claimed for it. Returns the recomputed leaf hash.
+        """
+        if index != self._range.size:
+            raise AuditError(
+                f"entry {index}: expected entry {self._range.size} next "
+                "(the server sent entries out of order or skipped some)",
+                index=index,
+            )
+        computed = merkle.leaf_hash(leaf)
+        if leaf_hash is not None and not hmac.compare_digest(computed, leaf_hash):
+            raise AuditError(
+                f"entry {index}: the server's leaf hash {leaf_hash.hex()} is not the hash "
+                f"of the leaf it served ({computed.hex()})",
+                index=index,
+            )
+        record = _parse_leaf(index, leaf)
+        stamp = (record.integrated_time.seconds, record.integrated_time.nanos)
+        if self._last_time is not None and stamp < self._last_time:
+            raise AuditError(
+                f"entry {index}: integrated time {_format_stamp(stamp)} is before the "
+                f"previous entry's {_format_stamp(self._last_time)}",
+                index=index,
+            )
+        envelope = _envelope(index, record.envelope)
+        statement = _statement(index, envelope)
+        keys, registered = self._signer_keys(index, envelope, statement)
+        message = envelope.pae()
+        checks: list[SignatureCheck] = []
+        if self._defer:
+            checks = [
+                SignatureCheck(index, s.keyid, key.raw, s.sig, message)
+                for s, key in zip(envelope.signatures, keys, strict=True)
+            ]
+        else:
+            # Inline checks reuse the loaded PublicKey objects (no re-parsing).
+            for s, key in zip(envelope.signatures, keys, strict=True):
+                try:
+                    key.verify(s.sig, message)
+                except SignatureError:
+                    raise AuditError(_bad_signature(index, s.keyid), index=index) from None
+        if self._previous is not None and index + 1 == self._previous.size:
+            # Check the earlier tree head on a copy, so a failure leaves no state changed.
+            tentative = self._range.copy()
+            tentative.append(computed)
+            self._check_previous(tentative.root())
+        # Every check passed (or is deferred): from here on, only state changes.
+        if registered is not None:
+            self._parties[registered.key_id] = _Party(index, registered)
+        self._deferred.extend(checks)
+        self._kinds[statements.kind(envelope.payload_type)] += 1
+        self._last_time = stamp
+        self._range.append(computed)
+        return computed
+
+    def finish(self, checkpoint: Checkpoint) -> ReplayResult:
+        """Check that the entries fed add up to ``checkpoint`` (already signature-checked).
+
+        Runs any signature checks still deferred, so a result is never returned unchecked.
+        """
+        if self._deferred:
+            verify_signature_checks(self.take_deferred())
+        if self._previous is not None and self._previous.size > checkpoint.size:
+            raise AuditError(
+                f"the checkpoint's size {checkpoint.size} is smaller than the size "
+                f"{self._previous.size} you verified before: the log was truncated or rolled back"
+            )
+        if self._range.size != checkpoint.size:
+            raise AuditError(
+                f"the server served {self._range.size} entries but the checkpoint has size "
+                f"{checkpoint.size}"
+            )
+        root = self._range.root()
+        if not hmac.compare_digest(root, checkpoint.root_hash):
+            raise AuditError(
+                f"root mismatch at size {checkpoint.size}: computed {_b64(root)}, "
+                f"checkpoint {_b64(checkpoint.root_hash)}"
+            )
+        last = None
+        if self._last_time is not None:
+            seconds, nanos = self._last_time
+            last = _to_datetime(seconds, nanos)
+        return ReplayResult(
+            size=self._range.size,
+            root_hash=root,
+            kinds=dict(self._kinds),
+            parties=len(self._parties),
+            last_integrated_time=last,
+            previous_verified=self._previous_verified,
+        )
+
+    def _signer_keys(
+        self, index: int, envelope: dsse.Envelope, statement: Message
+    ) -> tuple[list[PublicKey], PublicKey | None]:
+        """The key of each signature (in order), and the key a registration registers."""
+        own: PublicKey | None = None
+        if isinstance(statement, party_pb2.PartyRegistration):
+            try:
+                own = PublicKey(bytes(statement.signing_key))
+            except KeyFormatError:
+                raise AuditError(
+                    f"entry {index}: the registration's signing_key is not an Ed25519 key",
+                    index=index,
+                ) from None
+            first = self._parties.get(own.key_id)
+            if first is not None:
+                raise AuditError(
+                    f"entry {index}: key {own.key_id} is registered again "
+                    f"(first registered at entry {first.index})",
+                    index=index,
+                )
+            if all(s.keyid != own.key_id for s in envelope.signatures):
+                raise AuditError(
+                    f"entry {index}: the registration of {own.key_id} is not signed by that key",
+                    index=index,
+                )
+        keys: list[PublicKey] = []
+        for s in envelope.signatures:
+            if own is not None and s.keyid == own.key_id:
+                keys.append(own)
+                continue
+            # Co-signers (and every signer of other statements) must already be parties,
+            # or be one of the authorities (the coalition itself).
+            party = self._parties.get(s.keyid)
+            if party is not None:
+                keys.append(party.public_key)
+                continue
+            authority = self._authorities.get(s.keyid)
+            if authority is None:
+                raise AuditError(
+                    f"entry {index}: signer {s.keyid} is not a party registered before this entry",
+                    index=index,
+                )
+            keys.append(authority)
+        return keys, own
+
+    def _check_previous(self, root: bytes) -> None:
+        """Compare the replayed root at the earlier tree head's size with its root."""
+        assert self._previous is not None
+        if not hmac.compare_digest(root, self._previous.root_hash):
+            size = self._previous.size
+            raise AuditError(
+                f"log is not consistent with the checkpoint of size {size} you verified "
+                f"before: the replayed root at size {size} is {_b64(root)}, you verified "
+                f"{_b64(self._previous.root_hash)}"
+            )
+        self._previous_verified = True
+
+
+def _parse_leaf(index: int, leaf: bytes) -> ledger_pb2.LedgerLeaf:
+    """Parse a leaf strictly: canonical encoding, no unknown fields, required fields set."""
+    try:
+        record = ledger_pb2.LedgerLeaf.FromString(leaf)
+    except DecodeError as exc:
+        raise AuditError(f"entry {index}: leaf is not a LedgerLeaf: {exc}", index=index) from None
+    # Unknown fields survive a parse/serialise round trip, so drop them before comparing:
+    # bytes no verifier understands must not ride along in the ledger.
+    canonical = ledger_pb2.LedgerLeaf()
+    canonical.CopyFrom(record)
+    canonical.DiscardUnknownFields()
+    if canonical.SerializeToString(deterministic=True) != leaf:
+        raise AuditError(
+            f"entry {index}: leaf is not canonically encoded (unknown fields or "
+            "non-deterministic encoding)",
+            index=index,
+        )
+    if not record.HasField("integrated_time"):
+        raise AuditError(f"entry {index}: leaf has no integrated_time", index=index)
+    if not record.HasField("envelope"):
+        raise AuditError(f"entry {index}: leaf has no envelope", index=index)
+    ts = record.integrated_time
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise AuditError(f"entry {index}: integrated_time is not a valid timestamp", index=index)
+    return record
+
+
+def _envelope(index: int, msg: envelope_pb2.Envelope) -> dsse.Envelope:
+    try:
+        return dsse.Envelope.from_proto(msg)
+    except EnvelopeError as exc:
+        raise AuditError(f"entry {index}: malformed envelope: {exc}", index=index) from None
+
+
+def _statement(index: int, envelope: dsse.Envelope) -> Message:
+    """Decode the statement strictly; unknown statement types fail the audit."""
+    if envelope.payload_type not in statements.STATEMENT_TYPES:
+        raise AuditError(
+            f"entry {index}: unknown statement type {envelope.payload_type!r}", index=index
+        )
+    try:
+        statement = statements.decode_statement(envelope)
+    except EnvelopeError as exc:
+        raise AuditError(f"entry {index}: {exc}", index=index) from None
+    # parse_payload's canonical check keeps unknown fields (they round-trip); drop them.
+    canonical = type(statement)()
+    canonical.CopyFrom(statement)
+    canonical.DiscardUnknownFields()
+    if canonical.SerializeToString(deterministic=True) != envelope.payload:
+        raise AuditError(
+            f"entry {index}: {statements.kind(envelope.payload_type)} payload has unknown fields",
+            index=index,
+        )
+    return statement
+
+
+def _bad_signature(index: int, key_id: str) -> str:
+    return f"entry {index}: signature by {key_id} does not verify"
+
+
+def _to_datetime(seconds: int, nanos: int) -> datetime:
+    # Arithmetic from the epoch works for the whole Timestamp range, unlike fromtimestamp.
+    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+
+
+def _format_stamp(stamp: tuple[int, int]) -> str:
+    seconds, nanos = stamp
+    base = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{nanos:09d}Z"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

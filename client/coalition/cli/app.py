@@ -1,0 +1,70 @@
+"""The ``coalition`` command: global options and the command groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coalition import __version__
+from coalition.cli import audit, keys, party
+from coalition.cli.common import DEFAULT_SERVER, Globals
+
+app = typer.Typer(
+    name="coalition",
+    no_args_is_help=True,
+    add_completion=False,
+    # Tracebacks must never print local variables: they could include key material.
+    pretty_exceptions_show_locals=False,
+    # Markdown reflows docstring paragraphs instead of keeping their hard line breaks.
+    rich_markup_mode="markdown",
+    help=(
+        "Coalition: collective bargaining for data contributors. Make a key, join, and "
+        "audit the public ledger.\n\nExit codes: 0 success; 1 failed (the server refused, "
+        "or something did not verify); 2 could not run (bad input, server unreachable)."
+    ),
+)
+app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
+app.command("join")(party.join)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"coalition {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    server: Annotated[
+        str, typer.Option(envvar="COALITION_SERVER", help="Server address, HOST:PORT.")
+    ] = DEFAULT_SERVER,
+    key: Annotated[
+        Path | None,
+        typer.Option(envvar="COALITION_KEY", help="Your key file (from `coalition keys new`)."),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COALITION_TLS_CA",
+            help="Use TLS, trusting this root certificate (PEM) for the server.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Global options, shared by every command."""
+    del version  # handled eagerly by its callback
+    ctx.obj = Globals(server=server, key_path=key, tls_ca=tls_ca)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,733 @@
+"""``coalition audit``: read the public ledger, fetch proofs, and replay-verify the whole log.
+
+``audit verify`` is a monitor in the manner of Certificate Transparency monitors: it trusts
+nothing the server says that it cannot check. It pins the log's key (given, or on first use),
+replays every entry, recomputes the root and compares it with the signed checkpoint, and
+proves that the log still extends the checkpoint it verified on its previous run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import typer
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from coalition import dsse, merkle, statements
+from coalition.audit import (
+    AuditError,
+    LedgerReplay,
+    ReplayResult,
+    TreeHead,
+    find_signature_failure,
+)
+from coalition.checkpoint import Checkpoint, verify_checkpoint
+from coalition.cli.common import (
+    EXIT_FAILED,
+    EXIT_UNUSABLE,
+    JsonOpt,
+    b64,
+    console,
+    fail,
+    format_timestamp,
+    globals_of,
+    note,
+    print_json,
+    run,
+)
+from coalition.client import Client
+from coalition.errors import CoalitionError, KeyFormatError, ProofError, VerificationError
+from coalition.keys import PUBLIC_KEY_SIZE, PublicKey
+from coalition.note import NoteVerifier
+from coalition.v1 import ledger_pb2
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Read the ledger, fetch proofs, and verify the whole log as an auditor.",
+)
+
+PAGE_SIZE: Final = 1000
+STATE_VERSION: Final = 1
+# Signature checks handed to a worker process at a time, and chunks kept in flight per
+# worker: enough to keep every core busy while the next page downloads.
+SIGNATURE_CHUNK: Final = 2000
+CHUNKS_IN_FLIGHT_PER_JOB: Final = 2
+# Below this many entries, starting worker processes costs more than it saves.
+PARALLEL_MIN_ENTRIES: Final = 20_000
+
+LogKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-key",
+        envvar="COALITION_LOG_KEY",
+        help="The log's verifier key (name+hash+key) to trust, instead of the state file's.",
+    ),
+]
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+@app.command("log-key")
+def log_key(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+    """Print the log's verifier key in note form (and the coalition's statement key)."""
+
+    async def fetch() -> ledger_pb2.GetLogInfoResponse:
+        async with globals_of(ctx).client() as client:
+            return await client.log_info()
+
+    info = run(ctx, fetch())
+    if json_output:
+        print_json(
+            {
+                "origin": info.origin,
+                "verifier_key": info.verifier_key,
+                "coalition_key_id": info.coalition_key_id,
+                "coalition_public_key": b64(info.coalition_public_key),
+            }
+        )
+    else:
+        typer.echo(info.verifier_key)
+
+
+@app.command("checkpoint")
+def checkpoint(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+    """Print the latest signed checkpoint, verbatim (a C2SP signed note)."""
+
+    async def fetch() -> ledger_pb2.GetCheckpointResponse:
+        async with globals_of(ctx).client() as client:
+            return await client.checkpoint()
+
+    response = run(ctx, fetch())
+    if json_output:
+        print_json(
+            {
+                "checkpoint": response.checkpoint,
+                "tree_size": response.tree_size,
+                "root_hash": b64(response.root_hash),
+            }
+        )
+    else:
+        # Verbatim: the exact bytes the signature covers, so it can be piped to a verifier.
+        typer.echo(response.checkpoint, nl=False)
+
+
+@app.command("entries")
+def entries(
+    ctx: typer.Context,
+    start: Annotated[int, typer.Option(min=0, help="First index.")] = 0,
+    count: Annotated[int, typer.Option(min=1, help="How many entries at most.")] = 100,
+    json_output: JsonOpt = False,
+) -> None:
+    """List entries: index, time, kind, signer and leaf hash (--json: everything)."""
+
+    async def fetch() -> list[ledger_pb2.Entry]:
+        async with globals_of(ctx).client() as client:
+            page = min(count, PAGE_SIZE)
+            return [e async for e in client.entries(start, start + count, page)]
+
+    described = [_describe_entry(e) for e in run(ctx, fetch())]
+    for d in described:
+        if d["leaf_hash_mismatch"]:
+            note(f"warning: entry {d['index']}: the server's leaf hash is not its leaf's hash")
+    if json_output:
+        print_json(described)
+        return
+    table = Table()
+    table.add_column("index", justify="right")
+    table.add_column("time")
+    table.add_column("kind")
+    table.add_column("signer")
+    table.add_column("leaf hash")
+    for d in described:
+        signers = ",".join(k[:16] for k in d["signers"])
+        table.add_row(
+            str(d["index"]),
+            d["integrated_time"] or "-",
+            d["kind"],
+            signers or "-",
+            base64.b64decode(d["leaf_hash"]).hex(),
+        )
+    console().print(table)
+
+
+@app.command("prove-inclusion")
+def prove_inclusion(
+    ctx: typer.Context,
+    index: Annotated[int, typer.Option(min=0, help="The entry's index.")],
+    tree_size: Annotated[
+        int, typer.Option(min=0, help="Tree size to prove against (0 = latest checkpoint).")
+    ] = 0,
+    json_output: JsonOpt = False,
+) -> None:
+    """Print an entry's inclusion proof as JSON (always JSON; --json is accepted)."""
+    del json_output  # the output is JSON either way, as the spec of this command says
+
+    async def fetch() -> ledger_pb2.GetInclusionProofResponse:
+        async with globals_of(ctx).client() as client:
+            return await client.inclusion_proof(index, tree_size)
+
+    response = run(ctx, fetch())
+    out: dict[str, Any] = {
+        "index": response.index,
+        "tree_size": response.tree_size,
+        "leaf": b64(response.leaf),
+        "leaf_hash": b64(merkle.leaf_hash(response.leaf)),
+        "proof": [b64(h) for h in response.proof],
+    }
+    if response.checkpoint:
+        out["checkpoint"] = response.checkpoint
+    print_json(out)
+
+
+@app.command("prove-consistency")
+def prove_consistency(
+    ctx: typer.Context,
+    old_size: Annotated[int, typer.Option(min=1, help="The older tree size.")],
+    tree_size: Annotated[
+        int, typer.Option(min=0, help="The newer tree size (0 = latest checkpoint).")
+    ] = 0,
+    json_output: JsonOpt = False,
+) -> None:
+    """Print a consistency proof between two tree sizes as JSON (always JSON)."""
+    del json_output
+
+    async def fetch() -> ledger_pb2.GetConsistencyProofResponse:
+        async with globals_of(ctx).client() as client:
+            return await client.consistency_proof(old_size, tree_size)
+
+    response = run(ctx, fetch())
+    out: dict[str, Any] = {
+        "old_size": response.first_size,
+        "tree_size": response.second_size,
+        "proof": [b64(h) for h in response.proof],
+    }
+    if response.checkpoint:
+        out["checkpoint"] = response.checkpoint
+    print_json(out)
+
+
+def _describe_entry(entry: ledger_pb2.Entry) -> dict[str, Any]:
+    """Everything about an entry, decoded as far as it decodes (display, not verification)."""
+    leaf = bytes(entry.leaf)
+    computed = merkle.leaf_hash(leaf)
+    out: dict[str, Any] = {
+        "index": entry.index,
+        "integrated_time": None,
+        "kind": "?",
+        "payload_type": None,
+        "signers": [],
+        "leaf_hash": b64(computed),
+        "leaf_hash_mismatch": computed != entry.leaf_hash,
+        "leaf": b64(leaf),
+        "statement": None,
+    }
+    try:
+        record = ledger_pb2.LedgerLeaf.FromString(leaf)
+        if record.HasField("integrated_time"):
+            out["integrated_time"] = format_timestamp(record.integrated_time)
+        envelope = dsse.Envelope.from_proto(record.envelope)
+        out["payload_type"] = envelope.payload_type
+        out["kind"] = statements.kind(envelope.payload_type)
+        out["signers"] = [s.keyid for s in envelope.signatures]
+        out["statement"] = json_format.MessageToDict(
+            statements.decode_statement(envelope), preserving_proto_field_name=True
+        )
+    except (DecodeError, CoalitionError) as exc:
+        out["error"] = str(exc)
+    return out
+
+
+# --- verifying -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditState:
+    """What a successful ``audit verify`` remembers for the next run."""
+
+    log_verifier_key: str
+    coalition_public_key: bytes
+    origin: str
+    tree_size: int
+    root_hash: bytes
+    checkpoint: str
+    verified_at: str
+
+    def to_json(self) -> str:
+        """The state file's content."""
+        return json.dumps(
+            {
+                "version": STATE_VERSION,
+                "log_verifier_key": self.log_verifier_key,
+                "coalition_public_key": b64(self.coalition_public_key),
+                "origin": self.origin,
+                "tree_size": self.tree_size,
+                "root_hash": b64(self.root_hash),
+                "checkpoint": self.checkpoint,
+                "verified_at": self.verified_at,
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> AuditState:
+        """Parse a state file strictly; ValueError says what is wrong."""
+        obj = json.loads(text)
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        if obj.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported version {obj.get('version')!r}")
+        strings = (
+            "log_verifier_key",
+            "coalition_public_key",
+            "origin",
+            "root_hash",
+            "checkpoint",
+            "verified_at",
+        )
+        for name in strings:
+            if not isinstance(obj.get(name), str):
+                raise ValueError(f"{name} must be a string")
+        size = obj.get("tree_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError("tree_size must be a non-negative integer")
+        root = _b64_field(obj, "root_hash", (merkle.HASH_SIZE,))
+        # Empty when the server named no coalition key (then nothing may sign as it).
+        coalition_key = _b64_field(obj, "coalition_public_key", (0, PUBLIC_KEY_SIZE))
+        return cls(
+            log_verifier_key=obj["log_verifier_key"],
+            coalition_public_key=coalition_key,
+            origin=obj["origin"],
+            tree_size=size,
+            root_hash=root,
+            checkpoint=obj["checkpoint"],
+            verified_at=obj["verified_at"],
+        )
+
+
+def _b64_field(obj: dict[str, Any], name: str, sizes: tuple[int, ...]) -> bytes:
+    try:
+        value = base64.b64decode(obj[name], validate=True)
+    except binascii.Error:
+        raise ValueError(f"{name} is not base64") from None
+    if len(value) not in sizes:
+        raise ValueError(f"{name} must be {' or '.join(map(str, sizes))} bytes")
+    return value
+
+
+def default_state_path(origin: str) -> Path:
+    """``$XDG_CONFIG_HOME/coalition/audit-state-<hash of origin>.json`` (~/.config default)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    digest = hashlib.sha256(origin.encode("utf-8")).hexdigest()[:16]
+    return Path(base) / "coalition" / f"audit-state-{digest}.json"
+
+
+def load_state(path: Path) -> AuditState | None:
+    """The state at ``path``, None if there is none; exits 2 if it is unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        fail(f"cannot read state file {path}: {exc.strerror or exc}", EXIT_UNUSABLE)
+    try:
+        return AuditState.from_json(text)
+    except ValueError as exc:
+        fail(f"state file {path} is not valid: {exc}", EXIT_UNUSABLE)
+
+
+def save_state(path: Path, state: AuditState) -> None:
+    """Write the state atomically: a complete temporary file, then rename over the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(state.to_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Never leave a half-written temporary behind, whatever went wrong.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # The rename is durable only once the directory entry is.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    result: ReplayResult
+    checkpoint: Checkpoint
+    note: str
+    verifier_key: str
+    coalition_key: bytes
+    state_path: Path
+    previous: AuditState | None
+    first_use: bool
+    seconds: float
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            envvar="COALITION_AUDIT_STATE",
+            help="State file (default: one per log, under ~/.config/coalition).",
+        ),
+    ] = None,
+    trusted_log_key: LogKeyOpt = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=0,
+            help=(
+                "Processes verifying signatures: 1 = in this process; 0 = every core, "
+                f"for logs of {PARALLEL_MIN_ENTRIES:,} entries or more."
+            ),
+        ),
+    ] = 0,
+    json_output: JsonOpt = False,
+) -> None:
+    """Replay and verify the whole ledger against the signed checkpoint; exit 1 on mismatch.
+
+    Checks every entry's encoding and signatures (registrations are self-signed; every
+    other signer must be a party registered earlier, or the coalition's own pinned key),
+    that integration times never decrease, that the recomputed root equals the checkpoint's,
+    and that the log extends the checkpoint verified on the previous run (state file), by
+    replay and by proof.
+    """
+    pinned = _parse_vkey(trusted_log_key, "--log-key") if trusted_log_key else None
+    try:
+        outcome = run(ctx, _verify(ctx, state, pinned, jobs))
+    except AuditError as exc:
+        fail(exc.message, EXIT_FAILED)
+    except BrokenProcessPool as exc:
+        fail(
+            f"a signature-checking worker process died ({exc}); retry with --jobs 1", EXIT_UNUSABLE
+        )
+    try:
+        save_state(
+            outcome.state_path,
+            AuditState(
+                log_verifier_key=outcome.verifier_key,
+                coalition_public_key=outcome.coalition_key,
+                origin=outcome.checkpoint.origin,
+                tree_size=outcome.checkpoint.size,
+                root_hash=outcome.checkpoint.root_hash,
+                checkpoint=outcome.note,
+                verified_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            ),
+        )
+    except OSError as exc:
+        fail(f"verified, but cannot write state file {outcome.state_path}: {exc}", EXIT_UNUSABLE)
+    _print_summary(outcome, json_output)
+
+
+async def _verify(
+    ctx: typer.Context,
+    state_opt: Path | None,
+    pinned: NoteVerifier | None,
+    jobs: int,
+) -> _Outcome:
+    """The whole audit; raises AuditError on any mismatch."""
+    async with globals_of(ctx).client() as client:
+        info = await client.log_info()
+        state_path = state_opt or default_state_path(info.origin)
+        previous = load_state(state_path)
+
+        trusted, authorities, first_use = _trust(info, previous, pinned, state_path)
+        origin = previous.origin if previous is not None else info.origin
+
+        # The tree head to verify against: signed by the trusted key, for our log.
+        response = await client.checkpoint()
+        try:
+            cp = verify_checkpoint(response.checkpoint, trusted, origin)
+        except VerificationError as exc:
+            raise AuditError(f"the latest checkpoint does not verify: {exc}") from None
+        if cp.size != response.tree_size or cp.root_hash != response.root_hash:
+            raise AuditError("the server's tree size or root differs from its signed checkpoint")
+
+        head = None
+        if previous is not None:
+            head = TreeHead(previous.tree_size, previous.root_hash)
+            await _check_consistency(client, head, cp)
+
+        started = time.perf_counter()
+        result = await _replay(client, cp, head, authorities, jobs)
+        seconds = time.perf_counter() - started
+    return _Outcome(
+        result=result,
+        checkpoint=cp,
+        note=response.checkpoint,
+        verifier_key=trusted.verifier_key,
+        coalition_key=authorities[0].raw if authorities else b"",
+        state_path=state_path,
+        previous=previous,
+        first_use=first_use,
+        seconds=seconds,
+    )
+
+
+def _trust(
+    info: ledger_pb2.GetLogInfoResponse,
+    previous: AuditState | None,
+    pinned: NoteVerifier | None,
+    state_path: Path,
+) -> tuple[NoteVerifier, list[PublicKey], bool]:
+    """The log key and signing authorities to trust, and whether this is their first use.
+
+    The log key is --log-key, else the state file's, else the server's (trust on first use);
+    the coalition's statement key is the state file's, else the server's. Whatever is
+    trusted must be what the server presents now.
+    """
+    previous_key = (
+        _parse_vkey(previous.log_verifier_key, "the state file's log key") if previous else None
+    )
+    if pinned is not None and previous_key is not None and previous_key != pinned:
+        raise AuditError(
+            f"--log-key {pinned.verifier_key} differs from the log key pinned in "
+            f"{state_path}: {previous_key.verifier_key}"
+        )
+    first_use = False
+    if pinned is not None:
+        trusted, source = pinned, "--log-key"
+    elif previous_key is not None:
+        trusted, source = previous_key, f"the state file {state_path}"
+    else:
+        trusted = _parse_vkey(info.verifier_key, "the server's log key")
+        source, first_use = "first use", True
+        note(
+            f"trusting the log key {info.verifier_key} on first use; it will be pinned "
+            f"in {state_path}"
+        )
+    try:
+        server_key = NoteVerifier.parse(info.verifier_key)
+    except VerificationError as exc:
+        raise AuditError(f"the server's log key is malformed: {exc}") from None
+    if server_key != trusted:
+        raise AuditError(
+            f"the server's log key {info.verifier_key} differs from the trusted key "
+            f"{trusted.verifier_key} (from {source})"
+        )
+
+    coalition_key = bytes(info.coalition_public_key)
+    if previous is not None and previous.coalition_public_key != coalition_key:
+        raise AuditError(
+            f"the server's coalition key {b64(coalition_key) or '(none)'} differs from "
+            f"the key pinned in {state_path}: {b64(previous.coalition_public_key)}"
+        )
+    authorities = [_coalition_key(coalition_key)] if coalition_key else []
+    if previous is None and authorities:
+        note(
+            f"trusting the coalition key {authorities[0].key_id} on first use; it will "
+            f"be pinned in {state_path}"
+        )
+    return trusted, authorities, first_use
+
+
+async def _check_consistency(client: Client, head: TreeHead, cp: Checkpoint) -> None:
+    """The server's proof that the log still extends ``head``, checked against ``cp``."""
+    if cp.size < head.size:
+        raise AuditError(
+            f"log is not consistent with the checkpoint of size {head.size} you verified "
+            f"before: the latest checkpoint has size {cp.size} (the log was truncated or "
+            "rolled back)"
+        )
+    if head.size == 0:
+        return  # the empty tree is a prefix of every tree: there is nothing to prove
+    response = await client.consistency_proof(head.size, cp.size)
+    try:
+        if (response.first_size, response.second_size) != (head.size, cp.size):
+            raise ProofError(
+                f"the server proved sizes {response.first_size} to {response.second_size}"
+            )
+        merkle.verify_consistency(
+            head.size, cp.size, head.root_hash, cp.root_hash, list(response.proof)
+        )
+    except ProofError as exc:
+        raise AuditError(
+            f"log is not consistent with the checkpoint of size {head.size} you verified "
+            f"before: the server's consistency proof to size {cp.size} does not verify "
+            f"({exc})"
+        ) from None
+
+
+async def _replay(
+    client: Client,
+    cp: Checkpoint,
+    head: TreeHead | None,
+    authorities: list[PublicKey],
+    jobs: int,
+) -> ReplayResult:
+    """Stream entries 0..size-1 through a LedgerReplay; signatures in ``jobs`` processes."""
+    if jobs == 0:
+        jobs = (os.cpu_count() or 1) if cp.size >= PARALLEL_MIN_ENTRIES else 1
+    replay = LedgerReplay(head, authorities=authorities, defer_signatures=jobs > 1)
+    with _progress(cp.size) as progress:
+        task = progress.add_task("replaying", total=cp.size)
+        if jobs == 1:
+            async for entry in _all_entries(client, cp.size):
+                replay.feed(entry.index, entry.leaf, leaf_hash=entry.leaf_hash)
+                progress.advance(task)
+            return replay.finish(cp)
+        await _replay_in_pool(client, cp, replay, jobs, lambda: progress.advance(task))
+        return replay.finish(cp)
+
+
+async def _replay_in_pool(
+    client: Client,
+    cp: Checkpoint,
+    replay: LedgerReplay,
+    jobs: int,
+    advance: Callable[[], None],
+) -> None:
+    """Feed entries here, verify their signatures in worker processes, chunk by chunk."""
+    loop = asyncio.get_running_loop()
+    # spawn, not fork: forking a process that runs gRPC threads is unsafe.
+    context = multiprocessing.get_context("spawn")
+    in_flight: deque[asyncio.Future[tuple[int, str] | None]] = deque()
+
+    async def settle(keep: int) -> None:
+        # Chunks settle in index order, so the first failure found is the earliest one.
+        while len(in_flight) > keep:
+            failure = await in_flight.popleft()
+            if failure is not None:
+                raise AuditError(failure[1], index=failure[0])
+
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        try:
+            async for entry in _all_entries(client, cp.size):
+                try:
+                    replay.feed(entry.index, entry.leaf, leaf_hash=entry.leaf_hash)
+                except AuditError:
+                    # A signature failure in an earlier entry takes precedence.
+                    in_flight.append(
+                        loop.run_in_executor(pool, find_signature_failure, replay.take_deferred())
+                    )
+                    await settle(0)
+                    raise
+                advance()
+                if replay.deferred >= SIGNATURE_CHUNK:
+                    chunk = replay.take_deferred()
+                    in_flight.append(loop.run_in_executor(pool, find_signature_failure, chunk))
+                    await settle(jobs * CHUNKS_IN_FLIGHT_PER_JOB)
+            if replay.deferred:
+                chunk = replay.take_deferred()
+                in_flight.append(loop.run_in_executor(pool, find_signature_failure, chunk))
+            await settle(0)
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+
+async def _all_entries(client: Client, size: int) -> AsyncIterator[ledger_pb2.Entry]:
+    # end=0 would mean "the current size" to the server: an empty tree has nothing to fetch.
+    if size == 0:
+        return
+    async for entry in client.entries(0, size, PAGE_SIZE):
+        yield entry
+
+
+def _progress(total: int) -> Progress:
+    err = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        # Only for a person watching: never in pipes, logs or tests.
+        disable=not err.is_terminal or total < PAGE_SIZE,
+    )
+
+
+def _coalition_key(raw: bytes) -> PublicKey:
+    try:
+        return PublicKey(raw)
+    except KeyFormatError as exc:
+        raise AuditError(f"the server's coalition key is not an Ed25519 key: {exc}") from None
+
+
+def _parse_vkey(vkey: str, what: str) -> NoteVerifier:
+    try:
+        return NoteVerifier.parse(vkey)
+    except VerificationError as exc:
+        fail(f"{what} {vkey!r} is not a valid verifier key: {exc}", EXIT_UNUSABLE)
+
+
+def _print_summary(outcome: _Outcome, json_output: bool) -> None:
+    result, cp = outcome.result, outcome.checkpoint
+    rate = result.size / outcome.seconds if outcome.seconds > 0 else 0.0
+    previous = outcome.previous
+    last = result.last_integrated_time
+    if json_output:
+        print_json(
+            {
+                "ok": True,
+                "origin": cp.origin,
+                "log_verifier_key": outcome.verifier_key,
+                "trusted_on_first_use": outcome.first_use,
+                "tree_size": cp.size,
+                "root_hash": b64(cp.root_hash),
+                "entries": result.size,
+                "kinds": dict(sorted(result.kinds.items())),
+                "parties": result.parties,
+                "last_integrated_time": last.isoformat() if last else None,
+                "previous_tree_size": previous.tree_size if previous else None,
+                "consistent_with_previous": result.previous_verified if previous else None,
+                "seconds": round(outcome.seconds, 3),
+                "entries_per_second": round(rate, 1),
+                "state_file": str(outcome.state_path),
+            }
+        )
+        return
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.kinds.items())) or "none"
+    table = Table(show_header=False, box=None, title=f"ledger verified: {cp.origin}")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("entries", f"{result.size} ({kinds})")
+    table.add_row("parties", str(result.parties))
+    table.add_row("checkpoint", f"size {cp.size}, root {b64(cp.root_hash)}")
+    if previous is not None:
+        table.add_row(
+            "consistent",
+            f"with the checkpoint of size {previous.tree_size} verified {previous.verified_at}",
+        )
+    else:
+        table.add_row("consistent", "first run: nothing verified before")
+    if last is not None:
+        table.add_row("last entry", last.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    table.add_row("time", f"{outcome.seconds:.2f} s ({rate:,.0f} entries/s)")
+    table.add_row("state", str(outcome.state_path))
+    console().print(table)

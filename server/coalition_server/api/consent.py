@@ -1,0 +1,254 @@
+"""ConsentService: grant, list, prove, withdraw and export consent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from coalition import statements
+from coalition.v1 import consent_pb2, ledger_pb2, party_pb2
+from coalition_server.api.auth import Policy
+from coalition_server.api.dispatch import Call, rpc
+from coalition_server.api.mutations import decode_envelope, idempotency_key
+from coalition_server.context import ServerContext
+from coalition_server.domain import consent as rules
+from coalition_server.domain.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from coalition_server.domain.pagination import decode_token, encode_token, page_size
+from coalition_server.domain.statements import HEX_ID, check_fresh, check_nonce, open_statement
+from coalition_server.store import consent as store
+from coalition_server.store.ledger import LedgerStore
+from coalition_server.store.sequencer import EffectContext, Group, Submission
+from coalition_server.store.withdrawal import WithdrawalEffect, WithdrawalOutcome
+from coalition_server.timeutil import utcnow
+
+CONTRIBUTOR = party_pb2.ROLE_CONTRIBUTOR
+MAX_TOKENS_PER_REQUEST = 1000
+
+
+def _check_consent_id(consent_id: str) -> None:
+    if not HEX_ID.match(consent_id):
+        raise InvalidArgumentError("BAD_CONSENT_ID", "consent ids are 32 lowercase hex")
+
+
+class ConsentServicer:
+    """Members' consent."""
+
+    def __init__(self, context: ServerContext, ledger: LedgerStore) -> None:
+        self._ctx = context
+        self._ledger = ledger
+
+    @rpc(Policy.PARTY)
+    async def GrantConsent(
+        self, request: consent_pb2.GrantConsentRequest, call: Call
+    ) -> consent_pb2.GrantConsentResponse:
+        party = call.require_role(CONTRIBUTOR)
+        caller = call.require_caller()
+        key = idempotency_key(request, call)
+        if not 1 <= len(request.tokens) <= MAX_TOKENS_PER_REQUEST:
+            raise InvalidArgumentError("BAD_BATCH", "send 1 to 1000 tokens")
+        now = utcnow()
+        records: list[consent_pb2.ConsentRecord] = []
+        submissions = []
+        for position, message in enumerate(request.tokens):
+            envelope = decode_envelope(message, f"tokens[{position}]")
+            statement = open_statement(envelope, consent_pb2.ConsentToken, caller.public_key)
+            rules.check_token(statement, self._ctx.currency, now)
+            consent_id = statements.statement_id(envelope)
+            records.append(
+                consent_pb2.ConsentRecord(
+                    consent_id=consent_id,
+                    contributor_key_id=party.key_id,
+                    token=envelope.to_proto(),
+                    state=consent_pb2.CONSENT_STATE_GIVEN,
+                )
+            )
+            submissions.append(
+                Submission(
+                    envelope,
+                    party.key_id,
+                    effect=_GrantEffect(consent_id, party.key_id, statement, records[-1]),
+                )
+            )
+
+        def respond(receipts: Sequence[ledger_pb2.Receipt]) -> bytes:
+            return consent_pb2.GrantConsentResponse(
+                consents=records, receipts=receipts
+            ).SerializeToString()
+
+        result = await self._ctx.sequencer.submit(Group(tuple(submissions), respond, key))
+        return consent_pb2.GrantConsentResponse.FromString(result.response)
+
+    @rpc(Policy.PARTY)
+    async def ListConsents(
+        self, request: consent_pb2.ListConsentsRequest, call: Call
+    ) -> consent_pb2.ListConsentsResponse:
+        party = call.require_role(CONTRIBUTOR)
+        start = decode_token(request.page_token) if request.page_token else 0
+        size = page_size(request.page_size)
+        now = utcnow()
+        async with self._ctx.database.reader.connect() as conn:
+            entries = await store.member_consents(
+                conn, party.key_id, start_index=start, limit=size + 1
+            )
+        records = []
+        for entry in entries[:size]:
+            # The signed envelope (with its signatures) lives in the ledger leaf.
+            stored = await self._ledger.entry(index=entry.index)
+            records.append(_record(entry, stored.leaf, now))
+        more = len(entries) > size
+        token = encode_token(entries[size - 1].index + 1) if more else ""
+        return consent_pb2.ListConsentsResponse(consents=records, next_page_token=token)
+
+    @rpc(Policy.PUBLIC)
+    async def GetConsentState(
+        self, request: consent_pb2.GetConsentStateRequest, call: Call
+    ) -> consent_pb2.GetConsentStateResponse:
+        _check_consent_id(request.consent_id)
+        async with self._ctx.database.reader.connect() as conn:
+            entry = await store.consent(conn, request.consent_id)
+        if entry is None:
+            raise NotFoundError("CONSENT_NOT_FOUND", "no such consent token")
+        # Proofs against the latest checkpoint, so the state can be checked offline.
+        size, proof, latest = await self._ledger.inclusion_proof(entry.index, 0)
+        token_leaf = await self._ledger.entry(index=entry.index)
+        response = consent_pb2.GetConsentStateResponse(
+            state=consent_pb2.ConsentState.ValueType(entry.state_at(utcnow())),
+            token_entry=consent_pb2.InclusionEvidence(
+                index=entry.index, leaf=token_leaf.leaf, proof=proof
+            ),
+            checkpoint=latest.note,
+        )
+        if entry.withdrawal_index is not None and entry.withdrawal_index < size:
+            _, withdrawal_proof, _ = await self._ledger.inclusion_proof(
+                entry.withdrawal_index, size
+            )
+            withdrawal_leaf = await self._ledger.entry(index=entry.withdrawal_index)
+            response.withdrawal_entry.CopyFrom(
+                consent_pb2.InclusionEvidence(
+                    index=entry.withdrawal_index,
+                    leaf=withdrawal_leaf.leaf,
+                    proof=withdrawal_proof,
+                )
+            )
+        return response
+
+    @rpc(Policy.PARTY)
+    async def Withdraw(
+        self, request: consent_pb2.WithdrawRequest, call: Call
+    ) -> consent_pb2.WithdrawResponse:
+        party = call.require_role(CONTRIBUTOR)
+        caller = call.require_caller()
+        key = idempotency_key(request, call)
+        if not request.HasField("withdrawal"):
+            raise InvalidArgumentError("MISSING_FIELD", "withdrawal is required")
+        envelope = decode_envelope(request.withdrawal, "withdrawal")
+        statement = open_statement(envelope, consent_pb2.Withdrawal, caller.public_key)
+        check_fresh(statement.created_time, statement.HasField("created_time"), utcnow())
+        check_nonce(statement.nonce)
+        _check_withdrawal_scope(statement)
+        outcome = WithdrawalOutcome()
+        effect = WithdrawalEffect(
+            member=party.key_id,
+            withdrawal_id=statements.statement_id(envelope),
+            statement=statement,
+            coalition_key=self._ctx.coalition_key,
+            key_provider=self._ctx.key_provider,
+            outcome=outcome,
+        )
+
+        def respond(receipts: Sequence[ledger_pb2.Receipt]) -> bytes:
+            return consent_pb2.WithdrawResponse(
+                receipt=receipts[0],
+                shredded_item_ids=outcome.shredded_item_ids,
+                notified_labs=len(outcome.notified_labs),
+            ).SerializeToString()
+
+        result = await self._ctx.sequencer.submit(
+            Group((Submission(envelope, party.key_id, effect=effect),), respond, key)
+        )
+        return consent_pb2.WithdrawResponse.FromString(result.response)
+
+    @rpc(Policy.PARTY)
+    async def ExportConsent(
+        self, request: consent_pb2.ExportConsentRequest, call: Call
+    ) -> consent_pb2.ExportConsentResponse:
+        party = call.require_role(CONTRIBUTOR)
+        _check_consent_id(request.consent_id)
+        async with self._ctx.database.reader.connect() as conn:
+            entry = await store.consent(conn, request.consent_id)
+        if entry is None:
+            raise NotFoundError("CONSENT_NOT_FOUND", "no such consent token")
+        if entry.token.contributor_key_id != party.key_id:
+            raise PermissionDeniedError("NOT_YOUR_CONSENT", "that token is another member's")
+        from coalition_server.domain import exports  # TEMP until exports.py lands
+
+        token = entry.token
+        if request.format == consent_pb2.EXPORT_FORMAT_ODRL:
+            policy = exports.consent_to_odrl(token.consent_id, party.key_id, token.statement)
+            return consent_pb2.ExportConsentResponse(
+                media_type="application/ld+json", document=json.dumps(policy, indent=2)
+            )
+        if request.format == consent_pb2.EXPORT_FORMAT_RSL:
+            document = exports.consent_to_rsl(token.consent_id, party.key_id, token.statement)
+            return consent_pb2.ExportConsentResponse(
+                media_type="application/rsl+xml", document=document
+            )
+        raise InvalidArgumentError("BAD_FORMAT", "format must be ODRL or RSL")
+
+
+def _check_withdrawal_scope(statement: consent_pb2.Withdrawal) -> None:
+    scope = statement.WhichOneof("scope")
+    if scope is None or (scope == "everything" and not statement.everything):
+        raise InvalidArgumentError("MISSING_SCOPE", "withdraw a consent_id, items or everything")
+    if scope == "consent_id":
+        _check_consent_id(statement.consent_id)
+    if scope == "items":
+        ids = list(statement.items.item_ids)
+        if not 1 <= len(ids) <= rules.MAX_ITEMS_PER_TOKEN or len(set(ids)) != len(ids):
+            raise InvalidArgumentError("BAD_ITEMS", "name 1 to 10000 distinct item ids")
+        for item_id in ids:
+            if not HEX_ID.match(item_id):
+                raise InvalidArgumentError("BAD_ITEM_ID", "item ids are 32 lowercase hex")
+
+
+def _record(entry: store.ConsentEntry, leaf: bytes, now: datetime) -> consent_pb2.ConsentRecord:
+    envelope = ledger_pb2.LedgerLeaf.FromString(leaf).envelope
+    return consent_pb2.ConsentRecord(
+        consent_id=entry.token.consent_id,
+        contributor_key_id=entry.token.contributor_key_id,
+        token=envelope,
+        state=consent_pb2.ConsentState.ValueType(entry.state_at(now)),
+        index=entry.index,
+        withdrawal_index=entry.withdrawal_index or 0,
+    )
+
+
+class _GrantEffect:
+    """Records a token; fills in its index for the response."""
+
+    def __init__(
+        self,
+        consent_id: str,
+        member: str,
+        statement: consent_pb2.ConsentToken,
+        record: consent_pb2.ConsentRecord,
+    ) -> None:
+        self._consent_id = consent_id
+        self._member = member
+        self._statement = statement
+        self._record = record
+
+    async def __call__(self, ctx: EffectContext) -> None:
+        token = rules.parse_token(
+            self._consent_id, self._member, self._statement, ctx.integrated_time
+        )
+        if token.not_after <= ctx.integrated_time:
+            raise FailedPreconditionError("TOKEN_EXPIRED", "the token lapsed before sequencing")
+        await store.record_grant(ctx.conn, token, ctx.index, bytes(self._statement.nonce))
+        self._record.index = ctx.index

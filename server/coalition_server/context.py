@@ -1,0 +1,22 @@
+"""What the servicers share: the database, the sequencer and the coalition's keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coalition.keys import SigningKey
+from coalition_server.keys.provider import KeyProvider
+from coalition_server.store.database import Database
+from coalition_server.store.sequencer import Sequencer
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """The long-lived parts of one server process."""
+
+    database: Database
+    sequencer: Sequencer
+    coalition_key: SigningKey
+    key_provider: KeyProvider
+    # Prices are integer micros of this ISO 4217 currency.
+    currency: str = "USD"

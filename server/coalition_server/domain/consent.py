@@ -1,0 +1,229 @@
+"""Consent tokens: validation, states, and whether a token permits given licence terms.
+
+Pure functions. ``permits`` is THE rule that decides coverage: key release, notices,
+shredding and (later) the coalition's reservation all call it, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from google.protobuf.duration_pb2 import Duration
+
+from coalition.v1 import consent_pb2, terms_pb2
+from coalition_server.domain.errors import FailedPreconditionError, InvalidArgumentError
+from coalition_server.domain.statements import (
+    check_fresh,
+    check_item_id,
+    check_key_id,
+    check_nonce,
+    check_tag,
+    timestamp,
+)
+
+GIVEN = consent_pb2.CONSENT_STATE_GIVEN
+WITHDRAWN = consent_pb2.CONSENT_STATE_WITHDRAWN
+LAPSED = consent_pb2.CONSENT_STATE_LAPSED
+INVALIDATED = consent_pb2.CONSENT_STATE_INVALIDATED
+
+MAX_ITEMS_PER_TOKEN = 10_000
+MAX_EXCLUDED_LABS = 1_000
+MAX_VALIDITY = timedelta(days=3653)
+MAX_DURATION = timedelta(days=36525)
+# Money: up to a billion currency units per item is already absurd; beyond is refused.
+MAX_MICROS = 10**15
+DEFAULT_MAX_DELETION_DEADLINE = timedelta(days=30)
+KNOWN_PURPOSES = frozenset(v for v in terms_pb2.Purpose.values() if v)
+KNOWN_PAYMENT_MODELS = frozenset(v for v in terms_pb2.PaymentModel.values() if v)
+
+
+def duration(value: Duration, field: str) -> timedelta:
+    """A protobuf duration as a timedelta, checked to be non-negative and not absurd."""
+    if value.seconds < 0 or value.nanos < 0:
+        raise InvalidArgumentError("BAD_DURATION", f"{field} must not be negative")
+    if value.seconds > MAX_DURATION.total_seconds():
+        raise InvalidArgumentError("BAD_DURATION", f"{field} is longer than 100 years")
+    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A validated consent token, ready for coverage decisions."""
+
+    consent_id: str
+    contributor_key_id: str
+    statement: consent_pb2.ConsentToken
+    not_before: datetime
+    not_after: datetime
+
+    @property
+    def purposes(self) -> frozenset[int]:
+        """Permitted purposes."""
+        return frozenset(self.statement.purposes)
+
+    def state_at(self, recorded: int, at: datetime) -> int:
+        """ISO/IEC TS 27560 state at ``at``: LAPSED is derived from not_after."""
+        if recorded == GIVEN and at >= self.not_after:
+            return LAPSED
+        return recorded
+
+    def in_force(self, at: datetime) -> bool:
+        """Whether the validity window contains ``at``."""
+        return self.not_before <= at < self.not_after
+
+
+def parse_token(
+    consent_id: str,
+    contributor: str,
+    statement: consent_pb2.ConsentToken,
+    integrated_time: datetime,
+) -> Token:
+    """A Token from a stored statement (already validated when it was granted)."""
+    not_before = (
+        timestamp(statement.not_before, "not_before")
+        if statement.HasField("not_before")
+        else integrated_time
+    )
+    return Token(
+        consent_id,
+        contributor,
+        statement,
+        not_before,
+        timestamp(statement.not_after, "not_after"),
+    )
+
+
+def check_token(statement: consent_pb2.ConsentToken, currency: str, now: datetime) -> None:
+    """Refuse a token that is malformed, outside its window, or not in the vocabulary."""
+    check_fresh(statement.created_time, statement.HasField("created_time"), now)
+    check_nonce(statement.nonce)
+    selector = statement.items.WhichOneof("selector")
+    if selector is None:
+        raise InvalidArgumentError("MISSING_ITEMS", "name the items: ids, a tag or all_items")
+    if selector == "item_ids":
+        ids = list(statement.items.item_ids.item_ids)
+        if not 1 <= len(ids) <= MAX_ITEMS_PER_TOKEN:
+            raise InvalidArgumentError("BAD_ITEMS", f"name 1 to {MAX_ITEMS_PER_TOKEN} item ids")
+        for item_id in ids:
+            check_item_id(item_id)
+        if len(set(ids)) != len(ids):
+            raise InvalidArgumentError("BAD_ITEMS", "an item id appears twice")
+    elif selector == "tag":
+        check_tag(statement.items.tag)
+    elif not statement.items.all_items:
+        raise InvalidArgumentError("MISSING_ITEMS", "all_items must be true when used")
+    purposes = list(statement.purposes)
+    if not purposes:
+        raise InvalidArgumentError("MISSING_PURPOSES", "name at least one purpose")
+    unknown = [p for p in purposes if p not in KNOWN_PURPOSES]
+    if unknown:
+        raise InvalidArgumentError(
+            "UNKNOWN_PURPOSE",
+            f"purpose {unknown[0]} is not in the vocabulary",
+            {"purpose": str(unknown[0])},
+        )
+    if len(set(purposes)) != len(purposes):
+        raise InvalidArgumentError("BAD_PURPOSES", "a purpose appears twice")
+    check_floor(statement.floor, currency)
+    if len(statement.excluded_lab_key_ids) > MAX_EXCLUDED_LABS:
+        raise InvalidArgumentError("BAD_EXCLUDED_LABS", "too many excluded labs")
+    for lab in statement.excluded_lab_key_ids:
+        check_key_id(lab, "excluded_lab_key_ids")
+    if not statement.HasField("not_after"):
+        raise InvalidArgumentError("MISSING_NOT_AFTER", "not_after is required")
+    not_after = timestamp(statement.not_after, "not_after")
+    created = timestamp(statement.created_time, "created_time")
+    if not_after <= now:
+        raise FailedPreconditionError("TOKEN_EXPIRED", "the token's not_after has passed")
+    if not_after - created > MAX_VALIDITY:
+        raise InvalidArgumentError("BAD_VALIDITY", "a token is valid for at most ten years")
+    if statement.HasField("not_before"):
+        not_before = timestamp(statement.not_before, "not_before")
+        if not_before >= not_after:
+            raise InvalidArgumentError("BAD_VALIDITY", "not_before must be before not_after")
+        if not_before > now + timedelta(minutes=10):
+            raise FailedPreconditionError(
+                "TOKEN_NOT_YET_VALID", "the token's not_before is in the future"
+            )
+
+
+def check_money(money: terms_pb2.Money, currency: str, field: str) -> None:
+    """Money in the coalition's currency, not negative, not absurd."""
+    if money.currency_code != currency:
+        raise InvalidArgumentError(
+            "BAD_CURRENCY", f"{field}: prices are in {currency}", {"currency": currency}
+        )
+    if money.micros < 0:
+        raise InvalidArgumentError("NEGATIVE_PRICE", f"{field} must not be negative")
+    if money.micros > MAX_MICROS:
+        raise InvalidArgumentError("ABSURD_PRICE", f"{field} is above 10^9 units per item")
+
+
+def check_floor(floor: terms_pb2.FloorTerms, currency: str) -> None:
+    """Floor terms: one price per known payment model, sane durations."""
+    if not floor.prices:
+        raise InvalidArgumentError("MISSING_PRICES", "give a floor price for a payment model")
+    models = [price.payment_model for price in floor.prices]
+    if any(model not in KNOWN_PAYMENT_MODELS for model in models):
+        raise InvalidArgumentError("UNKNOWN_PAYMENT_MODEL", "payment model not in the vocabulary")
+    if len(set(models)) != len(models):
+        raise InvalidArgumentError("BAD_PRICES", "one floor per payment model")
+    for price in floor.prices:
+        check_money(price.minimum_per_item, currency, "minimum_per_item")
+        subscription = price.payment_model == terms_pb2.PAYMENT_MODEL_SUBSCRIPTION
+        if subscription and duration(price.period, "period") < timedelta(hours=1):
+            raise InvalidArgumentError("BAD_PERIOD", "a subscription floor needs a period")
+        if not subscription and price.HasField("period"):
+            raise InvalidArgumentError("BAD_PERIOD", "only subscriptions have a period")
+    duration(floor.max_licence_duration, "max_licence_duration")
+    duration(floor.max_deletion_deadline, "max_deletion_deadline")
+
+
+def meets_floor(floor: terms_pb2.FloorTerms, terms: terms_pb2.LicenceTerms) -> bool:
+    """Whether licence terms meet a member's floor terms (price, attribution, durations)."""
+    price = next((p for p in floor.prices if p.payment_model == terms.payment_model), None)
+    if price is None or price.minimum_per_item.currency_code != terms.price_per_item.currency_code:
+        return False
+    offered = terms.price_per_item.micros
+    minimum = price.minimum_per_item.micros
+    if terms.payment_model == terms_pb2.PAYMENT_MODEL_SUBSCRIPTION:
+        # Compare prices per unit of time without rounding: a/p >= b/q  <=>  a*q >= b*p.
+        offered_period = terms.subscription_period.seconds
+        floor_period = price.period.seconds
+        if offered_period <= 0 or offered * floor_period < minimum * offered_period:
+            return False
+    elif offered < minimum:
+        return False
+    if floor.attribution_required and not terms.attribution:
+        return False
+    if floor.HasField("max_licence_duration") and (
+        terms.licence_duration.seconds > floor.max_licence_duration.seconds
+    ):
+        return False
+    max_deadline = (
+        floor.max_deletion_deadline.seconds
+        if floor.HasField("max_deletion_deadline")
+        else DEFAULT_MAX_DELETION_DEADLINE.total_seconds()
+    )
+    return terms.deletion_deadline.seconds <= max_deadline
+
+
+def permits(token: Token, terms: terms_pb2.LicenceTerms, lab_key_id: str, at: datetime) -> bool:
+    """Whether a GIVEN token lets ``lab_key_id`` use its items under ``terms`` at ``at``."""
+    return (
+        token.in_force(at)
+        and lab_key_id not in token.statement.excluded_lab_key_ids
+        and set(terms.purposes) <= token.purposes
+        and meets_floor(token.statement.floor, terms)
+    )
+
+
+def covers_item(token: Token, item_id: str, item_tags: frozenset[str]) -> bool:
+    """Whether a token's selector names the item (which must be the same member's)."""
+    selector = token.statement.items.WhichOneof("selector")
+    if selector == "item_ids":
+        return item_id in token.statement.items.item_ids.item_ids
+    if selector == "tag":
+        return token.statement.items.tag in item_tags
+    return selector == "all_items"

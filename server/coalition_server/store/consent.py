@@ -1,0 +1,185 @@
+"""Consent tokens in the store: recording grants, loading members' tokens, coverage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coalition.v1 import consent_pb2
+from coalition_server.domain import consent as rules
+from coalition_server.domain.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from coalition_server.store import models
+from coalition_server.store.items import WITHDRAWN, ItemRecord, load_items, require_own_items
+from coalition_server.timeutil import as_utc
+
+
+@dataclass(frozen=True)
+class ConsentEntry:
+    """A stored token with its recorded state and ledger positions."""
+
+    token: rules.Token
+    recorded_state: int
+    index: int
+    withdrawal_index: int | None
+
+    def state_at(self, at: datetime) -> int:
+        """The ISO/IEC TS 27560 state at ``at``."""
+        return self.token.state_at(self.recorded_state, at)
+
+
+def _entry(row: Any) -> ConsentEntry:
+    statement = consent_pb2.ConsentToken.FromString(row.payload)
+    token = rules.Token(
+        consent_id=row.consent_id,
+        contributor_key_id=row.contributor_key_id,
+        statement=statement,
+        not_before=as_utc(row.not_before),
+        not_after=as_utc(row.not_after),
+    )
+    return ConsentEntry(token, row.state, row.idx, row.withdrawal_idx)
+
+
+async def record_grant(conn: AsyncConnection, token: rules.Token, index: int, nonce: bytes) -> None:
+    """Record a granted token inside the sequencer's transaction, checking its items."""
+    statement = token.statement
+    member = token.contributor_key_id
+    if statement.items.WhichOneof("selector") == "item_ids":
+        ids = list(statement.items.item_ids.item_ids)
+        require_own_items(await load_items(conn, ids), ids, member, usable=True)
+    clash = (
+        await conn.execute(
+            select(models.ConsentRow.consent_id).where(
+                models.ConsentRow.contributor_key_id == member, models.ConsentRow.nonce == nonce
+            )
+        )
+    ).first()
+    if clash is not None:
+        raise AlreadyExistsError("DUPLICATE_NONCE", "you used this nonce in another token")
+    await conn.execute(
+        insert(models.ConsentRow),
+        [
+            {
+                "consent_id": token.consent_id,
+                "contributor_key_id": member,
+                "idx": index,
+                "payload": statement.SerializeToString(deterministic=True),
+                "state": rules.GIVEN,
+                "not_before": token.not_before,
+                "not_after": token.not_after,
+                "nonce": nonce,
+            }
+        ],
+    )
+    if statement.items.WhichOneof("selector") == "item_ids":
+        await conn.execute(
+            insert(models.ConsentItem),
+            [
+                {"consent_id": token.consent_id, "item_id": item_id}
+                for item_id in statement.items.item_ids.item_ids
+            ],
+        )
+
+
+async def consent(conn: AsyncConnection, consent_id: str) -> ConsentEntry | None:
+    """One token by id."""
+    row = (
+        await conn.execute(
+            select(models.ConsentRow).where(models.ConsentRow.consent_id == consent_id)
+        )
+    ).one_or_none()
+    return None if row is None else _entry(row)
+
+
+async def member_consents(
+    conn: AsyncConnection, member: str, *, start_index: int = 0, limit: int | None = None
+) -> list[ConsentEntry]:
+    """A member's tokens in ledger order (all states)."""
+    query = (
+        select(models.ConsentRow)
+        .where(models.ConsentRow.contributor_key_id == member, models.ConsentRow.idx >= start_index)
+        .order_by(models.ConsentRow.idx)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [_entry(row) for row in await conn.execute(query)]
+
+
+async def given_tokens(
+    conn: AsyncConnection, members: Iterable[str]
+) -> dict[str, list[rules.Token]]:
+    """The GIVEN (not withdrawn or invalidated) tokens of each member."""
+    wanted = sorted(set(members))
+    tokens: dict[str, list[rules.Token]] = {member: [] for member in wanted}
+    for start in range(0, len(wanted), 500):
+        rows = await conn.execute(
+            select(models.ConsentRow)
+            .where(
+                models.ConsentRow.contributor_key_id.in_(wanted[start : start + 500]),
+                models.ConsentRow.state == rules.GIVEN,
+            )
+            .order_by(models.ConsentRow.idx)
+        )
+        for row in rows:
+            tokens[row.contributor_key_id].append(_entry(row).token)
+    return tokens
+
+
+def consented_for(
+    item: ItemRecord,
+    tokens: Iterable[rules.Token],
+    terms: Any,
+    lab_key_id: str,
+    at: datetime,
+) -> bool:
+    """Whether some GIVEN token of the item's member permits this use of it now."""
+    if item.state == WITHDRAWN:
+        return False  # withdrawn item by item: no token can cover it any more
+    return any(
+        rules.covers_item(token, item.item_id, item.tags)
+        and rules.permits(token, terms, lab_key_id, at)
+        for token in tokens
+    )
+
+
+def consented_at_all(item: ItemRecord, tokens: Iterable[rules.Token], at: datetime) -> bool:
+    """Whether some GIVEN token in force still names the item (else it is shredded)."""
+    if item.state == WITHDRAWN:
+        return False
+    return any(
+        rules.covers_item(token, item.item_id, item.tags) and token.in_force(at) for token in tokens
+    )
+
+
+async def mark_withdrawn(conn: AsyncConnection, consent_ids: list[str], index: int) -> None:
+    """Set tokens WITHDRAWN by the withdrawal at ``index``."""
+    for start in range(0, len(consent_ids), 500):
+        await conn.execute(
+            update(models.ConsentRow)
+            .where(models.ConsentRow.consent_id.in_(consent_ids[start : start + 500]))
+            .values(state=rules.WITHDRAWN, withdrawal_idx=index)
+        )
+
+
+def require_withdrawable(entry: ConsentEntry | None, member: str, at: datetime) -> ConsentEntry:
+    """The token a member withdraws: theirs, and still given."""
+    if entry is None:
+        raise NotFoundError("CONSENT_NOT_FOUND", "no such consent token")
+    if entry.token.contributor_key_id != member:
+        raise PermissionDeniedError(
+            "NOT_YOUR_CONSENT", "that consent token belongs to another member"
+        )
+    if entry.state_at(at) != rules.GIVEN:
+        raise FailedPreconditionError(
+            "CONSENT_NOT_GIVEN", "that consent token is already withdrawn, lapsed or invalid"
+        )
+    return entry

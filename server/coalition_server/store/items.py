@@ -1,0 +1,298 @@
+"""Items: registration rows, reads, and the data-key lifecycle (wrap, rotate, shred).
+
+Key material never leaves this module except as a wrapped key or inside the upload/fetch
+path; the database holds only wrapped data keys and sealed content segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coalition.v1 import items_pb2
+from coalition_server.domain.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from coalition_server.keys.provider import KeyProvider, WrappedKey
+from coalition_server.store import models
+
+REGISTERED = items_pb2.ITEM_STATE_REGISTERED
+STORED = items_pb2.ITEM_STATE_STORED
+WITHDRAWN = items_pb2.ITEM_STATE_WITHDRAWN
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """An item as stored."""
+
+    item_id: str
+    contributor_key_id: str
+    commitment: bytes
+    size_bytes: int
+    media_type: str
+    tags: frozenset[str]
+    state: int
+    registration_index: int
+
+    def to_proto(self) -> items_pb2.Item:
+        """The API representation."""
+        return items_pb2.Item(
+            item_id=self.item_id,
+            contributor_key_id=self.contributor_key_id,
+            commitment=self.commitment,
+            size_bytes=self.size_bytes,
+            media_type=self.media_type,
+            tags=sorted(self.tags),
+            state=items_pb2.ItemState.ValueType(self.state),
+            registration_index=self.registration_index,
+        )
+
+
+def data_key_associated_data(item_id: str, contributor_key_id: str) -> bytes:
+    """What a wrapped data key is bound to: its item and its contributor."""
+    return f"item={item_id};contributor={contributor_key_id}".encode()
+
+
+async def insert_item(conn: AsyncConnection, record: ItemRecord) -> None:
+    """Insert a registration inside the sequencer's transaction."""
+    exists = (
+        await conn.execute(
+            select(models.ItemRow.item_id).where(models.ItemRow.item_id == record.item_id)
+        )
+    ).first()
+    if exists is not None:
+        raise AlreadyExistsError(
+            "ITEM_ALREADY_REGISTERED",
+            "you registered this content already",
+            {"item_id": record.item_id},
+        )
+    await conn.execute(
+        insert(models.ItemRow),
+        [
+            {
+                "item_id": record.item_id,
+                "contributor_key_id": record.contributor_key_id,
+                "commitment": record.commitment,
+                "size_bytes": record.size_bytes,
+                "media_type": record.media_type,
+                "state": record.state,
+                "registration_idx": record.registration_index,
+            }
+        ],
+    )
+    if record.tags:
+        await conn.execute(
+            insert(models.ItemTag),
+            [{"item_id": record.item_id, "tag": tag} for tag in sorted(record.tags)],
+        )
+
+
+async def load_items(conn: AsyncConnection, item_ids: Iterable[str]) -> dict[str, ItemRecord]:
+    """Items by id (missing ids are simply absent)."""
+    ids = sorted(set(item_ids))
+    if not ids:
+        return {}
+    records: dict[str, ItemRecord] = {}
+    tags: dict[str, set[str]] = {item_id: set() for item_id in ids}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for tag_row in await conn.execute(
+            select(models.ItemTag).where(models.ItemTag.item_id.in_(chunk))
+        ):
+            tags[tag_row.item_id].add(tag_row.tag)
+        for row in await conn.execute(
+            select(models.ItemRow).where(models.ItemRow.item_id.in_(chunk))
+        ):
+            records[row.item_id] = _record(row, tags[row.item_id])
+    return records
+
+
+async def member_items(conn: AsyncConnection, contributor_key_id: str) -> list[ItemRecord]:
+    """Every item of one member, in registration order."""
+    rows = (
+        await conn.execute(
+            select(models.ItemRow)
+            .where(models.ItemRow.contributor_key_id == contributor_key_id)
+            .order_by(models.ItemRow.registration_idx)
+        )
+    ).all()
+    tags: dict[str, set[str]] = {row.item_id: set() for row in rows}
+    tag_rows = await conn.execute(
+        select(models.ItemTag.item_id, models.ItemTag.tag)
+        .join(models.ItemRow, models.ItemRow.item_id == models.ItemTag.item_id)
+        .where(models.ItemRow.contributor_key_id == contributor_key_id)
+    )
+    for tag_row in tag_rows:
+        tags[tag_row.item_id].add(tag_row.tag)
+    return [_record(row, tags[row.item_id]) for row in rows]
+
+
+def _record(row: Any, tags: set[str]) -> ItemRecord:
+    return ItemRecord(
+        item_id=row.item_id,
+        contributor_key_id=row.contributor_key_id,
+        commitment=bytes(row.commitment),
+        size_bytes=row.size_bytes,
+        media_type=row.media_type,
+        tags=frozenset(tags),
+        state=row.state,
+        registration_index=row.registration_idx,
+    )
+
+
+def require_own_items(
+    found: dict[str, ItemRecord], item_ids: Sequence[str], member: str, *, usable: bool
+) -> list[ItemRecord]:
+    """The named items, refusing unknown ones, other members' and (if usable) withdrawn."""
+    records = []
+    for item_id in item_ids:
+        record = found.get(item_id)
+        if record is None:
+            raise NotFoundError("ITEM_NOT_FOUND", "no such item", {"item_id": item_id})
+        if record.contributor_key_id != member:
+            raise PermissionDeniedError(
+                "NOT_YOUR_ITEM", "that item belongs to another member", {"item_id": item_id}
+            )
+        if usable and record.state == WITHDRAWN:
+            raise FailedPreconditionError(
+                "ITEM_WITHDRAWN", "that item was withdrawn", {"item_id": item_id}
+            )
+        records.append(record)
+    return records
+
+
+async def current_kek(
+    conn: AsyncConnection, provider: KeyProvider, owner: str, now: datetime
+) -> str:
+    """The owner's current key-encryption key, created on first use."""
+    row = (
+        await conn.execute(
+            select(models.KeyEncryptionKey.kek_id)
+            .where(
+                models.KeyEncryptionKey.owner_key_id == owner,
+                models.KeyEncryptionKey.retired_at.is_(None),
+            )
+            .order_by(models.KeyEncryptionKey.created_at.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is not None:
+        return str(row.kek_id)
+    kek_id = provider.create_kek(owner)
+    await conn.execute(
+        insert(models.KeyEncryptionKey),
+        [{"kek_id": kek_id, "owner_key_id": owner, "created_at": now}],
+    )
+    return kek_id
+
+
+async def shred_items(conn: AsyncConnection, item_ids: Iterable[str]) -> list[str]:
+    """Delete the wrapped data keys and sealed content of these items; return those shredded.
+
+    The data key exists only wrapped in ``item_content``: once that row is gone and the KEK
+    that wrapped it is destroyed (``rotate_kek`` retires it at once, the retention job
+    destroys it), nothing left anywhere decrypts the content.
+    """
+    ids = sorted(set(item_ids))
+    shredded: list[str] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = await conn.execute(
+            select(models.ItemContent.item_id).where(models.ItemContent.item_id.in_(chunk))
+        )
+        present = [row.item_id for row in rows]
+        if not present:
+            continue
+        await conn.execute(
+            delete(models.ItemSegment).where(models.ItemSegment.item_id.in_(present))
+        )
+        await conn.execute(
+            delete(models.ItemContent).where(models.ItemContent.item_id.in_(present))
+        )
+        await conn.execute(
+            update(models.ItemRow)
+            .where(models.ItemRow.item_id.in_(present), models.ItemRow.state == STORED)
+            .values(state=REGISTERED)
+        )
+        shredded.extend(present)
+    return shredded
+
+
+async def rotate_kek(
+    conn: AsyncConnection, provider: KeyProvider, owner: str, now: datetime
+) -> str:
+    """Re-wrap every data key of ``owner`` under a new KEK and retire the old ones.
+
+    Run after shredding: a copy of a shredded item's wrapped key that survives somewhere
+    (a WAL page, a backup) becomes useless once the retired KEK is destroyed.
+    """
+    old = [
+        row.kek_id
+        for row in await conn.execute(
+            select(models.KeyEncryptionKey.kek_id).where(
+                models.KeyEncryptionKey.owner_key_id == owner,
+                models.KeyEncryptionKey.retired_at.is_(None),
+            )
+        )
+    ]
+    new_kek = provider.create_kek(owner)
+    await conn.execute(
+        insert(models.KeyEncryptionKey),
+        [{"kek_id": new_kek, "owner_key_id": owner, "created_at": now}],
+    )
+    rows = await conn.execute(
+        select(
+            models.ItemContent.item_id,
+            models.ItemContent.kek_id,
+            models.ItemContent.wrapped_data_key,
+        )
+        .join(models.ItemRow, models.ItemRow.item_id == models.ItemContent.item_id)
+        .where(models.ItemRow.contributor_key_id == owner)
+    )
+    for row in rows.all():
+        aad = data_key_associated_data(row.item_id, owner)
+        data_key = provider.unwrap(WrappedKey(row.kek_id, bytes(row.wrapped_data_key)), aad)
+        wrapped = provider.wrap(new_kek, data_key, aad)
+        await conn.execute(
+            update(models.ItemContent)
+            .where(models.ItemContent.item_id == row.item_id)
+            .values(kek_id=new_kek, wrapped_data_key=wrapped.ciphertext)
+        )
+    if old:
+        await conn.execute(
+            update(models.KeyEncryptionKey)
+            .where(models.KeyEncryptionKey.kek_id.in_(old))
+            .values(retired_at=now)
+        )
+    return new_kek
+
+
+async def destroy_retired_keks(
+    conn: AsyncConnection, provider: KeyProvider, older_than: datetime, now: datetime
+) -> list[str]:
+    """Destroy KEKs retired before ``older_than`` (the retention window has passed)."""
+    rows = await conn.execute(
+        select(models.KeyEncryptionKey.kek_id).where(
+            models.KeyEncryptionKey.retired_at.is_not(None),
+            models.KeyEncryptionKey.retired_at <= older_than,
+            models.KeyEncryptionKey.destroyed_at.is_(None),
+        )
+    )
+    destroyed = [row.kek_id for row in rows]
+    for kek_id in destroyed:
+        provider.destroy_kek(kek_id)
+    if destroyed:
+        await conn.execute(
+            update(models.KeyEncryptionKey)
+            .where(models.KeyEncryptionKey.kek_id.in_(destroyed))
+            .values(destroyed_at=now)
+        )
+    return destroyed
