@@ -5,30 +5,107 @@
 
 Errors from the server arrive as :class:`ServerError` with the gRPC status code and the
 ErrorInfo reason, so callers can branch on ``error.reason``.
+
+Contributors register items (:meth:`Client.register_files`), upload their content
+(:meth:`Client.upload`), grant consent (:meth:`Client.grant_consent`) and withdraw it
+(:meth:`Client.withdraw`); labs lease (:meth:`Client.take_lease`), fetch verified plaintext
+(:meth:`Client.fetch`), follow the withdrawal feed (:meth:`Client.watch_withdrawals`) and
+answer it (:meth:`Client.acknowledge`). Mutations given a ``request_id`` are retried with the
+same bytes while the server is UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import mimetypes
 import os
-from collections.abc import AsyncIterator
+import re
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import TypeVar
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import BinaryIO, Final, NamedTuple, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
-from coalition import statements
+from coalition import dsse, hpke, statements
 from coalition.auth import CallSigner
-from coalition.errors import CoalitionError
-from coalition.keys import SigningKey
-from coalition.v1 import ledger_pb2, party_pb2
+from coalition.consent_state import VerifiedConsentState, verify_consent_state
+from coalition.content import ContentError, SegmentDecryptor
+from coalition.errors import CoalitionError, VerificationError
+from coalition.keys import PublicKey, SigningKey
+from coalition.note import NoteVerifier
+from coalition.receipts import verify_receipt
+from coalition.v1 import (
+    access_pb2,
+    consent_pb2,
+    envelope_pb2,
+    items_pb2,
+    ledger_pb2,
+    party_pb2,
+    terms_pb2,
+)
 
 R = TypeVar("R", bound=Message)
 
 LEDGER = "/coalition.v1.LedgerService/"
 PARTY = "/coalition.v1.PartyService/"
+ITEMS = "/coalition.v1.ItemService/"
+CONSENT = "/coalition.v1.ConsentService/"
+ACCESS = "/coalition.v1.AccessService/"
+
+MAX_CHUNK: Final = 1 << 20
+"""Largest chunk of content one upload message carries (the server's limit)."""
+MAX_BATCH: Final = 1000
+"""Most statements one RegisterItems or GrantConsent request carries."""
+RETRIES: Final = 3
+"""Retries of a mutation that carries a request_id, when the server is UNAVAILABLE."""
+DEFAULT_CURRENCY: Final = "USD"
+DEFAULT_MEDIA_TYPE: Final = "application/octet-stream"
+DEFAULT_VALIDITY: Final = timedelta(days=365)
+
+PURPOSES: Final[Mapping[str, terms_pb2.Purpose.ValueType]] = {
+    "train-ai": terms_pb2.PURPOSE_TRAIN_AI,
+    "train-genai": terms_pb2.PURPOSE_TRAIN_GENAI,
+    "ai-input": terms_pb2.PURPOSE_AI_INPUT,
+    "ai-index": terms_pb2.PURPOSE_AI_INDEX,
+    "search": terms_pb2.PURPOSE_SEARCH,
+    "evaluation": terms_pb2.PURPOSE_EVALUATION,
+}
+"""The purpose vocabulary by its names (IETF AI-preferences / RSL usage tokens)."""
+
+PAYMENT_MODELS: Final[Mapping[str, terms_pb2.PaymentModel.ValueType]] = {
+    "purchase": terms_pb2.PAYMENT_MODEL_PURCHASE,
+    "subscription": terms_pb2.PAYMENT_MODEL_SUBSCRIPTION,
+    "per-use": terms_pb2.PAYMENT_MODEL_PER_USE,
+}
+"""Payment models by name."""
+
+EXPORT_FORMATS: Final[Mapping[str, consent_pb2.ExportFormat.ValueType]] = {
+    "odrl": consent_pb2.EXPORT_FORMAT_ODRL,
+    "rsl": consent_pb2.EXPORT_FORMAT_RSL,
+}
+"""Consent export formats by name."""
+
+_MEDIA_TYPE: Final = re.compile(
+    r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$"
+)
 
 
 @dataclass
@@ -57,6 +134,364 @@ def _server_error(error: grpc.aio.AioRpcError) -> ServerError:
     return ServerError(error.code(), reason, error.details() or "", metadata)
 
 
+class FetchError(VerificationError):
+    """Fetched data did not verify: a release, a sealed key, a segment or a commitment."""
+
+
+def item_id(contributor_key_id: str, commitment: bytes) -> str:
+    """The item id of a contributor's content: one contributor's content is one item.
+
+    The first 32 hex characters of SHA-256("coalition-item-v1\\n" || key id || "\\n" ||
+    commitment), exactly as the server derives it.
+    """
+    digest = hashlib.sha256(
+        b"coalition-item-v1\n" + contributor_key_id.encode() + b"\n" + commitment
+    )
+    return digest.hexdigest()[:32]
+
+
+def purpose(value: str | int) -> terms_pb2.Purpose.ValueType:
+    """A purpose from its name (``train-ai``, ...) or enum value; CoalitionError if unknown."""
+    if isinstance(value, str):
+        found = PURPOSES.get(value.strip().lower())
+        if found is None:
+            raise CoalitionError(f"unknown purpose {value!r}: use one of {', '.join(PURPOSES)}")
+        return found
+    if value not in PURPOSES.values():
+        raise CoalitionError(f"unknown purpose {value}")
+    return terms_pb2.Purpose.ValueType(value)
+
+
+def payment_model(value: str | int) -> terms_pb2.PaymentModel.ValueType:
+    """A payment model from its name (``purchase``, ``subscription``, ``per-use``) or value."""
+    if isinstance(value, str):
+        found = PAYMENT_MODELS.get(value.strip().lower())
+        if found is None:
+            raise CoalitionError(
+                f"unknown payment model {value!r}: use one of {', '.join(PAYMENT_MODELS)}"
+            )
+        return found
+    if value not in PAYMENT_MODELS.values():
+        raise CoalitionError(f"unknown payment model {value}")
+    return terms_pb2.PaymentModel.ValueType(value)
+
+
+def micros(amount: str | Decimal | int) -> int:
+    """Integer micros of a decimal amount (``"0.25"`` is 250000); never floating point."""
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        raise CoalitionError(f"not an amount: {amount!r}") from None
+    scaled = value * 1_000_000
+    if not value.is_finite() or scaled != scaled.to_integral_value():
+        raise CoalitionError(f"{amount} has more than 6 decimal places")
+    if scaled < 0:
+        raise CoalitionError(f"{amount} is negative")
+    return int(scaled)
+
+
+def price_floor(
+    model: str | int,
+    minimum_micros: int,
+    *,
+    period: timedelta | None = None,
+    currency: str = DEFAULT_CURRENCY,
+) -> terms_pb2.PriceFloor:
+    """A member's minimum price per item for one payment model (per ``period`` for
+    subscriptions, which need one)."""
+    floor = terms_pb2.PriceFloor(
+        payment_model=payment_model(model),
+        minimum_per_item=terms_pb2.Money(currency_code=currency, micros=minimum_micros),
+    )
+    if period is not None:
+        floor.period.CopyFrom(_duration(period))
+    return floor
+
+
+def consent_token(
+    *,
+    item_ids: Iterable[str] | None = None,
+    tag: str | None = None,
+    all_items: bool = False,
+    purposes: Iterable[str | int],
+    floors: Iterable[terms_pb2.PriceFloor],
+    attribution_required: bool = False,
+    max_licence_duration: timedelta | None = None,
+    max_deletion_deadline: timedelta | None = None,
+    excluded_labs: Iterable[str] = (),
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+    valid_for: timedelta = DEFAULT_VALIDITY,
+) -> consent_pb2.ConsentToken:
+    """A fresh ConsentToken (created now, random nonce) naming exactly one item selector.
+
+    ``not_after`` defaults to ``valid_for`` after now (or after ``not_before``).
+    """
+    chosen = [item_ids is not None, tag is not None, all_items]
+    if sum(chosen) != 1:
+        raise CoalitionError("name the items one way: item_ids, a tag, or all_items")
+    selector = terms_pb2.ItemSelector()
+    if item_ids is not None:
+        selector.item_ids.item_ids.extend(item_ids)
+    elif tag is not None:
+        selector.tag = tag
+    else:
+        selector.all_items = True
+    now = datetime.now(UTC)
+    floor = terms_pb2.FloorTerms(prices=list(floors), attribution_required=attribution_required)
+    if max_licence_duration is not None:
+        floor.max_licence_duration.CopyFrom(_duration(max_licence_duration))
+    if max_deletion_deadline is not None:
+        floor.max_deletion_deadline.CopyFrom(_duration(max_deletion_deadline))
+    token = consent_pb2.ConsentToken(
+        items=selector,
+        purposes=[purpose(p) for p in purposes],
+        floor=floor,
+        excluded_lab_key_ids=list(excluded_labs),
+        not_after=_timestamp(not_after or (not_before or now) + valid_for),
+        nonce=os.urandom(16),
+        created_time=_timestamp(now),
+    )
+    if not_before is not None:
+        token.not_before.CopyFrom(_timestamp(not_before))
+    return token
+
+
+class NewItem(NamedTuple):
+    """An item to register: SHA-256 commitment, size, media type and tags."""
+
+    commitment: bytes
+    size_bytes: int
+    media_type: str = DEFAULT_MEDIA_TYPE
+    tags: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class RegisteredFile:
+    """A file registered as an item, with the registration's receipt."""
+
+    path: Path
+    item: items_pb2.Item
+    receipt: ledger_pb2.Receipt
+
+
+@dataclass(frozen=True)
+class FetchProgress:
+    """Where a fetch stands, reported after every decrypted segment."""
+
+    item: access_pb2.FetchedItem
+    """The item being fetched."""
+    item_bytes: int
+    """Bytes of this item decrypted so far."""
+    items_done: int
+    """Items fetched and verified so far (including this one once ``done``)."""
+    total_bytes: int
+    """Bytes decrypted so far, all items."""
+    done: bool
+    """This item is complete and its commitment verified."""
+
+
+@dataclass(frozen=True)
+class FetchedContent:
+    """An item's verified plaintext: its SHA-256 is the commitment, its size the size."""
+
+    item: access_pb2.FetchedItem
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """An item written to a file after its commitment was verified."""
+
+    item: access_pb2.FetchedItem
+    path: Path
+
+
+@dataclass
+class FetchResult:
+    """What a fetch got: the verified items (and files), and each page's release receipt."""
+
+    lease_id: str
+    agreement_id: str = ""
+    items: list[access_pb2.FetchedItem] = field(default_factory=list)
+    files: list[FetchedFile] = field(default_factory=list)
+    releases: list[ledger_pb2.Receipt] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        """Plaintext bytes fetched."""
+        return sum(item.size_bytes for item in self.items)
+
+
+@dataclass(frozen=True)
+class _FetchEvent:
+    item: access_pb2.FetchedItem
+    data: bytes
+    done: bool
+
+
+@dataclass
+class _ItemReader:
+    """Decrypts and checks one item's segments, in order."""
+
+    header: access_pb2.FetchedItem
+    decryptor: SegmentDecryptor | None
+    next_segment: int = 0
+    size: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    @property
+    def complete(self) -> bool:
+        return self.next_segment >= self.header.segment_count
+
+    def open(self, sealed: bytes) -> bytes:
+        header = self.header
+        if self.decryptor is None or self.complete:
+            raise FetchError(f"item {header.item_id}: more segments than announced")
+        index = self.next_segment
+        try:
+            plaintext = self.decryptor.open(index, sealed, index == header.segment_count - 1)
+        except ContentError as exc:
+            raise FetchError(f"item {header.item_id}: {exc}") from None
+        self.next_segment += 1
+        self.size += len(plaintext)
+        if self.size > header.size_bytes:
+            raise FetchError(f"item {header.item_id}: more content than its size")
+        self.digest.update(plaintext)
+        return plaintext
+
+    def verify(self) -> None:
+        header = self.header
+        if self.size != header.size_bytes:
+            raise FetchError(
+                f"item {header.item_id}: {self.size} bytes, not the committed {header.size_bytes}"
+            )
+        if self.digest.digest() != header.commitment:
+            raise FetchError(f"item {header.item_id}: content does not match its commitment")
+
+
+class _FileSink:
+    """Writes fetched items to a directory: a private partial file, renamed once verified."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._partial: Path | None = None
+        self._handle: BinaryIO | None = None
+
+    @property
+    def open(self) -> bool:
+        return self._handle is not None
+
+    def prepare(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, item: access_pb2.FetchedItem, data: bytes) -> None:
+        if self._handle is None:
+            self._partial = self.directory / f".{item.item_id}.partial"
+            fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._handle = os.fdopen(fd, "wb")
+        self._handle.write(data)
+
+    def finish(self, item: access_pb2.FetchedItem) -> Path:
+        if self._handle is None:
+            self.write(item, b"")
+        assert self._handle is not None
+        assert self._partial is not None
+        self._handle.close()
+        self._handle = None
+        final = self.directory / (item.item_id + _extension(item.media_type))
+        os.replace(self._partial, final)
+        self._partial = None
+        return final
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._partial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._partial.unlink()
+            self._partial = None
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    if value.tzinfo is None:
+        raise CoalitionError("use timezone-aware datetimes")
+    stamp = Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+def _duration(value: timedelta) -> Duration:
+    out = Duration()
+    out.FromTimedelta(value)
+    return out
+
+
+def media_type_of(path: str | os.PathLike[str], given: str | None = None) -> str:
+    """``given``, or the media type guessed from the file name; application/octet-stream
+    when unknown or not a valid media type."""
+    media = given or mimetypes.guess_type(Path(path).name)[0] or DEFAULT_MEDIA_TYPE
+    media = media.lower()
+    return media if _MEDIA_TYPE.match(media) else DEFAULT_MEDIA_TYPE
+
+
+def file_commitment(path: str | os.PathLike[str]) -> tuple[bytes, int]:
+    """A file's SHA-256 commitment and size, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with Path(path).open("rb") as f:
+        while chunk := f.read(MAX_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.digest(), size
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, MAX_CHUNK):
+            yield chunk
+
+
+async def _source_chunks(
+    source: str | os.PathLike[str] | bytes | AsyncIterable[bytes] | Iterable[bytes],
+) -> AsyncIterator[bytes]:
+    if isinstance(source, bytes):
+        yield source
+    elif isinstance(source, str | os.PathLike):
+        async for chunk in _file_chunks(Path(source)):
+            yield chunk
+    elif isinstance(source, AsyncIterable):
+        async for chunk in source:
+            yield chunk
+    else:
+        for chunk in source:
+            yield chunk
+
+
+def _request_id(request_id: str, part: int, parts: int) -> str:
+    """The request_id of one part of a split batch: the id itself when there is one part."""
+    if not request_id or parts == 1:
+        return request_id
+    return f"{request_id}.{part}"
+
+
+def _merge_register(
+    responses: list[items_pb2.RegisterItemsResponse],
+) -> items_pb2.RegisterItemsResponse:
+    merged = items_pb2.RegisterItemsResponse()
+    for response in responses:
+        merged.items.extend(response.items)
+        merged.receipts.extend(response.receipts)
+    return merged
+
+
+def _notice_statement(envelope: dsse.Envelope) -> access_pb2.WithdrawalNotice:
+    if envelope.payload_type != statements.payload_type(access_pb2.WithdrawalNotice):
+        raise VerificationError(f"not a withdrawal notice: {envelope.payload_type}")
+    return statements.parse_payload(access_pb2.WithdrawalNotice, envelope.payload)
+
+
 class Client:
     """A connection to a Coalition server, optionally acting as one party (``key``)."""
 
@@ -71,6 +506,8 @@ class Client:
     ) -> None:
         self.key = key
         self.timeout = timeout
+        self.retry_delay = 0.2
+        """Seconds before the first retry of an UNAVAILABLE mutation; doubled each time."""
         self._signer = CallSigner(key) if key is not None else None
         if tls or root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
@@ -95,19 +532,38 @@ class Client:
             raise CoalitionError("this call needs a key: pass key= to Client")
         return self._signer.metadata(method, raw)
 
-    async def call(self, method: str, request: Message, response_type: type[R], *, sign: bool) -> R:
-        """Make one unary call; the request is serialised once and those bytes are signed."""
+    async def call(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        *,
+        sign: bool,
+        retry: bool = False,
+    ) -> R:
+        """Make one unary call; the request is serialised once and those bytes are signed.
+
+        ``retry``: for a mutation carrying a request_id, retry up to :data:`RETRIES` times
+        while the server is UNAVAILABLE, sending the very same request bytes (each attempt
+        freshly call-signed); the server answers a repeated request_id with its first answer.
+        """
         raw = request.SerializeToString()
         stub: grpc.aio.UnaryUnaryMultiCallable[bytes, R] = self._channel.unary_unary(
             method, response_deserializer=response_type.FromString
         )
-        try:
-            response: R = await stub(
-                raw, metadata=self._metadata(method, raw, sign), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _server_error(exc) from None
-        return response
+        attempt = 0
+        while True:
+            try:
+                response: R = await stub(
+                    raw, metadata=self._metadata(method, raw, sign), timeout=self.timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                if retry and exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < RETRIES:
+                    await asyncio.sleep(self.retry_delay * 2**attempt)
+                    attempt += 1
+                    continue
+                raise _server_error(exc) from None
+            return response
 
     # --- ledger (public) -------------------------------------------------------------
 
@@ -248,7 +704,681 @@ class Client:
         )
         return response.party
 
+    # --- items (contributors) ---------------------------------------------------------
+
+    def item_id_for(self, commitment: bytes) -> str:
+        """The id this client's key gets for content with this SHA-256 commitment."""
+        return item_id(self._require_key().key_id, commitment)
+
+    def item_registration(
+        self, commitment: bytes, size_bytes: int, media_type: str, tags: Iterable[str] = ()
+    ) -> items_pb2.ItemRegistration:
+        """A fresh ItemRegistration statement (created now, random nonce)."""
+        return items_pb2.ItemRegistration(
+            commitment=commitment,
+            size_bytes=size_bytes,
+            media_type=media_type,
+            tags=list(tags),
+            created_time=_timestamp(datetime.now(UTC)),
+            nonce=os.urandom(16),
+        )
+
+    async def register_items(
+        self,
+        items: Iterable[tuple[bytes, int, str, Iterable[str]]],
+        *,
+        request_id: str = "",
+    ) -> items_pb2.RegisterItemsResponse:
+        """Register items (commitment, size, media type, tags); items and receipts in order.
+
+        More than :data:`MAX_BATCH` items go in several requests (request_id suffixed
+        ``.0``, ``.1``, ... when given); each request is all or nothing.
+        """
+        key = self._require_key()
+        envelopes = [
+            statements.sign_statement(
+                self.item_registration(commitment, size, media_type, tags), key
+            ).to_proto()
+            for commitment, size, media_type, tags in items
+        ]
+        if not envelopes:
+            raise CoalitionError("no items to register")
+        batches = [envelopes[i : i + MAX_BATCH] for i in range(0, len(envelopes), MAX_BATCH)]
+        responses = []
+        for part, batch in enumerate(batches):
+            rid = _request_id(request_id, part, len(batches))
+            responses.append(
+                await self.call(
+                    ITEMS + "RegisterItems",
+                    items_pb2.RegisterItemsRequest(registrations=batch, request_id=rid),
+                    items_pb2.RegisterItemsResponse,
+                    sign=True,
+                    retry=bool(rid),
+                )
+            )
+        return _merge_register(responses)
+
+    async def register_files(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        tags: Iterable[str] = (),
+        media_type: str | None = None,
+        request_id: str = "",
+    ) -> list[RegisteredFile]:
+        """Register files as items: each file's SHA-256, size, media type (guessed from its
+        name unless given) and ``tags``. Content is not uploaded: see :meth:`upload`."""
+        files = [Path(p) for p in paths]
+        tag_list = list(tags)
+        specs = []
+        for path in files:
+            commitment, size = await asyncio.to_thread(file_commitment, path)
+            specs.append((commitment, size, media_type_of(path, media_type), tag_list))
+        response = await self.register_items(specs, request_id=request_id)
+        return [
+            RegisteredFile(path, item, receipt)
+            for path, item, receipt in zip(files, response.items, response.receipts, strict=True)
+        ]
+
+    async def upload(
+        self,
+        item_id: str,
+        source: str | os.PathLike[str] | bytes | AsyncIterable[bytes] | Iterable[bytes],
+        *,
+        progress: Callable[[int], object] | None = None,
+    ) -> items_pb2.UploadContentResponse:
+        """Upload an item's content: a file path, bytes, or chunks (of any size).
+
+        The content is streamed in chunks of at most 1 MiB; ``progress`` is called with the
+        number of bytes handed to the stream so far. The server checks the content against
+        the registered commitment and size, and stores it encrypted.
+        """
+        method = ITEMS + "UploadContent"
+        # A client stream is call-signed once, over the digest of an empty request.
+        metadata = self._metadata(method, b"", True)
+        stub: grpc.aio.StreamUnaryMultiCallable[
+            items_pb2.UploadContentRequest, items_pb2.UploadContentResponse
+        ] = self._channel.stream_unary(
+            method,
+            request_serializer=items_pb2.UploadContentRequest.SerializeToString,
+            response_deserializer=items_pb2.UploadContentResponse.FromString,
+        )
+
+        async def requests() -> AsyncIterator[items_pb2.UploadContentRequest]:
+            yield items_pb2.UploadContentRequest(header=items_pb2.UploadHeader(item_id=item_id))
+            sent = 0
+            async for chunk in _source_chunks(source):
+                for start in range(0, len(chunk), MAX_CHUNK):
+                    piece = chunk[start : start + MAX_CHUNK]
+                    yield items_pb2.UploadContentRequest(chunk=piece)
+                    sent += len(piece)
+                    if progress is not None:
+                        progress(sent)
+
+        try:
+            response: items_pb2.UploadContentResponse = await stub(
+                requests(), metadata=metadata, timeout=None
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _server_error(exc) from None
+        return response
+
+    async def items(self, page_size: int = 0) -> AsyncIterator[items_pb2.Item]:
+        """This contributor's items, in registration order, page by page."""
+        token = ""
+        while True:
+            response = await self.call(
+                ITEMS + "ListItems",
+                items_pb2.ListItemsRequest(page_size=page_size, page_token=token),
+                items_pb2.ListItemsResponse,
+                sign=True,
+            )
+            for item in response.items:
+                yield item
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def item(self, item_id: str) -> items_pb2.Item:
+        """One of this contributor's items."""
+        response = await self.call(
+            ITEMS + "GetItem",
+            items_pb2.GetItemRequest(item_id=item_id),
+            items_pb2.GetItemResponse,
+            sign=True,
+        )
+        return response.item
+
+    # --- consent (members) ------------------------------------------------------------
+
+    async def grant_consent(
+        self,
+        token: consent_pb2.ConsentToken | Sequence[consent_pb2.ConsentToken] | None = None,
+        *,
+        item_ids: Iterable[str] | None = None,
+        tag: str | None = None,
+        all_items: bool = False,
+        purposes: Iterable[str | int] = (),
+        floors: Iterable[terms_pb2.PriceFloor] = (),
+        attribution_required: bool = False,
+        max_licence_duration: timedelta | None = None,
+        max_deletion_deadline: timedelta | None = None,
+        excluded_labs: Iterable[str] = (),
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        valid_for: timedelta = DEFAULT_VALIDITY,
+        request_id: str = "",
+    ) -> consent_pb2.GrantConsentResponse:
+        """Grant consent: one or more ready ConsentTokens, or one built from the keywords
+        (see :func:`consent_token`). Ready tokens get a created_time and nonce if they lack
+        them. Returns the recorded tokens (with their ids) and a receipt for each."""
+        if token is None:
+            tokens = [
+                consent_token(
+                    item_ids=item_ids,
+                    tag=tag,
+                    all_items=all_items,
+                    purposes=purposes,
+                    floors=floors,
+                    attribution_required=attribution_required,
+                    max_licence_duration=max_licence_duration,
+                    max_deletion_deadline=max_deletion_deadline,
+                    excluded_labs=excluded_labs,
+                    not_before=not_before,
+                    not_after=not_after,
+                    valid_for=valid_for,
+                )
+            ]
+        else:
+            if item_ids is not None or tag is not None or all_items or purposes:
+                raise CoalitionError("pass either a ready token or the keywords, not both")
+            ready = [token] if isinstance(token, consent_pb2.ConsentToken) else list(token)
+            tokens = [_complete_token(t) for t in ready]
+        if not 1 <= len(tokens) <= MAX_BATCH:
+            raise CoalitionError(f"grant 1 to {MAX_BATCH} tokens at a time")
+        key = self._require_key()
+        return await self.call(
+            CONSENT + "GrantConsent",
+            consent_pb2.GrantConsentRequest(
+                tokens=[statements.sign_statement(t, key).to_proto() for t in tokens],
+                request_id=request_id,
+            ),
+            consent_pb2.GrantConsentResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def consents(self, page_size: int = 0) -> AsyncIterator[consent_pb2.ConsentRecord]:
+        """This member's consent tokens with their states, in ledger order."""
+        token = ""
+        while True:
+            response = await self.call(
+                CONSENT + "ListConsents",
+                consent_pb2.ListConsentsRequest(page_size=page_size, page_token=token),
+                consent_pb2.ListConsentsResponse,
+                sign=True,
+            )
+            for record in response.consents:
+                yield record
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def consent_state(self, consent_id: str) -> consent_pb2.GetConsentStateResponse:
+        """Public: a token's state with the evidence to check it offline
+        (:func:`coalition.consent_state.verify_consent_state`)."""
+        return await self.call(
+            CONSENT + "GetConsentState",
+            consent_pb2.GetConsentStateRequest(consent_id=consent_id),
+            consent_pb2.GetConsentStateResponse,
+            sign=False,
+        )
+
+    async def verified_consent_state(
+        self,
+        consent_id: str,
+        *,
+        verifier: NoteVerifier | None = None,
+        member_key: PublicKey | None = None,
+        now: datetime | None = None,
+    ) -> VerifiedConsentState:
+        """A token's state, verified against the log key (``verifier``, default: the
+        server's own, trusted on use). Raises VerificationError if it does not verify."""
+        if verifier is None:
+            verifier = NoteVerifier.parse((await self.log_info()).verifier_key)
+        response = await self.consent_state(consent_id)
+        return verify_consent_state(response, verifier, consent_id, member_key=member_key, now=now)
+
+    async def withdraw(
+        self,
+        *,
+        consent_id: str | None = None,
+        item_ids: Iterable[str] | None = None,
+        everything: bool = False,
+        request_id: str = "",
+    ) -> consent_pb2.WithdrawResponse:
+        """Withdraw one consent token, some items (from every token), or everything.
+
+        The response is the member's receipt; the server has then stopped releasing keys for
+        the items that lost consent, destroyed their data keys, and notified the labs.
+        """
+        statement = consent_pb2.Withdrawal(
+            created_time=_timestamp(datetime.now(UTC)), nonce=os.urandom(16)
+        )
+        ids = list(item_ids) if item_ids is not None else None
+        if sum([consent_id is not None, ids is not None, everything]) != 1:
+            raise CoalitionError("withdraw one thing: consent_id, item_ids or everything")
+        if consent_id is not None:
+            statement.consent_id = consent_id
+        elif ids is not None:
+            statement.items.item_ids.extend(ids)
+        else:
+            statement.everything = True
+        envelope = statements.sign_statement(statement, self._require_key())
+        return await self.call(
+            CONSENT + "Withdraw",
+            consent_pb2.WithdrawRequest(withdrawal=envelope.to_proto(), request_id=request_id),
+            consent_pb2.WithdrawResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def export_consent(
+        self, consent_id: str, format: str | int = "odrl"
+    ) -> consent_pb2.ExportConsentResponse:
+        """One of this member's tokens as an ODRL 2.2 policy (JSON-LD) or an RSL licence."""
+        if isinstance(format, str):
+            chosen = EXPORT_FORMATS.get(format.lower())
+            if chosen is None:
+                raise CoalitionError(f"unknown format {format!r}: use odrl or rsl")
+        else:
+            chosen = consent_pb2.ExportFormat.ValueType(format)
+        return await self.call(
+            CONSENT + "ExportConsent",
+            consent_pb2.ExportConsentRequest(consent_id=consent_id, format=chosen),
+            consent_pb2.ExportConsentResponse,
+            sign=True,
+        )
+
+    # --- access (labs) ----------------------------------------------------------------
+
+    async def agreements(self, page_size: int = 0) -> AsyncIterator[access_pb2.AgreementRecord]:
+        """This lab's agreements, in ledger order."""
+        token = ""
+        while True:
+            response = await self.call(
+                ACCESS + "ListAgreements",
+                access_pb2.ListAgreementsRequest(page_size=page_size, page_token=token),
+                access_pb2.ListAgreementsResponse,
+                sign=True,
+            )
+            for record in response.agreements:
+                yield record
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def take_lease(
+        self, agreement_id: str, *, request_id: str = ""
+    ) -> access_pb2.TakeLeaseResponse:
+        """Take (or renew) a lease on one of this lab's agreements."""
+        statement = access_pb2.LeaseRequest(
+            agreement_id=agreement_id,
+            created_time=_timestamp(datetime.now(UTC)),
+            nonce=os.urandom(16),
+        )
+        envelope = statements.sign_statement(statement, self._require_key())
+        return await self.call(
+            ACCESS + "TakeLease",
+            access_pb2.TakeLeaseRequest(lease_request=envelope.to_proto(), request_id=request_id),
+            access_pb2.TakeLeaseResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def fetch_items(
+        self,
+        lease_id: str,
+        *,
+        page_size: int = 0,
+        progress: Callable[[FetchProgress], object] | None = None,
+        result: FetchResult | None = None,
+    ) -> AsyncIterator[FetchedContent]:
+        """Fetch the items a lease releases, each decrypted and verified, in memory.
+
+        For every page, the release receipt is checked against the log key, and its
+        KeyRelease must be signed by the coalition and name this lease, this lab and exactly
+        the items streamed. Each item's id must derive from its contributor and commitment;
+        its data key is opened with this key's X25519 key (HPKE, bound to agreement, lease
+        and item); its segments are decrypted in order; its SHA-256 and size must equal the
+        commitment and size. Anything else raises :class:`FetchError` (a VerificationError).
+        """
+        chunks: list[bytes] = []
+        async for event in self._fetch_events(lease_id, page_size, progress, result):
+            if event.done:
+                yield FetchedContent(event.item, b"".join(chunks))
+                chunks = []
+            else:
+                chunks.append(event.data)
+
+    async def fetch(
+        self,
+        lease_id: str,
+        destination: str
+        | os.PathLike[str]
+        | Callable[[FetchedContent], Awaitable[object] | object],
+        *,
+        page_size: int = 0,
+        progress: Callable[[FetchProgress], object] | None = None,
+    ) -> FetchResult:
+        """Fetch every item the lease releases, verified as in :meth:`fetch_items`.
+
+        ``destination`` is a directory, where each item is written as a file named by its
+        id (plus an extension guessed from its media type) once it verified, or a callback
+        (sync or async) given each :class:`FetchedContent`. Files are streamed to disk
+        segment by segment, so items of any size fit.
+        """
+        result = FetchResult(lease_id)
+        if callable(destination):
+            callback = destination
+            async for content in self.fetch_items(
+                lease_id, page_size=page_size, progress=progress, result=result
+            ):
+                outcome = callback(content)
+                if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
+                    await outcome
+            return result
+        sink = _FileSink(Path(destination))
+        await asyncio.to_thread(sink.prepare)
+        try:
+            async for event in self._fetch_events(lease_id, page_size, progress, result):
+                if event.data or not sink.open:
+                    await asyncio.to_thread(sink.write, event.item, event.data)
+                if event.done:
+                    path = await asyncio.to_thread(sink.finish, event.item)
+                    result.files.append(FetchedFile(event.item, path))
+        finally:
+            await asyncio.to_thread(sink.abort)
+        return result
+
+    async def _fetch_events(
+        self,
+        lease_id: str,
+        page_size: int,
+        progress: Callable[[FetchProgress], object] | None,
+        result: FetchResult | None,
+    ) -> AsyncIterator[_FetchEvent]:
+        key = self._require_key()
+        private = key.encryption_private_key()
+        info = await self.log_info()
+        verifier = NoteVerifier.parse(info.verifier_key)
+        coalition = PublicKey(bytes(info.coalition_public_key))
+        method = ACCESS + "Fetch"
+        stub: grpc.aio.UnaryStreamMultiCallable[bytes, access_pb2.FetchResponse] = (
+            self._channel.unary_stream(
+                method, response_deserializer=access_pb2.FetchResponse.FromString
+            )
+        )
+        items_done = 0
+        total = 0
+        page_token = ""
+        while True:
+            raw = access_pb2.FetchRequest(
+                lease_id=lease_id, page_size=page_size, page_token=page_token
+            ).SerializeToString()
+            call = stub(raw, metadata=self._metadata(method, raw, True), timeout=None)
+            released: set[str] = set()
+            seen: set[str] = set()
+            agreement_id = ""
+            reader: _ItemReader | None = None
+            next_token = ""
+            first = True
+            try:
+                async for message in call:
+                    part = message.WhichOneof("part")
+                    if first:
+                        if part != "release":
+                            raise FetchError("the fetch stream does not start with its release")
+                        first = False
+                        next_token = message.release.next_page_token
+                        if message.release.HasField("receipt"):
+                            receipt = message.release.receipt
+                            release = _check_release(
+                                receipt, verifier, coalition, lease_id, key.key_id
+                            )
+                            released = set(release.item_ids)
+                            agreement_id = release.agreement_id
+                            if result is not None:
+                                result.agreement_id = agreement_id
+                                result.releases.append(receipt)
+                        continue
+                    if part == "item":
+                        if reader is not None and not reader.complete:
+                            raise FetchError(f"item {reader.header.item_id} ended early")
+                        header = message.item
+                        reader = self._open_item(
+                            header, released, seen, agreement_id, lease_id, private
+                        )
+                        seen.add(header.item_id)
+                        if reader.decryptor is None or header.segment_count == 0:
+                            # Commitment only: nothing to decrypt (the server sends none).
+                            items_done += 1
+                            if result is not None:
+                                result.items.append(header)
+                            continue
+                    elif part == "segment":
+                        if reader is None:
+                            raise FetchError("a segment arrived before any item")
+                        plaintext = reader.open(bytes(message.segment))
+                        total += len(plaintext)
+                        yield _FetchEvent(reader.header, plaintext, False)
+                        if reader.complete:
+                            reader.verify()
+                            items_done += 1
+                            if result is not None:
+                                result.items.append(reader.header)
+                        if progress is not None:
+                            progress(
+                                FetchProgress(
+                                    reader.header, reader.size, items_done, total, reader.complete
+                                )
+                            )
+                        if reader.complete:
+                            yield _FetchEvent(reader.header, b"", True)
+                    else:
+                        raise FetchError(f"unexpected part {part!r} in the fetch stream")
+            except grpc.aio.AioRpcError as exc:
+                raise _server_error(exc) from None
+            finally:
+                call.cancel()
+            if reader is not None and not reader.complete:
+                raise FetchError(f"item {reader.header.item_id} ended early")
+            if seen != released:
+                raise FetchError("the items streamed are not the items the release names")
+            if not next_token:
+                return
+            page_token = next_token
+
+    @staticmethod
+    def _open_item(
+        header: access_pb2.FetchedItem,
+        released: set[str],
+        seen: set[str],
+        agreement_id: str,
+        lease_id: str,
+        private: X25519PrivateKey,
+    ) -> _ItemReader:
+        if header.item_id not in released or header.item_id in seen:
+            raise FetchError(f"item {header.item_id} is not (or no longer) in the release")
+        if item_id(header.contributor_key_id, bytes(header.commitment)) != header.item_id:
+            raise FetchError(f"item {header.item_id}: id does not derive from its commitment")
+        if not header.has_content:
+            return _ItemReader(header, None)
+        if header.segment_count < 1:
+            raise FetchError(f"item {header.item_id}: stored content has no segments")
+        data_key = hpke.open_data_key(
+            private,
+            bytes(header.sealed_data_key),
+            hpke.release_info(agreement_id, lease_id, header.item_id),
+        )
+        decryptor = SegmentDecryptor(data_key, header.item_id, header.contributor_key_id)
+        return _ItemReader(header, decryptor)
+
+    async def watch_withdrawals(
+        self,
+        since_index: int = 0,
+        *,
+        idle_timeout: float | None = None,
+        verify: bool = True,
+    ) -> AsyncIterator[access_pb2.WatchWithdrawalsResponse]:
+        """This lab's withdrawal notices from ledger index ``since_index`` on; waits for new
+        ones. Resume after a disconnect from the last index seen plus one.
+
+        ``idle_timeout``: stop after that many seconds without a notice (None: never).
+        ``verify``: check each notice is signed by the coalition, names this lab, and has the
+        id it is listed under (VerificationError otherwise).
+        """
+        key = self._require_key()
+        coalition: PublicKey | None = None
+        if verify:
+            coalition = PublicKey(bytes((await self.log_info()).coalition_public_key))
+        method = ACCESS + "WatchWithdrawals"
+        raw = access_pb2.WatchWithdrawalsRequest(since_index=since_index).SerializeToString()
+        stub: grpc.aio.UnaryStreamMultiCallable[bytes, access_pb2.WatchWithdrawalsResponse] = (
+            self._channel.unary_stream(
+                method, response_deserializer=access_pb2.WatchWithdrawalsResponse.FromString
+            )
+        )
+        call = stub(raw, metadata=self._metadata(method, raw, True), timeout=None)
+        stream = call.__aiter__()
+        try:
+            while True:
+                try:
+                    if idle_timeout is None:
+                        message = await anext(stream)
+                    else:
+                        message = await asyncio.wait_for(anext(stream), idle_timeout)
+                except (StopAsyncIteration, TimeoutError):
+                    return
+                if coalition is not None:
+                    _check_notice(message, coalition, key.key_id)
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise _server_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def find_notice(
+        self, notice_id: str, *, since_index: int = 0, idle_timeout: float = 2.0
+    ) -> access_pb2.WatchWithdrawalsResponse | None:
+        """One of this lab's notices, looked up on the feed (None if not there)."""
+        async for notice in self.watch_withdrawals(since_index, idle_timeout=idle_timeout):
+            if notice.notice_id == notice_id:
+                return notice
+        return None
+
+    async def acknowledge(
+        self,
+        notice: access_pb2.WatchWithdrawalsResponse | envelope_pb2.Envelope | dsse.Envelope | str,
+        *,
+        item_ids: Iterable[str] | None = None,
+        deleted_time: datetime | None = None,
+        request_id: str = "",
+    ) -> access_pb2.AcknowledgeWithdrawalResponse:
+        """Answer a withdrawal notice with a signed DeletionReceipt.
+
+        ``notice``: the notice as the feed gave it (or its envelope), whose id and items
+        are taken from it; or a notice id, with ``item_ids`` the notice's items.
+        """
+        if isinstance(notice, str):
+            if item_ids is None:
+                raise CoalitionError("acknowledging by notice id needs the notice's item ids")
+            notice_id, ids = notice, sorted(item_ids)
+        else:
+            if isinstance(notice, access_pb2.WatchWithdrawalsResponse):
+                envelope = dsse.Envelope.from_proto(notice.notice)
+            elif isinstance(notice, envelope_pb2.Envelope):
+                envelope = dsse.Envelope.from_proto(notice)
+            else:
+                envelope = notice
+            notice_id = statements.statement_id(envelope)
+            ids = (
+                sorted(item_ids)
+                if item_ids is not None
+                else list(_notice_statement(envelope).item_ids)
+            )
+        statement = access_pb2.DeletionReceipt(
+            notice_id=notice_id,
+            item_ids=ids,
+            deleted_time=_timestamp(deleted_time or datetime.now(UTC)),
+            nonce=os.urandom(16),
+        )
+        envelope = statements.sign_statement(statement, self._require_key())
+        return await self.call(
+            ACCESS + "AcknowledgeWithdrawal",
+            access_pb2.AcknowledgeWithdrawalRequest(
+                receipt=envelope.to_proto(), request_id=request_id
+            ),
+            access_pb2.AcknowledgeWithdrawalResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
     def _require_key(self) -> SigningKey:
         if self.key is None:
             raise CoalitionError("this call needs a key: pass key= to Client")
         return self.key
+
+
+def _complete_token(token: consent_pb2.ConsentToken) -> consent_pb2.ConsentToken:
+    """A copy of a ready token, with a created_time and a nonce if it lacks them."""
+    out = consent_pb2.ConsentToken()
+    out.CopyFrom(token)
+    if not out.HasField("created_time"):
+        out.created_time.CopyFrom(_timestamp(datetime.now(UTC)))
+    if not out.nonce:
+        out.nonce = os.urandom(16)
+    return out
+
+
+def _extension(media_type: str) -> str:
+    if media_type == DEFAULT_MEDIA_TYPE:
+        return ""
+    return mimetypes.guess_extension(media_type) or ""
+
+
+def _check_release(
+    receipt: ledger_pb2.Receipt,
+    verifier: NoteVerifier,
+    coalition: PublicKey,
+    lease_id: str,
+    lab_key_id: str,
+) -> access_pb2.KeyRelease:
+    """The KeyRelease a fetch page's receipt proves, checked to be ours and the coalition's."""
+    try:
+        verify_receipt(receipt, verifier)
+        envelope = dsse.Envelope.from_proto(ledger_pb2.LedgerLeaf.FromString(receipt.leaf).envelope)
+        if envelope.payload_type != statements.payload_type(access_pb2.KeyRelease):
+            raise FetchError(f"the release entry is a {envelope.payload_type}")
+        dsse.verify(envelope, coalition)
+        release = statements.parse_payload(access_pb2.KeyRelease, envelope.payload)
+    except (DecodeError, VerificationError) as exc:
+        raise FetchError(f"the release receipt does not verify: {exc}") from None
+    if release.lease_id != lease_id or release.lab_key_id != lab_key_id:
+        raise FetchError("the release is for another lease or lab")
+    return release
+
+
+def _check_notice(
+    message: access_pb2.WatchWithdrawalsResponse, coalition: PublicKey, lab_key_id: str
+) -> None:
+    try:
+        envelope = dsse.Envelope.from_proto(message.notice)
+        dsse.verify(envelope, coalition)
+        notice = _notice_statement(envelope)
+    except VerificationError as exc:
+        raise VerificationError(f"notice {message.notice_id} does not verify: {exc}") from None
+    if statements.statement_id(envelope) != message.notice_id:
+        raise VerificationError(f"notice {message.notice_id} is listed under another id")
+    if notice.lab_key_id != lab_key_id:
+        raise VerificationError(f"notice {message.notice_id} is for another lab")

@@ -30,7 +30,8 @@ class Settings:
     currency: str = "USD"
     # A retired key-encryption key is destroyed this long after retirement.
     kek_retention: timedelta = timedelta(days=7)
-    retention_check_seconds: float = 3600.0
+    # How often retired keys are emptied (data keys re-wrapped) and, when due, destroyed.
+    retention_check_seconds: float = 600.0
     # SQLite (embedded default) is migrated on start; PostgreSQL needs `coalition-server migrate`.
     auto_migrate: bool | None = None
 

@@ -27,7 +27,7 @@ from coalition_server.store import migrate
 from coalition_server.store.database import Database
 from coalition_server.store.items import destroy_retired_keks
 from coalition_server.store.ledger import LedgerStore, LogIdentity
-from coalition_server.store.parties import PartyStore
+from coalition_server.store.parties import PartyStore, register_coalition
 from coalition_server.store.sequencer import Sequencer
 from coalition_server.timeutil import utcnow
 
@@ -91,6 +91,7 @@ class CoalitionServer:
             key_provider=FileKeyProvider(settings.data_dir / KEK_DIRECTORY),
             currency=settings.currency,
         )
+        await register_coalition(sequencer, parties, keys.coalition_key, keys.log_signer.name)
         self._retention = asyncio.get_running_loop().create_task(
             self._destroy_retired_keys(), name="kek-retention"
         )

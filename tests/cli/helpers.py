@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 
 from coalition import dsse, statements
 from coalition.cli import app
-from coalition.keys import SigningKey
+from coalition.keys import PublicKey, SigningKey
 from coalition.v1 import ledger_pb2, party_pb2
 
 runner = CliRunner()
@@ -79,3 +79,18 @@ def signed(statement: Message, *keys: SigningKey) -> dsse.Envelope:
 def registration_leaf(key: SigningKey, seconds: int = 1_700_000_000) -> bytes:
     """The leaf of ``key``'s self-signed registration."""
     return leaf(signed(registration(key), key), seconds)
+
+
+def assert_coalition_registration(leaf_bytes: bytes, info: ledger_pb2.GetLogInfoResponse) -> None:
+    """``leaf_bytes`` is the coalition's own registration: the log's first entry.
+
+    A PartyRegistration with ROLE_COALITION of the key GetLogInfo announces, signed (only,
+    and validly) by that key.
+    """
+    envelope = dsse.Envelope.from_proto(ledger_pb2.LedgerLeaf.FromString(leaf_bytes).envelope)
+    statement = statements.decode_statement(envelope)
+    assert isinstance(statement, party_pb2.PartyRegistration)
+    assert statement.role == party_pb2.ROLE_COALITION
+    assert statement.signing_key == info.coalition_public_key
+    assert [s.keyid for s in envelope.signatures] == [info.coalition_key_id]
+    PublicKey(info.coalition_public_key).verify(envelope.signatures[0].sig, envelope.pae())

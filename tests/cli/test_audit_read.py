@@ -14,7 +14,7 @@ from coalition.client import Client
 from coalition.keys import SigningKey
 from coalition.note import NoteVerifier
 from coalition.v1 import party_pb2
-from tests.cli.helpers import Cli, json_out
+from tests.cli.helpers import Cli, assert_coalition_registration, json_out
 
 
 async def register(make_client: Callable[..., Client], n: int) -> list[SigningKey]:
@@ -29,7 +29,7 @@ async def register(make_client: Callable[..., Client], n: int) -> list[SigningKe
 
 @pytest.fixture
 async def three(make_client: Callable[..., Client]) -> list[SigningKey]:
-    """Three registered parties: entries 0, 1 and 2."""
+    """Three registered parties: entries 1, 2 and 3 (entry 0 is the coalition's own)."""
     return await register(make_client, 3)
 
 
@@ -54,15 +54,16 @@ async def test_checkpoint_is_printed_verbatim(
     assert result.exit_code == 0, result.output
     assert result.stdout == (await anonymous.checkpoint()).checkpoint
     cp = verify_checkpoint(result.stdout, NoteVerifier.parse(info.verifier_key), info.origin)
-    assert cp.size == 3
+    assert cp.size == 4
     data = json_out(await cli("audit", "checkpoint", "--json"))
-    assert data["tree_size"] == 3
+    assert data["tree_size"] == 4
     assert base64.b64decode(data["root_hash"]) == cp.root_hash
     assert data["checkpoint"] == result.stdout
 
 
 async def test_entries_table(cli: Cli, three: list[SigningKey]) -> None:
-    result = await cli("audit", "entries", "--start", "1", "--count", "5")
+    # Entry 0 is the coalition's, entry 1 the first of ``three``: start past both.
+    result = await cli("audit", "entries", "--start", "2", "--count", "5")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     for column in ("index", "time", "kind", "signer", "leaf hash"):
@@ -79,8 +80,20 @@ async def test_entries_json(cli: Cli, anonymous: Client, three: list[SigningKey]
     result = await cli("audit", "entries", "--json")
     assert result.exit_code == 0, result.output
     data = json_out(result)
-    assert [d["index"] for d in data] == [0, 1, 2]
-    for d, key in zip(data, three, strict=True):
+    assert [d["index"] for d in data] == [0, 1, 2, 3]
+    # Entry 0: the coalition's registration of its own statement key, and nothing else's.
+    info = await anonymous.log_info()
+    first = data[0]
+    raw = base64.b64decode(first["leaf"])
+    assert raw == (await anonymous.entry(0)).leaf
+    assert_coalition_registration(raw, info)
+    assert base64.b64decode(first["leaf_hash"]) == merkle.leaf_hash(raw)
+    assert first["leaf_hash_mismatch"] is False
+    assert first["kind"] == "PartyRegistration"
+    assert first["signers"] == [info.coalition_key_id]
+    assert first["statement"]["role"] == "ROLE_COALITION"
+    assert base64.b64decode(first["statement"]["signing_key"]) == info.coalition_public_key
+    for d, key in zip(data[1:], three, strict=True):
         raw = base64.b64decode(d["leaf"])
         assert raw == (await anonymous.entry(d["index"])).leaf
         assert base64.b64decode(d["leaf_hash"]) == merkle.leaf_hash(raw)
@@ -93,8 +106,12 @@ async def test_entries_json(cli: Cli, anonymous: Client, three: list[SigningKey]
         assert base64.b64decode(d["statement"]["signing_key"]) == key.public_key.raw
     # Paging within the range: start/count select exactly.
     assert [
-        d["index"] for d in json_out(await cli("audit", "entries", "--start", "2", "--json"))
-    ] == [2]
+        d["index"] for d in json_out(await cli("audit", "entries", "--start", "3", "--json"))
+    ] == [3]
+    assert [
+        d["index"]
+        for d in json_out(await cli("audit", "entries", "--start", "1", "--count", "2", "--json"))
+    ] == [1, 2]
     assert json_out(await cli("audit", "entries", "--start", "9", "--json")) == []
 
 
@@ -103,12 +120,12 @@ async def test_prove_inclusion_verifies_against_the_checkpoint(
 ) -> None:
     info = await anonymous.log_info()
     verifier = NoteVerifier.parse(info.verifier_key)
-    for index in range(3):
+    for index in range(4):  # the coalition's entry 0 and the three parties'
         result = await cli("audit", "prove-inclusion", "--index", str(index))
         assert result.exit_code == 0, result.output
         data = json_out(result)
         assert data["index"] == index
-        assert data["tree_size"] == 3
+        assert data["tree_size"] == 4
         leaf = base64.b64decode(data["leaf"])
         assert leaf == (await anonymous.entry(index)).leaf
         cp = verify_checkpoint(data["checkpoint"], verifier)
@@ -124,18 +141,20 @@ async def test_prove_inclusion_verifies_against_the_checkpoint(
 async def test_prove_inclusion_at_an_older_size(
     cli: Cli, make_client: Callable[..., Client], three: list[SigningKey]
 ) -> None:
-    # Remember the root of size 3, grow the log, then prove entry 1 in the size-3 tree.
-    cp3 = json_out(await cli("audit", "checkpoint", "--json"))
+    # Remember the root of size 4 (coalition + three), grow the log, then prove entry 1 in
+    # the size-4 tree.
+    cp4 = json_out(await cli("audit", "checkpoint", "--json"))
+    assert cp4["tree_size"] == 4
     await register(make_client, 2)
-    data = json_out(await cli("audit", "prove-inclusion", "--index", "1", "--tree-size", "3"))
-    assert data["tree_size"] == 3
+    data = json_out(await cli("audit", "prove-inclusion", "--index", "1", "--tree-size", "4"))
+    assert data["tree_size"] == 4
     assert "checkpoint" not in data  # only sent for the latest size
     merkle.verify_inclusion(
         merkle.leaf_hash(base64.b64decode(data["leaf"])),
         1,
-        3,
+        4,
         [base64.b64decode(h) for h in data["proof"]],
-        base64.b64decode(cp3["root_hash"]),
+        base64.b64decode(cp4["root_hash"]),
     )
 
 
@@ -145,19 +164,20 @@ async def test_prove_consistency(
     old = await anonymous.checkpoint()
     await register(make_client, 2)
     new = await anonymous.checkpoint()
-    result = await cli("audit", "prove-consistency", "--old-size", "3")
+    assert old.tree_size == 4  # the coalition's entry and the three parties'
+    result = await cli("audit", "prove-consistency", "--old-size", "4")
     assert result.exit_code == 0, result.output
     data = json_out(result)
-    assert data["old_size"] == 3
-    assert data["tree_size"] == new.tree_size == 5
+    assert data["old_size"] == 4
+    assert data["tree_size"] == new.tree_size == 6
     assert data["checkpoint"] == new.checkpoint
     merkle.verify_consistency(
-        3, 5, old.root_hash, new.root_hash, [base64.b64decode(h) for h in data["proof"]]
+        4, 6, old.root_hash, new.root_hash, [base64.b64decode(h) for h in data["proof"]]
     )
     explicit = json_out(
-        await cli("audit", "prove-consistency", "--old-size", "3", "--tree-size", "4", "--json")
+        await cli("audit", "prove-consistency", "--old-size", "4", "--tree-size", "5", "--json")
     )
-    assert explicit["tree_size"] == 4
+    assert explicit["tree_size"] == 5
     assert "checkpoint" not in explicit
 
 
@@ -168,7 +188,8 @@ async def test_server_errors_are_reported_without_traceback(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: NOT_FOUND [")
     assert "Traceback" not in result.output
-    result = await cli("audit", "prove-consistency", "--old-size", "4")
+    # The log has 4 entries (the coalition's and three): an old size of 5 is past its end.
+    result = await cli("audit", "prove-consistency", "--old-size", "5")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: INVALID_ARGUMENT [BAD_TREE_SIZES]: ")
 

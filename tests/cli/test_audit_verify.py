@@ -19,7 +19,7 @@ from coalition.v1 import ledger_pb2, party_pb2
 from coalition_server.config import Settings
 from coalition_server.store import models
 from coalition_server.store.database import Database
-from tests.cli.helpers import Cli, json_out
+from tests.cli.helpers import Cli, assert_coalition_registration, json_out
 
 COALITION = Path(sys.executable).parent / "coalition"
 
@@ -82,14 +82,15 @@ async def test_verify_first_run_then_proves_consistency_on_the_next(
     info = await anonymous.log_info()
     assert f"trusting the log key {info.verifier_key} on first use" in result.stderr
     assert "ledger verified" in result.stdout
-    assert "3 (PartyRegistration 3)" in result.stdout
+    # The coalition's own registration (entry 0) and the three parties'.
+    assert "4 (PartyRegistration 4)" in result.stdout
     assert "entries/s" in result.stdout
 
     saved = read_state(state)
     cp = await anonymous.checkpoint()
     assert saved["log_verifier_key"] == info.verifier_key
     assert saved["origin"] == info.origin
-    assert saved["tree_size"] == 3
+    assert saved["tree_size"] == 4
     assert saved["root_hash"] == base64.b64encode(cp.root_hash).decode()
     assert saved["checkpoint"] == cp.checkpoint
     assert isinstance(saved["verified_at"], str)
@@ -102,33 +103,61 @@ async def test_verify_first_run_then_proves_consistency_on_the_next(
     assert "first use" not in result.stderr
     out = json_out(result)
     assert out["ok"] is True
-    assert out["tree_size"] == out["entries"] == 5
-    assert out["kinds"] == {"PartyRegistration": 5}
-    assert out["parties"] == 5
-    assert out["previous_tree_size"] == 3
+    assert out["tree_size"] == out["entries"] == 6
+    assert out["kinds"] == {"PartyRegistration": 6}
+    assert out["parties"] == 6  # the coalition is a registered party too
+    assert out["previous_tree_size"] == 4
     assert out["consistent_with_previous"] is True
     assert out["trusted_on_first_use"] is False
     assert out["entries_per_second"] >= 0
-    assert read_state(state)["tree_size"] == 5
+    assert read_state(state)["tree_size"] == 6
 
     # A third run with nothing new: equal sizes must still agree.
     result = await cli("audit", "verify", "--state", str(state), "--json")
     assert result.exit_code == 0, result.output
-    assert json_out(result)["previous_tree_size"] == 5
+    assert json_out(result)["previous_tree_size"] == 6
 
 
-async def test_verify_an_empty_log_then_a_grown_one(
-    cli: Cli, make_client: Callable[..., Client], tmp_path: Path
+async def test_verify_a_fresh_log_then_a_grown_one(
+    cli: Cli, anonymous: Client, make_client: Callable[..., Client], tmp_path: Path
 ) -> None:
+    # A fresh log holds exactly one entry: the coalition's registration of its own key.
     state = tmp_path / "state.json"
     result = await cli("audit", "verify", "--state", str(state), "--json")
     assert result.exit_code == 0, result.output
-    assert json_out(result)["tree_size"] == 0
-    assert read_state(state)["root_hash"] == base64.b64encode(merkle.EMPTY_ROOT).decode()
+    out = json_out(result)
+    assert out["tree_size"] == out["entries"] == 1
+    assert out["kinds"] == {"PartyRegistration": 1}
+    assert out["parties"] == 1
+    entry = await anonymous.entry(0)
+    assert_coalition_registration(entry.leaf, await anonymous.log_info())
+    # The root of a one-entry tree is that entry's leaf hash.
+    assert read_state(state)["root_hash"] == base64.b64encode(merkle.leaf_hash(entry.leaf)).decode()
     await register(make_client, 1)
     result = await cli("audit", "verify", "--state", str(state), "--json")
     assert result.exit_code == 0, result.output
-    assert json_out(result)["previous_tree_size"] == 0
+    assert json_out(result)["previous_tree_size"] == 1
+    assert json_out(result)["consistent_with_previous"] is True
+
+
+async def test_verify_from_a_state_pinned_at_the_empty_tree(
+    cli: Cli, make_client: Callable[..., Client], tmp_path: Path
+) -> None:
+    # The log is never empty any more, but the empty tree is a prefix of every tree: a state
+    # pinned at size 0 (its root the empty root) must still verify as consistent.
+    state = tmp_path / "state.json"
+    await register(make_client, 1)
+    assert (await cli("audit", "verify", "--state", str(state))).exit_code == 0
+    saved = read_state(state)
+    saved["tree_size"] = 0
+    saved["root_hash"] = base64.b64encode(merkle.EMPTY_ROOT).decode()
+    state.write_text(json.dumps(saved))
+    result = await cli("audit", "verify", "--state", str(state), "--json")
+    assert result.exit_code == 0, result.output
+    out = json_out(result)
+    assert out["previous_tree_size"] == 0
+    assert out["consistent_with_previous"] is True
+    assert read_state(state)["tree_size"] == 2
 
 
 async def test_default_state_file_lives_under_the_config_dir(
@@ -141,7 +170,7 @@ async def test_default_state_file_lives_under_the_config_dir(
     assert path.parent == tmp_path / "config" / "coalition"
     assert path.name.startswith("audit-state-")
     assert path.name.endswith(".json")
-    assert read_state(path)["tree_size"] == 1
+    assert read_state(path)["tree_size"] == 2  # the coalition's entry and ours
 
 
 async def test_verify_detects_a_rewritten_history(
@@ -150,7 +179,8 @@ async def test_verify_detects_a_rewritten_history(
     state = tmp_path / "state.json"
     await register(make_client, 3)
     assert (await cli("audit", "verify", "--state", str(state))).exit_code == 0
-    # Simulate a fork: the root we verified at size 3 is not the one the log now has.
+    # Simulate a fork: the root we verified at size 4 (the coalition's entry and three) is
+    # not the one the log now has.
     saved = read_state(state)
     saved["root_hash"] = base64.b64encode(b"\x42" * 32).decode()
     state.write_text(json.dumps(saved))
@@ -160,7 +190,7 @@ async def test_verify_detects_a_rewritten_history(
         result = await cli("audit", "verify", "--state", str(state))
         assert result.exit_code == 1, result.output
         assert result.stderr.startswith(
-            "error: log is not consistent with the checkpoint of size 3 you verified before"
+            "error: log is not consistent with the checkpoint of size 4 you verified before"
         )
         # A failed audit never moves the pinned state forward.
         assert read_state(state) == saved
@@ -177,7 +207,7 @@ async def test_verify_detects_a_truncated_log(
     state.write_text(json.dumps(saved))
     result = await cli("audit", "verify", "--state", str(state))
     assert result.exit_code == 1
-    assert "latest checkpoint has size 2" in result.stderr
+    assert "latest checkpoint has size 3" in result.stderr  # the coalition's entry and two
     assert "truncated or rolled back" in result.stderr
 
 
@@ -244,13 +274,13 @@ async def test_verify_pins_the_coalition_key(
 async def test_verify_detects_a_forged_signature_in_a_stored_entry(
     cli: Cli, settings: Settings, make_client: Callable[..., Client], tmp_path: Path
 ) -> None:
-    keys = await register(make_client, 3)
-    await tamper(settings, 1, corrupt_signature, rehash=True)
+    keys = await register(make_client, 3)  # entries 1, 2 and 3
+    await tamper(settings, 2, corrupt_signature, rehash=True)
     result = await cli("audit", "verify", "--state", str(tmp_path / "s.json"))
     assert result.exit_code == 1
     # (after the trust-on-first-use note)
     last = result.stderr.splitlines()[-1]
-    assert last == f"error: entry 1: signature by {keys[1].key_id} does not verify"
+    assert last == f"error: entry 2: signature by {keys[1].key_id} does not verify"
     assert not (tmp_path / "s.json").exists()
 
 
@@ -299,17 +329,17 @@ async def run_binary(*args: str) -> tuple[int, str, str]:
 async def test_verify_with_worker_processes(
     target: str, settings: Settings, make_client: Callable[..., Client], tmp_path: Path
 ) -> None:
-    keys = await register(make_client, 5)
+    keys = await register(make_client, 5)  # entries 1..5, after the coalition's entry 0
     state = tmp_path / "state.json"
     code, out, err = await run_binary(
         "--server", target, "audit", "verify", "--state", str(state), "--jobs", "2", "--json"
     )
     assert code == 0, err
-    assert json.loads(out)["entries"] == 5
+    assert json.loads(out)["entries"] == 6
     # A bad signature found by a worker is reported exactly as in-process.
-    await tamper(settings, 3, corrupt_signature, rehash=True)
+    await tamper(settings, 4, corrupt_signature, rehash=True)
     code, out, err = await run_binary(
         "--server", target, "audit", "verify", "--state", str(state), "--jobs", "2"
     )
     assert code == 1
-    assert err.splitlines()[-1] == f"error: entry 3: signature by {keys[3].key_id} does not verify"
+    assert err.splitlines()[-1] == f"error: entry 4: signature by {keys[3].key_id} does not verify"

@@ -11,7 +11,7 @@ from coalition.client import Client
 from coalition.keys import SigningKey
 from coalition.note import NoteSigner, NoteVerifier
 from coalition.v1 import ledger_pb2
-from tests.cli.helpers import Cli, json_out
+from tests.cli.helpers import Cli, assert_coalition_registration, json_out
 
 
 def new_key(tmp_path: Path, name: str = "me.key") -> tuple[Path, SigningKey]:
@@ -32,11 +32,13 @@ async def test_join_registers_and_verifies_the_receipt(
     assert party["key_id"] == key.key_id
     assert party["role"] == "contributor"
     assert party["name"] == "Ada"
-    assert party["registration_index"] == receipt["index"] == 0
-    assert receipt["tree_size"] == 1
+    # Entry 0 is the coalition's own registration: the first party to join gets entry 1.
+    assert party["registration_index"] == receipt["index"] == 1
+    assert receipt["tree_size"] == 2
     assert receipt["verified"] is True
-    # The printed receipt is checkable by anyone holding the log key.
     info = await anonymous.log_info()
+    assert_coalition_registration((await anonymous.entry(0)).leaf, info)
+    # The printed receipt is checkable by anyone holding the log key.
     cp = verify_checkpoint(receipt["checkpoint"], NoteVerifier.parse(info.verifier_key))
     leaf = base64.b64decode(receipt["leaf"])
     merkle.verify_inclusion(
@@ -57,7 +59,7 @@ async def test_join_text_output(cli: Cli, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert key.key_id in result.stdout
     assert "lab" in result.stdout
-    assert "entry 0 of a tree of size 1" in result.stdout
+    assert "entry 1 of a tree of size 2" in result.stdout  # after the coalition's entry 0
     assert "inclusion proof and checkpoint signature" in result.stdout
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from coalition.client import Client, ServerError
+from coalition.statements import sign_statement
 from coalition.v1 import access_pb2, ledger_pb2
 from coalition_server.agreements import conclude_agreement
 from coalition_server.config import Settings
@@ -25,6 +26,7 @@ from coalition_server.store import items as item_store
 from coalition_server.store import models
 
 from . import builders
+from .helpers import row_counts
 from .world import ACCESS, agree, lab, member
 
 CODE = grpc.StatusCode
@@ -186,8 +188,8 @@ async def test_shredded_content_cannot_be_decrypted_after_the_retention_window(
     try:
         alice = await member(lambda key: Client(f"127.0.0.1:{port}", key=key))
         secret = b"the secret that must die " * 100
-        (item_id,) = await alice.add([secret])
-        await alice.grant(builders.consent_token(item_ids=[item_id]))
+        item_id, kept = await alice.add([secret, b"this one stays"])
+        await alice.grant(builders.consent_token(item_ids=[item_id, kept]))
         async with engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -200,8 +202,16 @@ async def test_shredded_content_cannot_be_decrypted_after_the_retention_window(
         await alice.withdraw(builders.withdrawal(item_ids=[item_id]))
         assert await server.destroy_retired_keys() == [row.kek_id]
         async with engine.connect() as conn:
-            assert (await conn.execute(select(models.ItemSegment))).first() is None
-            assert (await conn.execute(select(models.ItemContent))).first() is None
+            segments = (await conn.execute(select(models.ItemSegment.item_id))).all()
+            content = (await conn.execute(select(models.ItemContent))).all()
+        assert {row.item_id for row in segments} == {kept}
+        # The item that stays was moved to a new KEK and still decrypts.
+        (survivor,) = content
+        assert survivor.kek_id != row.kek_id
+        server.context.key_provider.unwrap(
+            WrappedKey(survivor.kek_id, bytes(survivor.wrapped_data_key)),
+            item_store.data_key_associated_data(kept, alice.key.key_id),
+        )
         with pytest.raises(KeyNotFoundError):
             FileKeyProvider(settings.data_dir / "keks").unwrap(captured, aad)
         await alice.client.close()
@@ -215,3 +225,32 @@ async def test_shredded_content_cannot_be_decrypted_after_the_retention_window(
 
 def _files(root: Path) -> list[tuple[Path, bytes]]:
     return [(path, path.read_bytes()) for path in root.rglob("*") if path.is_file()]
+
+
+async def test_receipt_without_a_deletion_time_is_refused(
+    make_client: Callable[..., Client], server: CoalitionServer, db_url: str
+) -> None:
+    alice = await member(make_client)
+    ids = await alice.add([b"one"])
+    await alice.grant(builders.consent_token(item_ids=ids))
+    acme = await lab(make_client)
+    await agree(server, acme, ids)
+    await alice.withdraw(builders.withdrawal(item_ids=ids))
+    (notice,) = await acme.notices(count=1)
+    receipt = builders.deletion_receipt(notice.notice_id, ids)
+    receipt.ClearField("deleted_time")
+    before = await row_counts(db_url)
+    with pytest.raises(ServerError) as refused:
+        await acme.client.call(
+            ACCESS + "AcknowledgeWithdrawal",
+            access_pb2.AcknowledgeWithdrawalRequest(
+                receipt=sign_statement(receipt, acme.key).to_proto()
+            ),
+            access_pb2.AcknowledgeWithdrawalResponse,
+            sign=True,
+        )
+    assert (refused.value.code, refused.value.reason) == (
+        CODE.INVALID_ARGUMENT,
+        "MISSING_DELETED_TIME",
+    )
+    assert await row_counts(db_url) == before

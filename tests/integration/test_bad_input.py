@@ -220,7 +220,7 @@ async def test_refused_with_reason_and_nothing_written(
         await raw_call(target, method, raw, metadata)
     assert (refused.value.code, refused.value.reason) == (code, why), refused.value
     assert await row_counts(db_url) == before
-    assert (await anonymous.checkpoint()).tree_size == 0  # still up, still empty
+    assert (await anonymous.checkpoint()).tree_size == 1  # still up: only the coalition's entry
 
 
 async def test_replayed_call_is_refused(target: str, db_url: str) -> None:
@@ -242,4 +242,4 @@ async def test_message_over_the_transport_limit_is_refused(target: str, anonymou
     with pytest.raises(ServerError) as refused:
         await raw_call(target, REGISTER, b"\x0a" + b"\xff" * (9 * 1024 * 1024))
     assert refused.value.code == CODE.RESOURCE_EXHAUSTED
-    assert (await anonymous.checkpoint()).tree_size == 0
+    assert (await anonymous.checkpoint()).tree_size == 1

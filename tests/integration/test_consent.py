@@ -241,3 +241,28 @@ async def test_export_consent_as_odrl_and_rsl(make_client: Callable[..., Client]
         assert exported.media_type == media_type
         assert consent_id in exported.document
         assert hashlib.sha256(exported.document.encode()).digest()
+
+
+async def test_a_token_whose_items_are_all_withdrawn_is_invalidated(
+    make_client: Callable[..., Client],
+) -> None:
+    alice = await member(make_client)
+    first, second = await alice.add([b"first", b"second"])
+    consent_id = await alice.grant(builders.consent_token(item_ids=[first, second]))
+    await alice.withdraw(builders.withdrawal(item_ids=[first]))
+    state = await alice.client.call(
+        CONSENT + "GetConsentState",
+        consent_pb2.GetConsentStateRequest(consent_id=consent_id),
+        consent_pb2.GetConsentStateResponse,
+        sign=False,
+    )
+    assert state.state == consent_pb2.CONSENT_STATE_GIVEN  # one item still named
+    response = await alice.withdraw(builders.withdrawal(item_ids=[second]))
+    state = await alice.client.call(
+        CONSENT + "GetConsentState",
+        consent_pb2.GetConsentStateRequest(consent_id=consent_id),
+        consent_pb2.GetConsentStateResponse,
+        sign=False,
+    )
+    assert state.state == consent_pb2.CONSENT_STATE_INVALIDATED
+    assert state.withdrawal_entry.index == response.receipt.index

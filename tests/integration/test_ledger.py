@@ -8,10 +8,11 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from coalition import merkle
+from coalition import dsse, merkle
 from coalition.checkpoint import verify_checkpoint
 from coalition.client import Client, ServerError
 from coalition.dsse import Envelope
+from coalition.keys import PublicKey
 from coalition.receipts import verify_receipt
 from coalition.statements import kind
 from coalition.v1 import ledger_pb2, party_pb2
@@ -22,12 +23,20 @@ from .helpers import row_counts, verifier
 CONTRIBUTOR = party_pb2.ROLE_CONTRIBUTOR
 
 
-async def test_empty_log_has_a_signed_checkpoint(anonymous: Client) -> None:
+async def test_a_new_log_opens_with_the_coalitions_own_registration(anonymous: Client) -> None:
     response = await anonymous.checkpoint()
     checkpoint = verify_checkpoint(response.checkpoint, await verifier(anonymous))
-    assert checkpoint.size == 0 == response.tree_size
-    assert checkpoint.root_hash == merkle.EMPTY_ROOT
+    assert checkpoint.size == 1 == response.tree_size
     assert checkpoint.origin == "coalition.test/log"
+    # Auditors learn the coalition's statement key from the ledger, not from the operator.
+    info = await anonymous.log_info()
+    leaf = ledger_pb2.LedgerLeaf.FromString((await anonymous.entry(0)).leaf)
+    envelope = Envelope.from_proto(leaf.envelope)
+    registration = party_pb2.PartyRegistration.FromString(envelope.payload)
+    assert registration.role == party_pb2.ROLE_COALITION
+    assert registration.signing_key == info.coalition_public_key
+    dsse.verify(envelope, PublicKey(registration.signing_key))
+    assert checkpoint.root_hash == merkle.leaf_hash((await anonymous.entry(0)).leaf)
 
 
 async def test_register_returns_a_verifiable_receipt(
@@ -37,17 +46,17 @@ async def test_register_returns_a_verifiable_receipt(
     response = await client.register(CONTRIBUTOR, "Ada Lovelace")
     receipt = response.receipt
     checkpoint = verify_receipt(receipt, await verifier(anonymous))
-    assert receipt.index == 0
-    assert checkpoint.size == 1
+    assert receipt.index == 1  # after the coalition's own registration
+    assert checkpoint.size == 2
     # The leaf is the exact statement we signed, with the log's integration time.
     leaf = ledger_pb2.LedgerLeaf.FromString(receipt.leaf)
     envelope = Envelope.from_proto(leaf.envelope)
     assert party_pb2.PartyRegistration.FromString(envelope.payload).name == "Ada Lovelace"
     assert leaf.integrated_time.seconds > 0
     assert response.party.key_id == client.key.key_id if client.key else False
-    assert (await client.who_am_i()).registration_index == 0
+    assert (await client.who_am_i()).registration_index == 1
     assert (await anonymous.party(response.party.key_id)).name == "Ada Lovelace"
-    entry = await anonymous.entry(0)
+    entry = await anonymous.entry(1)
     assert entry.leaf == receipt.leaf
     assert entry.leaf_hash == receipt.leaf_hash
 
@@ -61,7 +70,7 @@ async def test_concurrent_appends_are_group_committed_into_one_consistent_tree(
         *(c.register(CONTRIBUTOR, f"member {i}") for i, c in enumerate(clients))
     )
     log_verifier = await verifier(anonymous)
-    assert sorted(r.receipt.index for r in responses) == list(range(n))
+    assert sorted(r.receipt.index for r in responses) == list(range(1, n + 1))
     for response in responses:
         verify_receipt(response.receipt, log_verifier)
     # Group commit: fewer signed checkpoints (batches) than appends.
@@ -164,7 +173,7 @@ async def test_proofs_for_every_entry_and_size(
         checkpoint = verify_checkpoint(response.receipt.checkpoint, log_verifier)
         roots[checkpoint.size] = checkpoint.root_hash
     final = await anonymous.checkpoint()
-    assert final.tree_size == 11
+    assert final.tree_size == 12
     for size, root in roots.items():
         for index in range(size):
             proof = await anonymous.inclusion_proof(index, size)
@@ -177,8 +186,8 @@ async def test_proofs_for_every_entry_and_size(
                 size, final.tree_size, root, final.root_hash, list(consistency.proof)
             )
     latest = await anonymous.inclusion_proof(3)
-    assert latest.tree_size == 11
-    assert verify_checkpoint(latest.checkpoint, log_verifier).size == 11
+    assert latest.tree_size == 12
+    assert verify_checkpoint(latest.checkpoint, log_verifier).size == 12
 
 
 async def test_proof_requests_beyond_the_tree_are_refused(
@@ -213,20 +222,20 @@ async def test_listing_pages_and_subject_queries(
     for i, client in enumerate(clients):
         await client.register(CONTRIBUTOR, f"p{i}")
     entries = [e async for e in anonymous.entries(page_size=3)]
-    assert [e.index for e in entries] == list(range(7))
+    assert [e.index for e in entries] == list(range(8))
     assert all(merkle.leaf_hash(e.leaf) == e.leaf_hash for e in entries)
     window = [e.index async for e in anonymous.entries(start=2, end=5, page_size=2)]
     assert window == [2, 3, 4]
     assert clients[4].key is not None
     mine = [e.index async for e in anonymous.entries_by_subject(clients[4].key.key_id)]
-    assert mine == [4]
+    assert mine == [5]
     registrations = [
         e.index
         async for e in anonymous.entries_by_subject(
             kind=kind("application/vnd.coalition.v1.PartyRegistration+proto"), page_size=2
         )
     ]
-    assert registrations == list(range(7))
+    assert registrations == list(range(8))
 
 
 def _signed_registration(client: Client, name: str) -> Envelope:

@@ -82,9 +82,9 @@ async def test_restart_keeps_the_tree_and_extends_it_consistently(settings: Sett
             log_verifier = await verifier(client)
             old = verify_receipt(before, log_verifier)
             new = verify_receipt(after, log_verifier)
-            assert (old.size, new.size) == (1, 2)
-            proof = await client.consistency_proof(1, 2)
-            merkle.verify_consistency(1, 2, old.root_hash, new.root_hash, list(proof.proof))
+            assert (old.size, new.size) == (2, 3)
+            proof = await client.consistency_proof(2, 3)
+            merkle.verify_consistency(2, 3, old.root_hash, new.root_hash, list(proof.proof))
     finally:
         await second.stop()
 
@@ -118,10 +118,11 @@ async def test_two_processes_on_one_database_keep_one_tree(db_url: str, tmp_path
         async with Client(servers[0].target) as auditor:
             log_verifier = await verifier(auditor)
             final = await auditor.checkpoint()
-            assert final.tree_size == len(clients)
-            assert sorted(r.receipt.index for r in responses) == list(range(len(clients)))
+            # One tree: the coalition's entry, then every acknowledged append exactly once.
+            assert final.tree_size == len(clients) + 1
+            assert sorted(r.receipt.index for r in responses) == list(range(1, len(clients) + 1))
             entries = [e async for e in auditor.entries()]
-            assert len(entries) == len(clients)
+            assert len(entries) == len(clients) + 1
             tree = merkle.CompactRange.empty()
             for entry in entries:
                 tree.append(entry.leaf_hash)

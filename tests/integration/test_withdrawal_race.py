@@ -51,17 +51,23 @@ async def run_race(
     rng = random.Random(1234)
     order = ids[:]
     rng.shuffle(order)
+    ranked = sorted(ids)
     released = 0
     for item_id in order:
+        # Fetch a small page that holds the item being withdrawn (the cursor is an item id).
+        position = ranked.index(item_id)
+        cursor = ranked[position - 1] if position else ""
         delay = rng.random() * 0.004
 
         async def withdraw(target: str = item_id, wait: float = delay) -> None:
             await asyncio.sleep(wait)
             await alice.withdraw(builders.withdrawal(item_ids=[target]))
 
-        async def fetch() -> int:
+        async def fetch(after: str = cursor) -> int:
             try:
-                releases, _ = await acme.fetch(lease.lease_id, agreement_id, page_size=1000)
+                releases, _ = await acme.fetch(
+                    lease.lease_id, agreement_id, page_size=3, start=after, pages=1
+                )
             except ServerError as exc:  # a lost race may end a fetch; it must never leak
                 if exc.reason != "CONSENT_CHANGING":
                     raise

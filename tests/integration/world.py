@@ -115,13 +115,21 @@ class Lab:
         )
 
     async def fetch(
-        self, lease_id: str, agreement_id: str, page_size: int = 0
+        self,
+        lease_id: str,
+        agreement_id: str,
+        page_size: int = 0,
+        start: str = "",
+        pages: int | None = None,
     ) -> tuple[list[access_pb2.FetchRelease], dict[str, bytes]]:
-        """Fetch every page; decrypt and check every item. Returns (releases, contents)."""
+        """Fetch pages (all, or ``pages``) from cursor ``start``; decrypt and check every item.
+
+        Returns (releases, contents).
+        """
         releases: list[access_pb2.FetchRelease] = []
         contents: dict[str, bytes] = {}
-        token = ""
-        while True:
+        token = start
+        while pages is None or len(releases) < pages:
             request = access_pb2.FetchRequest(
                 lease_id=lease_id, page_size=page_size, page_token=token
             )
@@ -151,7 +159,8 @@ class Lab:
                 raise _server_error(exc) from None
             token = releases[-1].next_page_token
             if not token:
-                return releases, contents
+                break
+        return releases, contents
 
     def _open(
         self,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from coalition import __version__
-from coalition.cli import audit, keys, party
+from coalition.cli import audit, consent, items, keys, lab, party
 from coalition.cli.common import DEFAULT_SERVER, Globals
 
 app = typer.Typer(
@@ -20,12 +20,16 @@ app = typer.Typer(
     # Markdown reflows docstring paragraphs instead of keeping their hard line breaks.
     rich_markup_mode="markdown",
     help=(
-        "Coalition: collective bargaining for data contributors. Make a key, join, and "
-        "audit the public ledger.\n\nExit codes: 0 success; 1 failed (the server refused, "
+        "Coalition: collective bargaining for data contributors. Make a key, join, register "
+        "your data and consent (or, as a lab, fetch licensed data), and audit the public "
+        "ledger.\n\nExit codes: 0 success; 1 failed (the server refused, "
         "or something did not verify); 2 could not run (bad input, server unreachable)."
     ),
 )
 app.add_typer(keys.app, name="keys")
+app.add_typer(items.app, name="items")
+app.add_typer(consent.app, name="consent")
+app.add_typer(lab.app, name="lab")
 app.add_typer(audit.app, name="audit")
 app.command("join")(party.join)
 

@@ -57,6 +57,7 @@ from coalition.cli.common import (
     run,
 )
 from coalition.client import Client
+from coalition.compliance import ComplianceReport, NoticeState, compliance_report
 from coalition.errors import CoalitionError, KeyFormatError, ProofError, VerificationError
 from coalition.keys import PUBLIC_KEY_SIZE, PublicKey
 from coalition.note import NoteVerifier
@@ -731,3 +732,182 @@ def _print_summary(outcome: _Outcome, json_output: bool) -> None:
     table.add_row("time", f"{outcome.seconds:.2f} s ({rate:,.0f} entries/s)")
     table.add_row("state", str(outcome.state_path))
     console().print(table)
+
+
+# --- compliance --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Compliance:
+    report: ComplianceReport
+    checkpoint: Checkpoint
+    verifier_key: str
+
+
+@app.command("compliance")
+def compliance(
+    ctx: typer.Context,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 1 on any violation: a late receipt, a receipt missing past its "
+            "deadline, or a key released after a withdrawal.",
+        ),
+    ] = False,
+    now: Annotated[
+        str | None,
+        typer.Option(
+            "--now",
+            help="Judge deadlines at this time (ISO 8601), or 'ledger' for the last entry's "
+            "time (default: the current time).",
+        ),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            envvar="COALITION_AUDIT_STATE",
+            help="State file of `audit verify` whose pinned keys to trust (default: per log).",
+        ),
+    ] = None,
+    trusted_log_key: LogKeyOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Each lab's compliance, computed from the ledger alone (replayed and verified first).
+
+    For every lab: withdrawal notices received, deletion receipts in time and late,
+    receipts missing past their deadline, and keys released after a withdrawal (which must
+    be zero). Rules: see `coalition.compliance`.
+    """
+    when = _parse_now(now)
+    pinned = _parse_vkey(trusted_log_key, "--log-key") if trusted_log_key else None
+    try:
+        outcome = run(ctx, _compliance(ctx, state, pinned, when))
+    except AuditError as exc:
+        fail(exc.message, EXIT_FAILED)
+    except CoalitionError as exc:
+        fail(str(exc), EXIT_FAILED)
+    report = outcome.report
+    if json_output:
+        print_json(
+            {
+                **report.to_json(),
+                "tree_size": outcome.checkpoint.size,
+                "root_hash": b64(outcome.checkpoint.root_hash),
+                "log_verifier_key": outcome.verifier_key,
+            }
+        )
+    else:
+        _print_compliance(report, outcome.checkpoint)
+    if strict and not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _parse_now(text: str | None) -> datetime | None:
+    """The time to judge deadlines at; None for the ledger's last integration time."""
+    if text is None:
+        return datetime.now(UTC)
+    if text.strip().lower() == "ledger":
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        fail(f"--now {text!r} is not an ISO 8601 time (or 'ledger')", EXIT_UNUSABLE)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+async def _compliance(
+    ctx: typer.Context,
+    state_opt: Path | None,
+    pinned: NoteVerifier | None,
+    when: datetime | None,
+) -> _Compliance:
+    async with globals_of(ctx).client() as client:
+        info = await client.log_info()
+        previous = load_state(state_opt or default_state_path(info.origin))
+        trusted = pinned
+        if trusted is None and previous is not None:
+            trusted = _parse_vkey(previous.log_verifier_key, "the state file's log key")
+        if trusted is None:
+            trusted = _parse_vkey(info.verifier_key, "the server's log key")
+            note(
+                "trusting the server's log key (not pinned: run `coalition audit verify` to pin it)"
+            )
+        coalition_key = (
+            previous.coalition_public_key
+            if previous is not None
+            else bytes(info.coalition_public_key)
+        )
+        authorities = [_coalition_key(coalition_key)] if coalition_key else []
+        response = await client.checkpoint()
+        try:
+            cp = verify_checkpoint(response.checkpoint, trusted, info.origin)
+        except VerificationError as exc:
+            raise AuditError(f"the latest checkpoint does not verify: {exc}") from None
+        head = TreeHead(previous.tree_size, previous.root_hash) if previous is not None else None
+        if head is not None and head.size > cp.size:
+            raise AuditError(
+                f"the checkpoint's size {cp.size} is smaller than the size {head.size} "
+                "verified before: the log was truncated or rolled back"
+            )
+        replay = LedgerReplay(head, authorities=authorities)
+        leaves: list[tuple[int, bytes]] = []
+        with _progress(cp.size) as progress:
+            task = progress.add_task("reading the ledger", total=cp.size)
+            async for entry in _all_entries(client, cp.size):
+                replay.feed(entry.index, entry.leaf, leaf_hash=entry.leaf_hash)
+                leaves.append((entry.index, bytes(entry.leaf)))
+                progress.advance(task)
+        replay.finish(cp)
+    report = compliance_report(
+        leaves,
+        now=when,
+        coalition_key_id=authorities[0].key_id if authorities else None,
+    )
+    return _Compliance(report, cp, trusted.verifier_key)
+
+
+def _print_compliance(report: ComplianceReport, cp: Checkpoint) -> None:
+    out = console()
+    when = report.now.strftime("%Y-%m-%dT%H:%M:%SZ") if report.now else "-"
+    table = Table(title=f"lab compliance at {when} (ledger size {cp.size}, verified)")
+    table.add_column("lab")
+    table.add_column("name")
+    table.add_column("agreements", justify="right")
+    table.add_column("releases", justify="right")
+    table.add_column("notices", justify="right")
+    table.add_column("in time", justify="right")
+    table.add_column("late", justify="right")
+    table.add_column("missing", justify="right")
+    table.add_column("pending", justify="right")
+    table.add_column("released after withdrawal", justify="right")
+    table.add_column("status")
+    for lab in report.labs:
+        table.add_row(
+            lab.lab_key_id,
+            lab.name or "-",
+            str(lab.agreements),
+            str(lab.releases),
+            str(lab.notices),
+            str(lab.receipts_in_time),
+            str(lab.receipts_late),
+            str(lab.missing),
+            str(lab.pending),
+            str(lab.releases_after_withdrawal),
+            "ok" if lab.ok else "VIOLATION",
+        )
+    out.print(table)
+    for notice in report.notices:
+        if notice.state in (NoticeState.LATE, NoticeState.MISSING):
+            out.print(
+                f"{notice.state.value}: notice {notice.notice_id} (entry {notice.index}) to "
+                f"{notice.lab_key_id}, respond by "
+                f"{notice.respond_by.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+            )
+    for v in report.violations:
+        out.print(
+            f"released after withdrawal: item {v.item_id} to {v.lab_key_id} at entry "
+            f"{v.release_index}, withdrawn at entry {v.withdrawal_index} ({v.rule})"
+        )
+    out.print("compliant" if report.ok else "NOT compliant")

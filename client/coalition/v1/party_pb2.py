@@ -27,7 +27,7 @@ from coalition.v1 import ledger_pb2 as coalition_dot_v1_dot_ledger__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63oalition/v1/party.proto\x12\x0c\x63oalition.v1\x1a\x1b\x63oalition/v1/envelope.proto\x1a\x19\x63oalition/v1/ledger.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n\x11PartyRegistration\x12 \n\x04role\x18\x01 \x01(\x0e\x32\x12.coalition.v1.Role\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bsigning_key\x18\x03 \x01(\x0c\x12\x16\n\x0e\x65ncryption_key\x18\x04 \x01(\x0c\x12\x30\n\x0c\x63reated_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\x90\x01\n\x05Party\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.coalition.v1.Role\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0bsigning_key\x18\x04 \x01(\x0c\x12\x16\n\x0e\x65ncryption_key\x18\x05 \x01(\x0c\x12\x1a\n\x12registration_index\x18\x06 \x01(\x04\"X\n\x14RegisterPartyRequest\x12,\n\x0cregistration\x18\x01 \x01(\x0b\x32\x16.coalition.v1.Envelope\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"c\n\x15RegisterPartyResponse\x12\"\n\x05party\x18\x01 \x01(\x0b\x32\x13.coalition.v1.Party\x12&\n\x07receipt\x18\x02 \x01(\x0b\x32\x15.coalition.v1.Receipt\"!\n\x0fGetPartyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"6\n\x10GetPartyResponse\x12\"\n\x05party\x18\x01 \x01(\x0b\x32\x13.coalition.v1.Party\"\x0f\n\rWhoAmIRequest\"4\n\x0eWhoAmIResponse\x12\"\n\x05party\x18\x01 \x01(\x0b\x32\x13.coalition.v1.Party*R\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROLE_CONTRIBUTOR\x10\x01\x12\x0c\n\x08ROLE_LAB\x10\x02\x12\x10\n\x0cROLE_AUDITOR\x10\x03\x32\xf8\x01\n\x0cPartyService\x12X\n\rRegisterParty\x12\".coalition.v1.RegisterPartyRequest\x1a#.coalition.v1.RegisterPartyResponse\x12I\n\x08GetParty\x12\x1d.coalition.v1.GetPartyRequest\x1a\x1e.coalition.v1.GetPartyResponse\x12\x43\n\x06WhoAmI\x12\x1b.coalition.v1.WhoAmIRequest\x1a\x1c.coalition.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63oalition/v1/party.proto\x12\x0c\x63oalition.v1\x1a\x1b\x63oalition/v1/envelope.proto\x1a\x19\x63oalition/v1/ledger.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n\x11PartyRegistration\x12 \n\x04role\x18\x01 \x01(\x0e\x32\x12.coalition.v1.Role\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bsigning_key\x18\x03 \x01(\x0c\x12\x16\n\x0e\x65ncryption_key\x18\x04 \x01(\x0c\x12\x30\n\x0c\x63reated_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\x90\x01\n\x05Party\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.coalition.v1.Role\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0bsigning_key\x18\x04 \x01(\x0c\x12\x16\n\x0e\x65ncryption_key\x18\x05 \x01(\x0c\x12\x1a\n\x12registration_index\x18\x06 \x01(\x04\"X\n\x14RegisterPartyRequest\x12,\n\x0cregistration\x18\x01 \x01(\x0b\x32\x16.coalition.v1.Envelope\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"c\n\x15RegisterPartyResponse\x12\"\n\x05party\x18\x01 \x01(\x0b\x32\x13.coalition.v1.Party\x12&\n\x07receipt\x18\x02 \x01(\x0b\x32\x15.coalition.v1.Receipt\"!\n\x0fGetPartyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"6\n\x10GetPartyResponse\x12\"\n\x05party\x18\x01 \x01(\x0b\x32\x13.coalition.v1.Party\"\x0f\n\rWhoAmIRequest\"4\n\x0eWhoAmIResponse\x12\"\n\x05party\x18\x01 \x01(\x0b\x32\x13.coalition.v1.Party*f\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROLE_CONTRIBUTOR\x10\x01\x12\x0c\n\x08ROLE_LAB\x10\x02\x12\x10\n\x0cROLE_AUDITOR\x10\x03\x12\x12\n\x0eROLE_COALITION\x10\x04\x32\xf8\x01\n\x0cPartyService\x12X\n\rRegisterParty\x12\".coalition.v1.RegisterPartyRequest\x1a#.coalition.v1.RegisterPartyResponse\x12I\n\x08GetParty\x12\x1d.coalition.v1.GetPartyRequest\x1a\x1e.coalition.v1.GetPartyResponse\x12\x43\n\x06WhoAmI\x12\x1b.coalition.v1.WhoAmIRequest\x1a\x1c.coalition.v1.WhoAmIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coalition.v1.party_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROLE']._serialized_start=811
-  _globals['_ROLE']._serialized_end=893
+  _globals['_ROLE']._serialized_end=913
   _globals['_PARTYREGISTRATION']._serialized_start=132
   _globals['_PARTYREGISTRATION']._serialized_end=309
   _globals['_PARTY']._serialized_start=312
@@ -52,6 +52,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WHOAMIREQUEST']._serialized_end=755
   _globals['_WHOAMIRESPONSE']._serialized_start=757
   _globals['_WHOAMIRESPONSE']._serialized_end=809
-  _globals['_PARTYSERVICE']._serialized_start=896
-  _globals['_PARTYSERVICE']._serialized_end=1144
+  _globals['_PARTYSERVICE']._serialized_start=916
+  _globals['_PARTYSERVICE']._serialized_end=1164
 # @@protoc_insertion_point(module_scope)

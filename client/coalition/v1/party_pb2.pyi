@@ -34,6 +34,10 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """An AI lab that negotiates for access."""
     ROLE_AUDITOR: _Role.ValueType  # 3
     """An auditor who reads and verifies the ledger and compliance data."""
+    ROLE_COALITION: _Role.ValueType  # 4
+    """The coalition itself (its statement key): registered once, by the server, as the first
+    entry of the log, so auditors learn the key from the ledger, not from the operator.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """What a party does in the coalition."""
@@ -46,6 +50,10 @@ ROLE_LAB: Role.ValueType  # 2
 """An AI lab that negotiates for access."""
 ROLE_AUDITOR: Role.ValueType  # 3
 """An auditor who reads and verifies the ledger and compliance data."""
+ROLE_COALITION: Role.ValueType  # 4
+"""The coalition itself (its statement key): registered once, by the server, as the first
+entry of the log, so auditors learn the key from the ledger, not from the operator.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final

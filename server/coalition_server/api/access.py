@@ -29,9 +29,11 @@ from coalition_server.domain.errors import (
 from coalition_server.domain.pagination import decode_token, encode_token, page_size
 from coalition_server.domain.statements import (
     HEX_ID,
+    MAX_CLOCK_SKEW,
     check_fresh,
     check_nonce,
     open_statement,
+    timestamp,
 )
 from coalition_server.keys.provider import WrappedKey
 from coalition_server.store import access as store
@@ -267,6 +269,10 @@ class AccessServicer:
         )
         check_nonce(statement.nonce)
         _check_id(statement.notice_id, "notice")
+        if not statement.HasField("deleted_time"):
+            raise InvalidArgumentError("MISSING_DELETED_TIME", "say when the items were deleted")
+        if timestamp(statement.deleted_time, "deleted_time") > utcnow() + MAX_CLOCK_SKEW:
+            raise InvalidArgumentError("BAD_DELETED_TIME", "deleted_time is in the future")
         effect = _ReceiptEffect(lab.key_id, statement)
 
         def respond(receipts: Sequence[ledger_pb2.Receipt]) -> bytes:

@@ -13,6 +13,7 @@ from coalition_server.api.dispatch import Call, rpc
 from coalition_server.api.mutations import decode_envelope, idempotency_key
 from coalition_server.context import ServerContext
 from coalition_server.domain import consent as rules
+from coalition_server.domain import exports
 from coalition_server.domain.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -158,7 +159,6 @@ class ConsentServicer:
             withdrawal_id=statements.statement_id(envelope),
             statement=statement,
             coalition_key=self._ctx.coalition_key,
-            key_provider=self._ctx.key_provider,
             outcome=outcome,
         )
 
@@ -186,11 +186,11 @@ class ConsentServicer:
             raise NotFoundError("CONSENT_NOT_FOUND", "no such consent token")
         if entry.token.contributor_key_id != party.key_id:
             raise PermissionDeniedError("NOT_YOUR_CONSENT", "that token is another member's")
-        from coalition_server.domain import exports  # TEMP until exports.py lands
-
         token = entry.token
         if request.format == consent_pb2.EXPORT_FORMAT_ODRL:
-            policy = exports.consent_to_odrl(token.consent_id, party.key_id, token.statement)
+            policy = exports.consent_to_odrl(
+                token.consent_id, party.key_id, token.statement, sequenced_at=token.not_before
+            )
             return consent_pb2.ExportConsentResponse(
                 media_type="application/ld+json", document=json.dumps(policy, indent=2)
             )

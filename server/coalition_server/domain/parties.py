@@ -16,6 +16,8 @@ from coalition_server.domain.errors import (
     UnauthenticatedError,
 )
 
+# Roles a party may register itself with; ROLE_COALITION is the server's own, registered once.
+PARTY_ROLES = frozenset((party_pb2.ROLE_CONTRIBUTOR, party_pb2.ROLE_LAB, party_pb2.ROLE_AUDITOR))
 MAX_NAME_LENGTH = 128
 MIN_NONCE_BYTES = 16
 # A registration must have been signed recently: an old one found somewhere is not a request.
@@ -53,9 +55,7 @@ def check_registration(
         raise UnauthenticatedError(
             "BAD_STATEMENT_SIGNATURE", "the registration is not signed by its signing_key"
         ) from None
-    if registration.role == party_pb2.ROLE_UNSPECIFIED or registration.role not in (
-        party_pb2.Role.values()
-    ):
+    if registration.role not in PARTY_ROLES:
         raise InvalidArgumentError("BAD_ROLE", "role must be contributor, lab or auditor")
     if validate_name(registration.name) != registration.name:
         raise InvalidArgumentError(

@@ -183,3 +183,22 @@ def require_withdrawable(entry: ConsentEntry | None, member: str, at: datetime) 
             "CONSENT_NOT_GIVEN", "that consent token is already withdrawn, lapsed or invalid"
         )
     return entry
+
+
+async def invalidate_emptied(
+    conn: AsyncConnection, member: str, withdrawn_items: set[str], index: int
+) -> None:
+    """Tokens naming only items that are all withdrawn become INVALIDATED (ISO 27560)."""
+    emptied = [
+        entry.token.consent_id
+        for entry in await member_consents(conn, member)
+        if entry.recorded_state == rules.GIVEN
+        and entry.token.statement.items.WhichOneof("selector") == "item_ids"
+        and set(entry.token.statement.items.item_ids.item_ids) <= withdrawn_items
+    ]
+    if emptied:
+        await conn.execute(
+            update(models.ConsentRow)
+            .where(models.ConsentRow.consent_id.in_(emptied))
+            .values(state=rules.INVALIDATED, withdrawal_idx=index)
+        )

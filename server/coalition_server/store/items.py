@@ -198,7 +198,7 @@ async def shred_items(conn: AsyncConnection, item_ids: Iterable[str]) -> list[st
     """Delete the wrapped data keys and sealed content of these items; return those shredded.
 
     The data key exists only wrapped in ``item_content``: once that row is gone and the KEK
-    that wrapped it is destroyed (``rotate_kek`` retires it at once, the retention job
+    that wrapped it is destroyed (``retire_keks`` retires it at once, the retention job
     destroys it), nothing left anywhere decrypts the content.
     """
     ids = sorted(set(item_ids))
@@ -226,59 +226,61 @@ async def shred_items(conn: AsyncConnection, item_ids: Iterable[str]) -> list[st
     return shredded
 
 
-async def rotate_kek(
-    conn: AsyncConnection, provider: KeyProvider, owner: str, now: datetime
-) -> str:
-    """Re-wrap every data key of ``owner`` under a new KEK and retire the old ones.
+async def retire_keks(conn: AsyncConnection, owner: str, now: datetime) -> None:
+    """Retire the owner's current KEK (after shredding); a new one is made on next use.
 
-    Run after shredding: a copy of a shredded item's wrapped key that survives somewhere
-    (a WAL page, a backup) becomes useless once the retired KEK is destroyed.
+    Cheap on purpose: it runs inside the withdrawal's transaction. The data keys still
+    wrapped under a retired KEK are moved to the current one by ``maintain_keks``, before
+    the retired KEK is destroyed at the end of the retention window. From then on a copy of
+    a shredded item's wrapped key that survives somewhere (a WAL page, a backup) is useless.
     """
-    old = [
-        row.kek_id
-        for row in await conn.execute(
-            select(models.KeyEncryptionKey.kek_id).where(
-                models.KeyEncryptionKey.owner_key_id == owner,
-                models.KeyEncryptionKey.retired_at.is_(None),
-            )
-        )
-    ]
-    new_kek = provider.create_kek(owner)
     await conn.execute(
-        insert(models.KeyEncryptionKey),
-        [{"kek_id": new_kek, "owner_key_id": owner, "created_at": now}],
-    )
-    rows = await conn.execute(
-        select(
-            models.ItemContent.item_id,
-            models.ItemContent.kek_id,
-            models.ItemContent.wrapped_data_key,
+        update(models.KeyEncryptionKey)
+        .where(
+            models.KeyEncryptionKey.owner_key_id == owner,
+            models.KeyEncryptionKey.retired_at.is_(None),
         )
-        .join(models.ItemRow, models.ItemRow.item_id == models.ItemContent.item_id)
-        .where(models.ItemRow.contributor_key_id == owner)
+        .values(retired_at=now)
     )
-    for row in rows.all():
+
+
+async def rewrap_retired(conn: AsyncConnection, provider: KeyProvider, now: datetime) -> int:
+    """Re-wrap every data key still under a retired KEK with its owner's current KEK."""
+    rows = (
+        await conn.execute(
+            select(
+                models.ItemContent.item_id,
+                models.ItemContent.kek_id,
+                models.ItemContent.wrapped_data_key,
+                models.KeyEncryptionKey.owner_key_id,
+            )
+            .join(
+                models.KeyEncryptionKey, models.KeyEncryptionKey.kek_id == models.ItemContent.kek_id
+            )
+            .where(models.KeyEncryptionKey.retired_at.is_not(None))
+        )
+    ).all()
+    current: dict[str, str] = {}
+    for row in rows:
+        owner = row.owner_key_id
+        if owner not in current:
+            current[owner] = await current_kek(conn, provider, owner, now)
         aad = data_key_associated_data(row.item_id, owner)
         data_key = provider.unwrap(WrappedKey(row.kek_id, bytes(row.wrapped_data_key)), aad)
-        wrapped = provider.wrap(new_kek, data_key, aad)
+        wrapped = provider.wrap(current[owner], data_key, aad)
         await conn.execute(
             update(models.ItemContent)
             .where(models.ItemContent.item_id == row.item_id)
-            .values(kek_id=new_kek, wrapped_data_key=wrapped.ciphertext)
+            .values(kek_id=current[owner], wrapped_data_key=wrapped.ciphertext)
         )
-    if old:
-        await conn.execute(
-            update(models.KeyEncryptionKey)
-            .where(models.KeyEncryptionKey.kek_id.in_(old))
-            .values(retired_at=now)
-        )
-    return new_kek
+    return len(rows)
 
 
 async def destroy_retired_keks(
     conn: AsyncConnection, provider: KeyProvider, older_than: datetime, now: datetime
 ) -> list[str]:
-    """Destroy KEKs retired before ``older_than`` (the retention window has passed)."""
+    """Move data keys off retired KEKs, then destroy KEKs retired before ``older_than``."""
+    await rewrap_retired(conn, provider, now)
     rows = await conn.execute(
         select(models.KeyEncryptionKey.kek_id).where(
             models.KeyEncryptionKey.retired_at.is_not(None),

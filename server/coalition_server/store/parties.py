@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import hashlib
+from dataclasses import dataclass, replace
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coalition.keys import SigningKey
+from coalition.statements import sign_statement
 from coalition.v1 import party_pb2
 from coalition_server.domain.errors import AlreadyExistsError
 from coalition_server.store import models
 from coalition_server.store.database import Database
+from coalition_server.store.sequencer import EffectContext, Sequencer, Submission
 
 
 @dataclass(frozen=True)
@@ -89,3 +95,44 @@ async def insert_party(conn: AsyncConnection, record: PartyRecord) -> None:
             }
         ],
     )
+
+
+async def register_coalition(
+    sequencer: Sequencer, parties: PartyStore, key: SigningKey, name: str
+) -> None:
+    """Log the coalition's own statement key as a party, once (the log's first entry).
+
+    Auditors then take the key that signs agreements, releases and notices from the ledger
+    itself. Every replica tries; all but the first find it registered.
+    """
+    if await parties.get(key.key_id) is not None:
+        return
+    created = Timestamp()
+    created.GetCurrentTime()
+    registration = party_pb2.PartyRegistration(
+        role=party_pb2.ROLE_COALITION,
+        name=name,
+        signing_key=key.public_key.raw,
+        encryption_key=key.encryption_public_key_raw(),
+        created_time=created,
+        # Deterministic: two replicas registering at once produce statements that differ
+        # only in time; the party row decides who was first.
+        nonce=hashlib.sha256(b"coalition-registration" + key.public_key.raw).digest()[:16],
+    )
+    record = PartyRecord(
+        key.key_id,
+        party_pb2.ROLE_COALITION,
+        name,
+        key.public_key.raw,
+        key.encryption_public_key_raw(),
+        0,
+    )
+
+    async def effect(context: EffectContext) -> None:
+        await insert_party(context.conn, replace(record, registration_index=context.index))
+
+    with contextlib.suppress(AlreadyExistsError):  # a sibling replica was first
+        await sequencer.submit_one(
+            Submission(sign_statement(registration, key), key.key_id, effect=effect),
+            lambda receipt: b"",
+        )

@@ -5,8 +5,9 @@ key release can be sequenced between the withdrawal and its consequences:
 
 1. the tokens (or items) are marked withdrawn, so every later release check refuses them;
 2. items left with no consent in force lose their wrapped data keys and content, the member's
-   key-encryption key is rotated (the old one is destroyed after the retention window) and a
-   coalition-signed ShreddingRecord follows the withdrawal in the ledger;
+   key-encryption key is retired (and destroyed after the retention window, once the data
+   keys it still wraps are moved to a new one) and a coalition-signed ShreddingRecord
+   follows the withdrawal in the ledger;
 3. every lab whose agreement covered an item that lost consent *for that agreement* gets a
    coalition-signed WithdrawalNotice, with the deadline its agreement fixed.
 """
@@ -24,7 +25,6 @@ from coalition.keys import SigningKey
 from coalition.v1 import access_pb2, consent_pb2
 from coalition_server.domain import consent as rules
 from coalition_server.domain.errors import FailedPreconditionError
-from coalition_server.keys.provider import KeyProvider
 from coalition_server.store import access, items, models
 from coalition_server.store import consent as consents
 from coalition_server.store.sequencer import EffectContext, Submission
@@ -47,7 +47,6 @@ class WithdrawalEffect:
     withdrawal_id: str
     statement: consent_pb2.Withdrawal
     coalition_key: SigningKey
-    key_provider: KeyProvider
     outcome: WithdrawalOutcome
 
     async def __call__(self, ctx: EffectContext) -> list[Submission]:
@@ -69,6 +68,8 @@ class WithdrawalEffect:
             affected = items.require_own_items(mine, ids, self.member, usable=True)
             await _withdraw_items(conn, ids, ctx.index)
             affected = [_with_state(record, items.WITHDRAWN) for record in affected]
+            gone = {r.item_id for r in mine.values() if r.state == items.WITHDRAWN}
+            await consents.invalidate_emptied(conn, self.member, gone | set(ids), ctx.index)
         else:
             given = [
                 entry
@@ -86,7 +87,7 @@ class WithdrawalEffect:
         lost = [r for r in affected if not consents.consented_at_all(r, remaining, now)]
         shredded = await items.shred_items(conn, [r.item_id for r in lost])
         if shredded:
-            await items.rotate_kek(conn, self.key_provider, self.member, now)
+            await items.retire_keks(conn, self.member, now)
             record = access_pb2.ShreddingRecord(
                 withdrawal_id=self.withdrawal_id, item_ids=sorted(shredded)
             )
