@@ -15,7 +15,14 @@ from google.protobuf.message import DecodeError, Message
 from coalition import dsse
 from coalition.errors import EnvelopeError
 from coalition.keys import SigningKey
-from coalition.v1 import access_pb2, consent_pb2, items_pb2, party_pb2
+from coalition.v1 import (
+    access_pb2,
+    consent_pb2,
+    items_pb2,
+    negotiation_pb2,
+    party_pb2,
+    strike_pb2,
+)
 
 PAYLOAD_TYPE_PREFIX: Final = "application/vnd.coalition.v1."
 PAYLOAD_TYPE_SUFFIX: Final = "+proto"
@@ -34,6 +41,15 @@ STATEMENT_TYPES: Final[dict[str, type[Message]]] = {
         access_pb2.WithdrawalNotice,
         access_pb2.DeletionReceipt,
         access_pb2.ShreddingRecord,
+        negotiation_pb2.NegotiationRequest,
+        negotiation_pb2.NegotiationMove,
+        negotiation_pb2.RatificationCall,
+        negotiation_pb2.Ballot,
+        negotiation_pb2.RatificationResult,
+        negotiation_pb2.PayoutStatement,
+        strike_pb2.StrikePledge,
+        strike_pb2.PledgeRetraction,
+        strike_pb2.StrikeExecution,
     )
 }
 

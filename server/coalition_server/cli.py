@@ -68,6 +68,10 @@ def main_command(
     tls_key: Annotated[
         Path | None, typer.Option(envvar="COALITION_TLS_KEY", help="Server private key (PEM).")
     ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(envvar="COALITION_POLICY", help="The coalition's bargaining policy (YAML)."),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="COALITION_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Serve the ledger (the default command)."""
@@ -81,6 +85,7 @@ def main_command(
         origin=origin,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        policy_file=policy,
     )
     if ctx.invoked_subcommand is not None:
         return

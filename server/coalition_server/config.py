@@ -26,6 +26,10 @@ class Settings:
     max_batch: int = 1024
     auth_window_seconds: float = 300.0
     max_message_bytes: int = 8 * 1024 * 1024
+    # The coalition's bargaining policy (YAML); None means the built-in defaults.
+    policy_file: Path | None = None
+    # How often negotiations past their deadline are terminated.
+    negotiation_sweep_seconds: float = 5.0
     # Prices are integer micros of this ISO 4217 currency.
     currency: str = "USD"
     # A retired key-encryption key is destroyed this long after retirement.

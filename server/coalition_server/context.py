@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coalition.keys import SigningKey
 from coalition_server.keys.provider import KeyProvider
+from coalition_server.policy import CoalitionPolicy
 from coalition_server.store.database import Database
 from coalition_server.store.sequencer import Sequencer
 
@@ -20,3 +21,5 @@ class ServerContext:
     key_provider: KeyProvider
     # Prices are integer micros of this ISO 4217 currency.
     currency: str = "USD"
+    # How the coalition bargains (the operator's policy file).
+    policy: CoalitionPolicy = field(default_factory=CoalitionPolicy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -11,18 +12,29 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from coalition.v1 import access_pb2, consent_pb2, items_pb2, ledger_pb2, party_pb2
+from coalition.v1 import (
+    access_pb2,
+    consent_pb2,
+    items_pb2,
+    ledger_pb2,
+    negotiation_pb2,
+    party_pb2,
+    strike_pb2,
+)
 from coalition_server.api.access import AccessServicer
 from coalition_server.api.auth import Authenticator
 from coalition_server.api.consent import ConsentServicer
 from coalition_server.api.dispatch import Dispatcher
 from coalition_server.api.items import ItemServicer
 from coalition_server.api.ledger import LedgerServicer
+from coalition_server.api.negotiation import NegotiationServicer
 from coalition_server.api.party import PartyServicer
+from coalition_server.api.strikes import StrikeServicer
 from coalition_server.config import Settings
 from coalition_server.context import ServerContext
 from coalition_server.keys.provider import FileKeyProvider
 from coalition_server.keys.server_keys import ServerKeys
+from coalition_server.policy import CoalitionPolicy
 from coalition_server.store import migrate
 from coalition_server.store.database import Database
 from coalition_server.store.items import destroy_retired_keks
@@ -39,6 +51,8 @@ SERVICES = (
     items_pb2.DESCRIPTOR.services_by_name["ItemService"],
     consent_pb2.DESCRIPTOR.services_by_name["ConsentService"],
     access_pb2.DESCRIPTOR.services_by_name["AccessService"],
+    negotiation_pb2.DESCRIPTOR.services_by_name["NegotiationService"],
+    strike_pb2.DESCRIPTOR.services_by_name["StrikeService"],
 )
 KEK_DIRECTORY = "keks"
 
@@ -57,7 +71,7 @@ class CoalitionServer:
         self._health = HealthServicer()
         self._db: Database | None = None
         self._sequencer: Sequencer | None = None
-        self._retention: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         """Open the database, check the log, bind and start serving; return the port."""
@@ -90,11 +104,21 @@ class CoalitionServer:
             coalition_key=keys.coalition_key,
             key_provider=FileKeyProvider(settings.data_dir / KEK_DIRECTORY),
             currency=settings.currency,
+            policy=CoalitionPolicy.load(settings.policy_file),
         )
         await register_coalition(sequencer, parties, keys.coalition_key, keys.log_signer.name)
-        self._retention = asyncio.get_running_loop().create_task(
-            self._destroy_retired_keys(), name="kek-retention"
-        )
+        self.negotiations = NegotiationServicer(self.context)
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(
+                _every(settings.retention_check_seconds, self.destroy_retired_keys),
+                name="kek-retention",
+            ),
+            loop.create_task(
+                _every(settings.negotiation_sweep_seconds, self.negotiations.expire_due),
+                name="negotiation-deadlines",
+            ),
+        ]
 
         server = self._server = grpc.aio.server(
             options=[
@@ -109,6 +133,8 @@ class CoalitionServer:
             ItemServicer(self.context),
             ConsentServicer(self.context, ledger),
             AccessServicer(self.context),
+            self.negotiations,
+            StrikeServicer(self.context, parties),
         )
         server.add_generic_rpc_handlers(
             tuple(
@@ -162,27 +188,27 @@ class CoalitionServer:
                 conn, context.key_provider, now - self.settings.kek_retention, now
             )
 
-    async def _destroy_retired_keys(self) -> None:
-        while True:
-            try:
-                destroyed = await self.destroy_retired_keys()
-                if destroyed:
-                    log.info("destroyed %d retired key-encryption keys", len(destroyed))
-            except Exception:
-                log.exception("destroying retired key-encryption keys failed; will retry")
-            await asyncio.sleep(self.settings.retention_check_seconds)
-
     async def stop(self, grace: float = 5.0) -> None:
         """Go NOT_SERVING, let in-flight calls finish within ``grace``, then close."""
         await self._health.enter_graceful_shutdown()
-        if self._retention is not None:
-            self._retention.cancel()
+        for task in self._background:
+            task.cancel()
         if self._server is not None:
             await self._server.stop(grace)
         if self._sequencer is not None:
             await self._sequencer.stop()
         if self._db is not None:
             await self._db.dispose()
+
+
+async def _every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+    """Run ``job`` every ``seconds`` until cancelled; a failure is logged and retried."""
+    while True:
+        try:
+            await job()
+        except Exception:
+            log.exception("background job %s failed; will retry", getattr(job, "__name__", job))
+        await asyncio.sleep(seconds)
 
 
 def _read(path: Path) -> bytes:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import grpc
 
@@ -15,7 +17,15 @@ from coalition.content import decrypt_all
 from coalition.dsse import Envelope
 from coalition.keys import SigningKey
 from coalition.statements import sign_statement, statement_id
-from coalition.v1 import access_pb2, consent_pb2, items_pb2, party_pb2
+from coalition.v1 import (
+    access_pb2,
+    consent_pb2,
+    items_pb2,
+    negotiation_pb2,
+    party_pb2,
+    strike_pb2,
+    terms_pb2,
+)
 from coalition_server.agreements import conclude_agreement
 from coalition_server.server import CoalitionServer
 
@@ -242,3 +252,84 @@ async def agree(
     )
     agreement_id, _ = await conclude_agreement(server.context, server.parties, envelope)
     return agreement_id
+
+
+NEGOTIATION = "/coalition.v1.NegotiationService/"
+
+
+async def open_negotiation(
+    lab_: Lab, terms: terms_pb2.LicenceTerms
+) -> negotiation_pb2.OpenNegotiationResponse:
+    """The lab opens a negotiation with ``terms``."""
+    statement = negotiation_pb2.NegotiationRequest(
+        terms=terms, created_time=builders.ts(builders.now()), nonce=os.urandom(16)
+    )
+    return await lab_.client.call(
+        NEGOTIATION + "OpenNegotiation",
+        negotiation_pb2.OpenNegotiationRequest(
+            request=sign_statement(statement, lab_.key).to_proto()
+        ),
+        negotiation_pb2.OpenNegotiationResponse,
+        sign=True,
+    )
+
+
+async def move(
+    lab_: Lab,
+    negotiation_id: str,
+    round_: int,
+    kind: negotiation_pb2.MoveKind.ValueType,
+    terms: terms_pb2.LicenceTerms | None = None,
+) -> negotiation_pb2.MoveResponse:
+    """The lab's move in round ``round_``."""
+    statement = negotiation_pb2.NegotiationMove(
+        negotiation_id=negotiation_id,
+        round=round_,
+        kind=kind,
+        created_time=builders.ts(builders.now()),
+        nonce=os.urandom(16),
+    )
+    if terms is not None:
+        statement.terms.CopyFrom(terms)
+    return await lab_.client.call(
+        NEGOTIATION + "Move",
+        negotiation_pb2.MoveRequest(move=sign_statement(statement, lab_.key).to_proto()),
+        negotiation_pb2.MoveResponse,
+        sign=True,
+    )
+
+
+async def sign_agreement(lab_: Lab, draft: bytes) -> negotiation_pb2.SignAgreementResponse:
+    """The lab signs the drafted agreement as drafted."""
+    statement = access_pb2.Agreement.FromString(draft)
+    envelope = sign_statement(statement, lab_.key)
+    assert envelope.payload == draft
+    return await lab_.client.call(
+        NEGOTIATION + "SignAgreement",
+        negotiation_pb2.SignAgreementRequest(agreement=envelope.to_proto()),
+        negotiation_pb2.SignAgreementResponse,
+        sign=True,
+    )
+
+
+STRIKE = "/coalition.v1.StrikeService/"
+
+
+async def pledge(
+    m: Member, target: str, min_members: int = 0, min_share_bp: int = 0, days: float = 7
+) -> strike_pb2.PledgeResponse:
+    """The member pledges to strike against ``target`` ("" = every lab)."""
+    statement = strike_pb2.StrikePledge(
+        target_lab_key_id=target,
+        min_members=min_members,
+        min_share_basis_points=min_share_bp,
+        expiry_time=builders.ts(builders.now() + timedelta(days=days)),
+        created_time=builders.ts(builders.now()),
+        nonce=os.urandom(16),
+    )
+    return await m.client.call(
+        STRIKE + "Pledge",
+        strike_pb2.PledgeRequest(pledge=sign_statement(statement, m.key).to_proto()),
+        strike_pb2.PledgeResponse,
+        sign=True,
+    )

@@ -56,6 +56,8 @@ class Token:
     statement: consent_pb2.ConsentToken
     not_before: datetime
     not_after: datetime
+    # Labs the member struck against after granting the token (executed strike pledges).
+    struck_labs: frozenset[str] = frozenset()
 
     @property
     def purposes(self) -> frozenset[int]:
@@ -214,6 +216,7 @@ def permits(token: Token, terms: terms_pb2.LicenceTerms, lab_key_id: str, at: da
     return (
         token.in_force(at)
         and lab_key_id not in token.statement.excluded_lab_key_ids
+        and lab_key_id not in token.struck_labs
         and set(terms.purposes) <= token.purposes
         and meets_floor(token.statement.floor, terms)
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -131,6 +131,16 @@ async def given_tokens(
         )
         for row in rows:
             tokens[row.contributor_key_id].append(_entry(row).token)
+        exclusions = await conn.execute(
+            select(models.ConsentExclusion).where(
+                models.ConsentExclusion.member_key_id.in_(wanted[start : start + 500])
+            )
+        )
+        struck: dict[str, set[str]] = {}
+        for exclusion in exclusions:
+            struck.setdefault(exclusion.member_key_id, set()).add(exclusion.lab_key_id)
+        for member, labs in struck.items():
+            tokens[member] = [replace(t, struck_labs=frozenset(labs)) for t in tokens[member]]
     return tokens
 
 
@@ -201,4 +211,21 @@ async def invalidate_emptied(
             update(models.ConsentRow)
             .where(models.ConsentRow.consent_id.in_(emptied))
             .values(state=rules.INVALIDATED, withdrawal_idx=index)
+        )
+
+
+async def exclude_lab(conn: AsyncConnection, member: str, lab: str, index: int) -> None:
+    """The member's consent no longer covers ``lab`` (an executed strike pledge)."""
+    exists = (
+        await conn.execute(
+            select(models.ConsentExclusion.idx).where(
+                models.ConsentExclusion.member_key_id == member,
+                models.ConsentExclusion.lab_key_id == lab,
+            )
+        )
+    ).first()
+    if exists is None:
+        await conn.execute(
+            insert(models.ConsentExclusion),
+            [{"member_key_id": member, "lab_key_id": lab, "idx": index}],
         )

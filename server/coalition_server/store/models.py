@@ -321,3 +321,103 @@ class NoticeRow(Base):
     receipt_idx: Mapped[int | None] = mapped_column(BigInt, nullable=True)
 
     __table_args__ = (Index("ix_notices_lab_idx", "lab_key_id", "idx"),)
+
+
+# --- negotiations -----------------------------------------------------------------------
+
+
+class NegotiationRow(Base):
+    """A negotiation between one lab and the coalition (its moves are in the ledger)."""
+
+    __tablename__ = "negotiations"
+
+    negotiation_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    lab_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
+    )
+    # coalition.v1.NegotiationState.
+    state: Mapped[int] = mapped_column(SmallInteger)
+    round: Mapped[int] = mapped_column(Integer)
+    # Serialized LicenceTerms last proposed, and by whom.
+    current_terms: Mapped[bytes] = mapped_column(LargeBinary)
+    coalition_offered_last: Mapped[bool] = mapped_column()
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deadline: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    max_rounds: Mapped[int] = mapped_column(Integer)
+    # When AGREED: the Agreement payload the lab must sign.
+    agreement_draft: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    agreement_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    termination_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # While RATIFYING: the lab's DSSE signature over the draft (keyid, sig), kept until the
+    # agreement is logged countersigned, and when the ballots close.
+    lab_signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    ratification_closes_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+
+    __table_args__ = (Index("ix_negotiations_state_deadline", "state", "deadline"),)
+
+
+class BallotRow(Base):
+    """A covered member's vote on a negotiation being ratified."""
+
+    __tablename__ = "ballots"
+
+    negotiation_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("negotiations.negotiation_id"), primary_key=True
+    )
+    member_key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    approve: Mapped[bool] = mapped_column()
+    item_count: Mapped[int] = mapped_column(Integer)
+    idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
+    )
+
+
+class PayoutLineRow(Base):
+    """A member's line in a payout statement (the statement itself is in the ledger)."""
+
+    __tablename__ = "payout_lines"
+
+    agreement_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    line_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    member_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    statement_idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
+    )
+
+
+# --- strikes ------------------------------------------------------------------------------
+
+
+class PledgeRow(Base):
+    """A member's strike pledge."""
+
+    __tablename__ = "pledges"
+
+    pledge_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    member_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    # The lab struck against; "" for every lab.
+    target: Mapped[str] = mapped_column(String(64))
+    min_members: Mapped[int] = mapped_column(Integer)
+    min_share_bp: Mapped[int] = mapped_column(Integer)
+    expiry_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # coalition.v1.PledgeState as recorded (EXPIRED is derived from expiry_time).
+    state: Mapped[int] = mapped_column(SmallInteger)
+    idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
+    )
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_pledges_target_state", "target", "state"),)
+
+
+class ConsentExclusion(Base):
+    """A lab a member's consent no longer covers, from an executed strike pledge."""
+
+    __tablename__ = "consent_exclusions"
+
+    member_key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lab_key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInt)

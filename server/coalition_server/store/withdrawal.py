@@ -41,19 +41,31 @@ class WithdrawalOutcome:
 
 @dataclass(frozen=True)
 class WithdrawalEffect:
-    """The effect of one member's Withdrawal statement."""
+    """The effect of one member's Withdrawal statement, or of an executed strike pledge.
+
+    A strike against one lab (``struck_lab``) withdraws the member's consent from that lab
+    only: every token stops permitting it, so its agreements get notices and no key for
+    the member's items is released to it again; other labs are untouched and nothing is
+    shredded. A strike against every lab is a withdrawal of everything. Strike execution is
+    not ``strict``: a pledging member with nothing left to withdraw is simply done.
+    """
 
     member: str
     withdrawal_id: str
     statement: consent_pb2.Withdrawal
     coalition_key: SigningKey
     outcome: WithdrawalOutcome
+    struck_lab: str = ""
+    strict: bool = True
 
     async def __call__(self, ctx: EffectContext) -> list[Submission]:
         conn, now = ctx.conn, ctx.integrated_time
         scope = self.statement.WhichOneof("scope")
         mine = {record.item_id: record for record in await items.member_items(conn, self.member)}
-        if scope == "consent_id":
+        if self.struck_lab:
+            await consents.exclude_lab(conn, self.member, self.struck_lab, ctx.index)
+            affected = list(mine.values())
+        elif scope == "consent_id":
             entry = consents.require_withdrawable(
                 await consents.consent(conn, self.statement.consent_id), self.member, now
             )
@@ -76,7 +88,7 @@ class WithdrawalEffect:
                 for entry in await consents.member_consents(conn, self.member)
                 if entry.state_at(now) == rules.GIVEN
             ]
-            if not given:
+            if not given and self.strict:
                 raise FailedPreconditionError(
                     "NOTHING_TO_WITHDRAW", "you have no consent in force to withdraw"
                 )

@@ -1,0 +1,686 @@
+"""NegotiationService: the catalogue and negotiations between a lab and the coalition.
+
+The coalition's answer to every lab move is decided inside the same sequencing transaction
+as the move, from the consent in force at that point of the ledger, and logged right after
+it: the lab gets the answer in the response, and nobody can slip a move in between.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from coalition import dsse, merkle, statements
+from coalition.v1 import (
+    access_pb2,
+    envelope_pb2,
+    ledger_pb2,
+    negotiation_pb2,
+    party_pb2,
+    terms_pb2,
+)
+from coalition_server import deals
+from coalition_server.agreements import item_ids_root
+from coalition_server.api.auth import Policy
+from coalition_server.api.dispatch import Call, rpc
+from coalition_server.api.mutations import decode_envelope, idempotency_key
+from coalition_server.context import ServerContext
+from coalition_server.domain import bargaining, reservation
+from coalition_server.domain import catalogue as pool_catalogue
+from coalition_server.domain import negotiation as machine
+from coalition_server.domain.consent import duration
+from coalition_server.domain.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from coalition_server.domain.pagination import decode_token, encode_token, page_size
+from coalition_server.domain.statements import (
+    HEX_ID,
+    check_fresh,
+    check_nonce,
+    open_statement,
+)
+from coalition_server.store import items as items_store
+from coalition_server.store import negotiation as store
+from coalition_server.store.ledger import LedgerStore
+from coalition_server.store.pool import load_pool
+from coalition_server.store.sequencer import EffectContext, Group, Submission
+from coalition_server.timeutil import to_timestamp, utcnow
+
+LAB = party_pb2.ROLE_LAB
+CONTRIBUTOR = party_pb2.ROLE_CONTRIBUTOR
+
+
+def _check_negotiation_id(value: str) -> None:
+    if not HEX_ID.match(value):
+        raise InvalidArgumentError("BAD_NEGOTIATION_ID", "negotiation ids are 32 lowercase hex")
+
+
+class NegotiationServicer:
+    """Labs negotiate with the coalition as a whole."""
+
+    def __init__(self, context: ServerContext) -> None:
+        self._ctx = context
+
+    # --- the catalogue -------------------------------------------------------------------
+
+    @rpc(Policy.PUBLIC)
+    async def GetCatalogue(
+        self, request: negotiation_pb2.GetCatalogueRequest, call: Call
+    ) -> negotiation_pb2.GetCatalogueResponse:
+        minimum = self._ctx.policy.catalogue.minimum_group_size
+        async with self._ctx.database.reader.connect() as conn:
+            pool = await load_pool(conn)
+        rows = pool_catalogue.catalogue(pool.items, pool.tokens, utcnow(), minimum)
+        return negotiation_pb2.GetCatalogueResponse(
+            rows=[
+                negotiation_pb2.CatalogueRow(
+                    purpose=terms_pb2.Purpose.ValueType(row.purpose),
+                    payment_model=terms_pb2.PaymentModel.ValueType(row.payment_model),
+                    member_count=row.member_count,
+                    item_count=row.item_count,
+                    floor_quantiles_micros=row.floor_quantiles_micros,
+                )
+                for row in rows
+            ],
+            minimum_group_size=minimum,
+            currency_code=self._ctx.currency,
+        )
+
+    # --- negotiating ---------------------------------------------------------------------
+
+    @rpc(Policy.PARTY)
+    async def OpenNegotiation(
+        self, request: negotiation_pb2.OpenNegotiationRequest, call: Call
+    ) -> negotiation_pb2.OpenNegotiationResponse:
+        lab = call.require_role(LAB)
+        key = idempotency_key(request, call)
+        if not request.HasField("request"):
+            raise InvalidArgumentError("MISSING_FIELD", "request is required")
+        envelope = decode_envelope(request.request, "request")
+        statement = open_statement(
+            envelope, negotiation_pb2.NegotiationRequest, call.require_caller().public_key
+        )
+        check_fresh(statement.created_time, statement.HasField("created_time"), utcnow())
+        check_nonce(statement.nonce)
+        self._check_terms(statement.terms)
+        effect = _LabMove(
+            self._ctx, statements.statement_id(envelope), lab.key_id, opening=statement.terms
+        )
+        result = await self._ctx.sequencer.submit(
+            Group(
+                (Submission(envelope, lab.key_id, (effect.negotiation_id,), effect),),
+                lambda receipts: negotiation_pb2.OpenNegotiationResponse(
+                    negotiation=effect.proto(),
+                    receipt=receipts[0],
+                    coalition_move=effect.answer_proto(),
+                ).SerializeToString(),
+                key,
+            )
+        )
+        return negotiation_pb2.OpenNegotiationResponse.FromString(result.response)
+
+    @rpc(Policy.PARTY)
+    async def Move(
+        self, request: negotiation_pb2.MoveRequest, call: Call
+    ) -> negotiation_pb2.MoveResponse:
+        lab = call.require_role(LAB)
+        key = idempotency_key(request, call)
+        if not request.HasField("move"):
+            raise InvalidArgumentError("MISSING_FIELD", "move is required")
+        envelope = decode_envelope(request.move, "move")
+        move = open_statement(
+            envelope, negotiation_pb2.NegotiationMove, call.require_caller().public_key
+        )
+        check_fresh(move.created_time, move.HasField("created_time"), utcnow())
+        check_nonce(move.nonce)
+        _check_negotiation_id(move.negotiation_id)
+        if move.kind == machine.OFFER:
+            self._check_terms(move.terms)
+        elif move.kind not in (machine.ACCEPT, machine.TERMINATE):
+            raise InvalidArgumentError("BAD_MOVE", "a move is an offer, accept or terminate")
+        effect = _LabMove(self._ctx, move.negotiation_id, lab.key_id, move=move)
+        result = await self._ctx.sequencer.submit(
+            Group(
+                (Submission(envelope, lab.key_id, (move.negotiation_id,), effect),),
+                lambda receipts: negotiation_pb2.MoveResponse(
+                    negotiation=effect.proto(),
+                    receipt=receipts[0],
+                    coalition_move=effect.answer_proto(),
+                ).SerializeToString(),
+                key,
+            )
+        )
+        return negotiation_pb2.MoveResponse.FromString(result.response)
+
+    @rpc(Policy.PARTY)
+    async def SignAgreement(
+        self, request: negotiation_pb2.SignAgreementRequest, call: Call
+    ) -> negotiation_pb2.SignAgreementResponse:
+        lab = call.require_role(LAB)
+        key = idempotency_key(request, call)
+        if not request.HasField("agreement"):
+            raise InvalidArgumentError("MISSING_FIELD", "agreement is required")
+        envelope = decode_envelope(request.agreement, "agreement")
+        caller = call.require_caller()
+        agreement = open_statement(envelope, access_pb2.Agreement, caller.public_key)
+        _check_negotiation_id(agreement.negotiation_id)
+        (lab_signature,) = [s for s in envelope.signatures if s.keyid == caller.key_id]
+        effect: deals.StartRatification | _SignedDraft
+        if self._ctx.policy.ratification.required:
+            submission, effect = await self._ratification_call(
+                lab.key_id, agreement, envelope.payload, lab_signature
+            )
+        else:
+            # No vote: countersign and log the agreement now (the payouts follow it).
+            both = deals.countersigned(self._ctx, envelope.payload, lab_signature)
+            effect = _SignedDraft(self._ctx, lab.key_id, agreement, envelope.payload, both)
+            submission = Submission(
+                both,
+                lab.key_id,
+                (agreement.negotiation_id, self._ctx.coalition_key.key_id),
+                effect,
+            )
+        result = await self._ctx.sequencer.submit(
+            Group(
+                (submission,),
+                lambda receipts: negotiation_pb2.SignAgreementResponse(
+                    negotiation=effect.proto(), receipt=receipts[0]
+                ).SerializeToString(),
+                key,
+            )
+        )
+        return negotiation_pb2.SignAgreementResponse.FromString(result.response)
+
+    async def _ratification_call(
+        self,
+        lab: str,
+        agreement: access_pb2.Agreement,
+        payload: bytes,
+        lab_signature: dsse.Signature,
+    ) -> tuple[Submission, deals.StartRatification]:
+        """The coalition's RatificationCall, logged with the lab's signature kept aside."""
+        async with self._ctx.database.reader.connect() as conn:
+            entry = _own(await store.negotiation(conn, agreement.negotiation_id), lab)
+            found = await items_store.load_items(conn, list(agreement.covered_item_ids))
+        members = {record.contributor_key_id for record in found.values()}
+        closes_at = utcnow() + self._ctx.policy.ratification.window
+        effect = deals.StartRatification(self._ctx, lab, payload, lab_signature, closes_at)
+        call_statement = deals.ratification_call(
+            self._ctx,
+            replace(entry, agreement_draft=payload),
+            closes_at,
+            len(found),
+            len(members),
+        )
+        return (
+            deals.coalition_submission(
+                self._ctx,
+                call_statement,
+                (agreement.negotiation_id, lab, *sorted(members)),
+                effect,
+            ),
+            effect,
+        )
+
+    @rpc(Policy.PARTY)
+    async def CastBallot(
+        self, request: negotiation_pb2.CastBallotRequest, call: Call
+    ) -> negotiation_pb2.CastBallotResponse:
+        member = call.require_role(CONTRIBUTOR)
+        key = idempotency_key(request, call)
+        if not request.HasField("ballot"):
+            raise InvalidArgumentError("MISSING_FIELD", "ballot is required")
+        envelope = decode_envelope(request.ballot, "ballot")
+        ballot = open_statement(envelope, negotiation_pb2.Ballot, call.require_caller().public_key)
+        check_fresh(ballot.created_time, ballot.HasField("created_time"), utcnow())
+        check_nonce(ballot.nonce)
+        _check_negotiation_id(ballot.negotiation_id)
+        effect = deals.CountBallot(self._ctx, member.key_id, ballot)
+        result = await self._ctx.sequencer.submit(
+            Group(
+                (Submission(envelope, member.key_id, (ballot.negotiation_id,), effect),),
+                lambda receipts: negotiation_pb2.CastBallotResponse(
+                    receipt=receipts[0],
+                    state=negotiation_pb2.NegotiationState.ValueType(effect.state),
+                ).SerializeToString(),
+                key,
+            )
+        )
+        return negotiation_pb2.CastBallotResponse.FromString(result.response)
+
+    @rpc(Policy.PARTY)
+    async def ListRatifications(
+        self, request: negotiation_pb2.ListRatificationsRequest, call: Call
+    ) -> negotiation_pb2.ListRatificationsResponse:
+        member = call.require_role(CONTRIBUTOR)
+        async with self._ctx.database.reader.connect() as conn:
+            open_ = await store.ratifying(conn)
+            mine = {r.item_id for r in await items_store.member_items(conn, member.key_id)}
+            result = []
+            for entry in open_:
+                assert entry.agreement_draft is not None
+                draft = access_pb2.Agreement.FromString(entry.agreement_draft)
+                yours = len(mine & set(draft.covered_item_ids))
+                if not yours or entry.ratification_closes_at is None:
+                    continue
+                votes = await store.ballots(conn, entry.negotiation_id)
+                result.append(
+                    negotiation_pb2.Ratification(
+                        negotiation_id=entry.negotiation_id,
+                        agreement_draft=entry.agreement_draft,
+                        your_items=yours,
+                        closes_at=to_timestamp(entry.ratification_closes_at),
+                        voted=member.key_id in votes,
+                    )
+                )
+        return negotiation_pb2.ListRatificationsResponse(ratifications=result)
+
+    @rpc(Policy.PARTY)
+    async def GetEarnings(
+        self, request: negotiation_pb2.GetEarningsRequest, call: Call
+    ) -> negotiation_pb2.GetEarningsResponse:
+        member = call.require_role(CONTRIBUTOR)
+        ledger = LedgerStore(self._ctx.database)
+        async with self._ctx.database.reader.connect() as conn:
+            lines = await store.member_payout_lines(conn, member.key_id)
+        earnings = []
+        for agreement_id, line_index, statement_index in lines:
+            leaf = (await ledger.entry(index=statement_index)).leaf
+            statement = negotiation_pb2.PayoutStatement.FromString(
+                ledger_pb2.LedgerLeaf.FromString(leaf).envelope.payload
+            )
+            tree = merkle.InMemoryTree(
+                line.SerializeToString(deterministic=True) for line in statement.lines
+            )
+            earnings.append(
+                negotiation_pb2.Earning(
+                    agreement_id=agreement_id,
+                    line=statement.lines[line_index],
+                    line_index=line_index,
+                    line_proof=tree.inclusion_proof(line_index),
+                    statement_index=statement_index,
+                )
+            )
+        return negotiation_pb2.GetEarningsResponse(earnings=earnings)
+
+    @rpc(Policy.PUBLIC)
+    async def GetPayoutStatement(
+        self, request: negotiation_pb2.GetPayoutStatementRequest, call: Call
+    ) -> negotiation_pb2.GetPayoutStatementResponse:
+        _check_negotiation_id(request.agreement_id)
+        async with self._ctx.database.reader.connect() as conn:
+            index = await store.payout_statement_index(conn, request.agreement_id)
+        if index is None:
+            raise NotFoundError("PAYOUT_NOT_FOUND", "no payout statement for that agreement")
+        leaf = (await LedgerStore(self._ctx.database).entry(index=index)).leaf
+        return negotiation_pb2.GetPayoutStatementResponse(
+            statement=ledger_pb2.LedgerLeaf.FromString(leaf).envelope, index=index
+        )
+
+    @rpc(Policy.PARTY)
+    async def GetNegotiation(
+        self, request: negotiation_pb2.GetNegotiationRequest, call: Call
+    ) -> negotiation_pb2.GetNegotiationResponse:
+        lab = call.require_role(LAB)
+        _check_negotiation_id(request.negotiation_id)
+        async with self._ctx.database.reader.connect() as conn:
+            entry = _own(await store.negotiation(conn, request.negotiation_id), lab.key_id)
+        return negotiation_pb2.GetNegotiationResponse(negotiation=entry.to_proto())
+
+    @rpc(Policy.PARTY)
+    async def ListNegotiations(
+        self, request: negotiation_pb2.ListNegotiationsRequest, call: Call
+    ) -> negotiation_pb2.ListNegotiationsResponse:
+        lab = call.require_role(LAB)
+        start = decode_token(request.page_token) if request.page_token else 0
+        size = page_size(request.page_size)
+        async with self._ctx.database.reader.connect() as conn:
+            entries = await store.lab_negotiations(conn, lab.key_id, start, size + 1)
+        token = encode_token(entries[size - 1].index + 1) if len(entries) > size else ""
+        return negotiation_pb2.ListNegotiationsResponse(
+            negotiations=[e.to_proto() for e in entries[:size]], next_page_token=token
+        )
+
+    @rpc(Policy.PARTY)
+    async def WatchNegotiation(
+        self, request: negotiation_pb2.WatchNegotiationRequest, call: Call
+    ) -> AsyncIterator[negotiation_pb2.WatchNegotiationResponse]:
+        lab = call.require_role(LAB)
+        _check_negotiation_id(request.negotiation_id)
+        async with self._ctx.database.reader.connect() as conn:
+            _own(await store.negotiation(conn, request.negotiation_id), lab.key_id)
+        ledger = LedgerStore(self._ctx.database)
+        since = request.since_index
+        if since >= 2**63:
+            raise InvalidArgumentError("BAD_INDEX", "since_index is beyond any ledger")
+        while True:
+            entries = await ledger.entries_by_subject(request.negotiation_id, "", since, 100)
+            for entry in entries:
+                envelope = ledger_pb2.LedgerLeaf.FromString(entry.leaf).envelope
+                yield negotiation_pb2.WatchNegotiationResponse(
+                    index=entry.index,
+                    statement=envelope,
+                    state=negotiation_pb2.NegotiationState.ValueType(
+                        _state_after(envelope, self._ctx.coalition_key.key_id)
+                    ),
+                )
+                since = entry.index + 1
+                if _state_after(envelope, self._ctx.coalition_key.key_id) in (
+                    machine.FINALIZED,
+                    machine.TERMINATED,
+                ):
+                    return
+            if not entries:
+                await self._ctx.sequencer.wait_for_commit(0.5)
+
+    async def expire_due(self) -> int:
+        """Terminate open negotiations past their deadline (a coalition-signed move each)."""
+        now = utcnow()
+        async with self._ctx.database.reader.connect() as conn:
+            due = await store.expired(
+                conn, now, frozenset((machine.REQUESTED, machine.OFFERED, machine.COUNTERED))
+            )
+        for negotiation_id in due:
+            effect = _Expire(self._ctx, negotiation_id)
+            move = _coalition_move(
+                self._ctx, negotiation_id, 0, machine.TERMINATE, None, "DEADLINE"
+            )
+            try:
+                await self._ctx.sequencer.submit_one(
+                    Submission(move, self._ctx.coalition_key.key_id, (negotiation_id,), effect),
+                    lambda receipt: b"",
+                )
+            except FailedPreconditionError:
+                continue  # someone moved it meanwhile
+        return len(due) + await self._close_ratifications(now)
+
+    async def _close_ratifications(self, now: datetime) -> int:
+        """Decide ballots whose window has closed, with the votes cast."""
+        async with self._ctx.database.reader.connect() as conn:
+            closed = await store.ratifications_closed(conn, now)
+            outcomes = []
+            for negotiation_id in closed:
+                entry = await store.negotiation(conn, negotiation_id)
+                if entry is not None:
+                    outcomes.append((entry, *await deals.close_outcome(self._ctx, conn, entry)))
+        for entry, votes, approved in outcomes:
+            effect = deals.CloseRatification(self._ctx, entry.negotiation_id, votes, approved)
+            statement = deals.result_of(entry.negotiation_id, votes, approved)
+            try:
+                await self._ctx.sequencer.submit_one(
+                    deals.coalition_submission(
+                        self._ctx, statement, (entry.negotiation_id, entry.lab_key_id), effect
+                    ),
+                    lambda receipt: b"",
+                )
+            except FailedPreconditionError:
+                continue
+        return len(outcomes)
+
+    def _check_terms(self, terms: terms_pb2.LicenceTerms) -> None:
+        machine.check_terms(
+            terms, self._ctx.currency, self._ctx.policy.negotiation.max_price_micros
+        )
+
+
+def _own(entry: store.NegotiationEntry | None, lab: str) -> store.NegotiationEntry:
+    if entry is None:
+        raise NotFoundError("NEGOTIATION_NOT_FOUND", "no such negotiation")
+    if entry.lab_key_id != lab:
+        raise PermissionDeniedError("NOT_YOUR_NEGOTIATION", "that negotiation is another lab's")
+    return entry
+
+
+def _state_after(envelope: envelope_pb2.Envelope, coalition_key_id: str) -> int:
+    """The negotiation state an entry leads to (derivable from the ledger alone)."""
+    name = statements.kind(envelope.payload_type)
+    if name == "NegotiationRequest":
+        return machine.REQUESTED
+    if name == "Agreement":
+        return machine.FINALIZED
+    move = negotiation_pb2.NegotiationMove.FromString(envelope.payload)
+    by_coalition = any(s.keyid == coalition_key_id for s in envelope.signatures)
+    if move.kind == machine.TERMINATE:
+        return machine.TERMINATED
+    if move.kind == machine.ACCEPT:
+        return machine.AGREED
+    return machine.OFFERED if by_coalition else machine.COUNTERED
+
+
+def _coalition_move(
+    ctx: ServerContext,
+    negotiation_id: str,
+    round_: int,
+    kind: int,
+    terms: terms_pb2.LicenceTerms | None,
+    reason: str = "",
+) -> dsse.Envelope:
+    move = negotiation_pb2.NegotiationMove(
+        negotiation_id=negotiation_id,
+        round=round_,
+        kind=negotiation_pb2.MoveKind.ValueType(kind),
+        created_time=to_timestamp(utcnow()),
+        nonce=os.urandom(16),
+        reason=reason,
+    )
+    if terms is not None:
+        move.terms.CopyFrom(terms)
+    return statements.sign_statement(move, ctx.coalition_key)
+
+
+@dataclass
+class _LabMove:
+    """A lab's opening request or move, and the coalition's answer in the same group."""
+
+    ctx: ServerContext
+    negotiation_id: str
+    lab: str
+    opening: terms_pb2.LicenceTerms | None = None
+    move: negotiation_pb2.NegotiationMove | None = None
+    entry: store.NegotiationEntry | None = None
+    answer: dsse.Envelope | None = None
+
+    def proto(self) -> negotiation_pb2.Negotiation:
+        assert self.entry is not None
+        return self.entry.to_proto()
+
+    def answer_proto(self) -> envelope_pb2.Envelope | None:
+        return self.answer.to_proto() if self.answer is not None else None
+
+    async def __call__(self, ctx: EffectContext) -> list[Submission]:
+        now = ctx.integrated_time
+        policy = self.ctx.policy.negotiation
+        if self.opening is not None:
+            entry = store.NegotiationEntry(
+                negotiation_id=self.negotiation_id,
+                lab_key_id=self.lab,
+                index=ctx.index,
+                state=machine.REQUESTED,
+                round=0,
+                current_terms=self.opening,
+                coalition_offered_last=False,
+                opened_at=now,
+                deadline=now + policy.deadline,
+                max_rounds=policy.max_rounds,
+                agreement_draft=None,
+                agreement_id=None,
+                termination_reason=None,
+            )
+            await store.insert_negotiation(ctx.conn, entry)
+        else:
+            assert self.move is not None
+            entry = _own(await store.negotiation(ctx.conn, self.negotiation_id), self.lab)
+            if entry.state in machine.OPEN_STATES and entry.deadline <= now:
+                raise FailedPreconditionError(
+                    "NEGOTIATION_EXPIRED", "the negotiation's deadline has passed"
+                )
+            if self.move.round != entry.round + 1:
+                raise FailedPreconditionError(
+                    "STALE_ROUND",
+                    f"this move is for round {self.move.round}; the next round is "
+                    f"{entry.round + 1}",
+                    {"next_round": str(entry.round + 1)},
+                )
+            state = machine.lab_move_state(entry.state, self.move.kind)
+            entry = replace(
+                entry,
+                state=state,
+                round=entry.round + 1,
+                termination_reason="LAB_TERMINATED" if state == machine.TERMINATED else None,
+            )
+            if self.move.kind == machine.OFFER:
+                entry = replace(entry, current_terms=self.move.terms, coalition_offered_last=False)
+        follow_ups: list[Submission] = []
+        if entry.state == machine.AGREED:
+            # The lab accepted the coalition's terms: draft the agreement, or end it if the
+            # pool no longer supports those terms (consent changed since the offer).
+            entry, follow_up = await self._agree_or_end(ctx, entry)
+            follow_ups.extend(follow_up)
+        elif entry.state in (machine.REQUESTED, machine.COUNTERED):
+            entry, follow_up = await self._answer(ctx, entry)
+            follow_ups.extend(follow_up)
+        await store.save(ctx.conn, entry)
+        self.entry = entry
+        return follow_ups
+
+    async def _candidates(
+        self, ctx: EffectContext, terms: terms_pb2.LicenceTerms
+    ) -> list[reservation.Candidate]:
+        return await deals.candidates_for(ctx, terms, self.lab)
+
+    def _policy(self, terms: terms_pb2.LicenceTerms) -> bargaining.BargainingPolicy:
+        return deals.policy_for(self.ctx, terms)
+
+    async def _answer(
+        self, ctx: EffectContext, entry: store.NegotiationEntry
+    ) -> tuple[store.NegotiationEntry, list[Submission]]:
+        terms = entry.current_terms
+        candidates = await self._candidates(ctx, terms)
+        decision = bargaining.coalition_decision(
+            self._policy(terms),
+            candidates,
+            terms.price_per_item.micros,
+            entry.round + 1,
+            ctx.integrated_time - entry.opened_at,
+            int(terms.scope.max_item_count),
+        )
+        round_ = entry.round + 1
+        if decision.kind == "accept":
+            entry = replace(entry, round=round_, state=machine.AGREED)
+            entry, extra = await self._agree_or_end(ctx, entry, already_moved=True)
+            move = _coalition_move(self.ctx, self.negotiation_id, round_, machine.ACCEPT, None)
+            return entry, [self._submission(move), *extra]
+        if decision.kind == "offer":
+            assert decision.price_micros is not None
+            offered = terms_pb2.LicenceTerms()
+            offered.CopyFrom(terms)
+            offered.price_per_item.micros = decision.price_micros
+            move = _coalition_move(self.ctx, self.negotiation_id, round_, machine.OFFER, offered)
+            entry = replace(
+                entry,
+                round=round_,
+                state=machine.OFFERED,
+                current_terms=offered,
+                coalition_offered_last=True,
+            )
+            return entry, [self._submission(move)]
+        move = _coalition_move(
+            self.ctx, self.negotiation_id, round_, machine.TERMINATE, None, decision.reason
+        )
+        entry = replace(
+            entry, round=round_, state=machine.TERMINATED, termination_reason=decision.reason
+        )
+        return entry, [self._submission(move)]
+
+    async def _agree_or_end(
+        self, ctx: EffectContext, entry: store.NegotiationEntry, already_moved: bool = False
+    ) -> tuple[store.NegotiationEntry, list[Submission]]:
+        terms = entry.current_terms
+        candidates = await self._candidates(ctx, terms)
+        try:
+            covered = bargaining.check_agreement(
+                self._policy(terms),
+                candidates,
+                terms.price_per_item.micros,
+                int(terms.scope.max_item_count),
+            )
+        except FailedPreconditionError as exc:
+            round_ = entry.round + 1
+            move = _coalition_move(
+                self.ctx, self.negotiation_id, round_, machine.TERMINATE, None, exc.reason
+            )
+            ended = replace(
+                entry, round=round_, state=machine.TERMINATED, termination_reason=exc.reason
+            )
+            return ended, [self._submission(move)]
+        ids = sorted(c.item_id for c in covered)
+        draft = access_pb2.Agreement(
+            negotiation_id=self.negotiation_id,
+            lab_key_id=self.lab,
+            terms=terms,
+            covered_items_root=item_ids_root(ids),
+            covered_item_count=len(ids),
+            covered_item_ids=ids,
+            expiry_time=to_timestamp(
+                ctx.integrated_time + duration(terms.licence_duration, "licence_duration")
+            ),
+            created_time=to_timestamp(ctx.integrated_time),
+            nonce=os.urandom(16),
+        )
+        return replace(entry, agreement_draft=draft.SerializeToString(deterministic=True)), []
+
+    def _submission(self, move: dsse.Envelope) -> Submission:
+        if self.answer is None:
+            self.answer = move
+        return Submission(move, self.ctx.coalition_key.key_id, (self.negotiation_id, self.lab))
+
+
+@dataclass
+class _SignedDraft:
+    """The lab signed the draft and no vote is needed: log it countersigned, finalise."""
+
+    ctx: ServerContext
+    lab: str
+    agreement: access_pb2.Agreement
+    payload: bytes
+    countersigned: dsse.Envelope
+    record: deals.RecordAgreement | None = None
+
+    def proto(self) -> negotiation_pb2.Negotiation:
+        assert self.record is not None
+        assert self.record.entry is not None
+        return self.record.entry.to_proto()
+
+    async def __call__(self, ctx: EffectContext) -> list[Submission]:
+        await deals.agreed_draft(ctx, self.agreement.negotiation_id, self.lab, self.payload)
+        self.record = deals.RecordAgreement(
+            self.ctx,
+            self.agreement.negotiation_id,
+            statements.statement_id(self.countersigned),
+            self.agreement,
+        )
+        return await self.record(ctx)
+
+
+@dataclass
+class _Expire:
+    ctx: ServerContext
+    negotiation_id: str
+
+    async def __call__(self, ctx: EffectContext) -> None:
+        entry = await store.negotiation(ctx.conn, self.negotiation_id)
+        if (
+            entry is None
+            or entry.state not in (machine.REQUESTED, machine.OFFERED, machine.COUNTERED)
+            or entry.deadline > ctx.integrated_time
+        ):
+            raise FailedPreconditionError("NOT_EXPIRED", "the negotiation moved meanwhile")
+        await store.save(
+            ctx.conn,
+            replace(entry, state=machine.TERMINATED, termination_reason="DEADLINE"),
+        )

@@ -1,0 +1,210 @@
+"""The coalition's reservation price, computed from its members' floors (pure).
+
+For a lab's terms, each eligible item has a *floor*: the lowest uniform price per item at
+which some consent token of its member permits the item under those terms. At a price ``p``
+the covered set is every eligible item whose floor is at most ``p`` (prices are uniform:
+every covered item gets ``p``, nobody undercuts). A quorum rule (e.g. at least half of the
+eligible items) stops a lab from buying a cheap sliver; the reservation is the lowest price
+at which the covered set reaches the quorum.
+
+Whether a token permits terms is decided only by ``consent.permits`` (the one rule key
+release, notices and shredding also use); the floor is read off the permitting tokens'
+PriceFloor, so "floor <= p" holds exactly when ``permits`` would hold at price ``p``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+from typing import Protocol
+
+from coalition.v1 import items_pb2, terms_pb2
+from coalition_server.domain.consent import Token, covers_item, permits
+
+ITEM_WITHDRAWN = items_pb2.ITEM_STATE_WITHDRAWN
+SUBSCRIPTION = terms_pb2.PAYMENT_MODEL_SUBSCRIPTION
+# A price no floor can exceed (int64 maximum): terms at this price test every rule but price.
+PROBE_PRICE_MICROS = 2**63 - 1
+
+
+class ItemLike(Protocol):
+    """What the reservation needs to know about an item (store.items.ItemRecord has it)."""
+
+    @property
+    def item_id(self) -> str: ...
+
+    @property
+    def contributor_key_id(self) -> str: ...
+
+    @property
+    def tags(self) -> frozenset[str]: ...
+
+    @property
+    def state(self) -> int: ...
+
+    @property
+    def media_type(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An eligible item and its floor under given terms.
+
+    ``floor_micros`` is the lowest price per item, in the terms' payment model (normalised to
+    the terms' subscription period for subscriptions), at which some token of the member
+    permits this item under the terms.
+    """
+
+    item_id: str
+    member_key_id: str
+    floor_micros: int
+
+
+def in_scope(item: ItemLike, scope: terms_pb2.ItemFilter) -> bool:
+    """Whether an item matches a scope: any of its tags and any of its media types."""
+    if scope.tags and item.tags.isdisjoint(scope.tags):
+        return False
+    return not scope.media_types or item.media_type in scope.media_types
+
+
+def _floor_for_terms(token: Token, terms: terms_pb2.LicenceTerms) -> int | None:
+    """The token's floor in the terms' payment model (and subscription period), or None."""
+    price = next(
+        (p for p in token.statement.floor.prices if p.payment_model == terms.payment_model),
+        None,
+    )
+    if price is None:
+        return None
+    minimum = price.minimum_per_item.micros
+    if terms.payment_model != SUBSCRIPTION:
+        return minimum
+    # Same units as meets_floor (whole seconds): p/T >= m/P  <=>  p >= m*T/P, p an integer.
+    terms_period = terms.subscription_period.seconds
+    floor_period = price.period.seconds
+    if floor_period <= 0:
+        return 0 if minimum == 0 else None
+    return -(-minimum * terms_period // floor_period)
+
+
+def item_floor(
+    item: ItemLike,
+    tokens: Sequence[Token],
+    probe: terms_pb2.LicenceTerms,
+    lab_key_id: str,
+    at: datetime,
+) -> int | None:
+    """The lowest floor over the member's tokens that name the item and permit the terms
+    in every respect but price (``probe`` is the terms at PROBE_PRICE_MICROS); None if none.
+    """
+    floors = [
+        floor
+        for token in tokens
+        if token.contributor_key_id == item.contributor_key_id
+        and covers_item(token, item.item_id, item.tags)
+        and permits(token, probe, lab_key_id, at)
+        and (floor := _floor_for_terms(token, probe)) is not None
+    ]
+    return min(floors) if floors else None
+
+
+def candidates(
+    items: Iterable[ItemLike],
+    tokens_by_member: Mapping[str, Sequence[Token]],
+    terms: terms_pb2.LicenceTerms,
+    lab_key_id: str,
+    at: datetime,
+    scope_filter: terms_pb2.ItemFilter | None = None,
+) -> list[Candidate]:
+    """The items eligible under ``terms`` for ``lab_key_id`` at ``at``, with their floors.
+
+    ``tokens_by_member`` maps a member's key id to their tokens whose recorded state is
+    GIVEN (the caller filters out withdrawn and invalidated ones; lapse is checked here
+    through the validity window). ``scope_filter`` defaults to ``terms.scope``.
+
+    An item is eligible when it matches the scope (tags: any of them, if given; media
+    types: any of them, if given), is not WITHDRAWN, and one of its member's tokens names it
+    and permits the terms in every respect but price: purposes, lab not excluded, validity
+    at ``at``, attribution, licence and deletion durations, and a floor in the terms'
+    payment model and currency. Its floor is the minimum over those tokens. The result is
+    sorted by item id, one candidate per item.
+    """
+    scope = terms.scope if scope_filter is None else scope_filter
+    probe = terms_pb2.LicenceTerms()
+    probe.CopyFrom(terms)
+    probe.price_per_item.micros = PROBE_PRICE_MICROS
+    result: dict[str, Candidate] = {}
+    for item in items:
+        if item.item_id in result or item.state == ITEM_WITHDRAWN or not in_scope(item, scope):
+            continue
+        tokens = tokens_by_member.get(item.contributor_key_id, ())
+        floor = item_floor(item, tokens, probe, lab_key_id, at)
+        if floor is not None:
+            result[item.item_id] = Candidate(item.item_id, item.contributor_key_id, floor)
+    return [result[key] for key in sorted(result)]
+
+
+def covered(
+    candidates: Iterable[Candidate], price_micros: int, max_items: int = 0
+) -> list[Candidate]:
+    """The candidates a uniform price covers: every one whose floor is at most the price.
+
+    When ``max_items`` (> 0) caps the deal, the first ``max_items`` covered candidates in
+    item-id order are chosen: deliberately NOT the cheapest, so a lab cannot pick off the
+    members with low floors first, and the choice is deterministic. The result is sorted
+    by item id.
+    """
+    if max_items < 0:
+        raise ValueError("max_items must not be negative")
+    chosen = sorted(
+        (c for c in candidates if c.floor_micros <= price_micros), key=lambda c: c.item_id
+    )
+    return chosen[:max_items] if max_items else chosen
+
+
+@dataclass(frozen=True)
+class QuorumRule:
+    """How many eligible items a deal must cover: a fraction of them, and at least a minimum.
+
+    ``fraction`` is read as the decimal it was written as (0.1 means exactly 1/10), so
+    ``required`` has no floating-point surprises.
+    """
+
+    fraction: float
+    """0 < fraction <= 1, e.g. 0.5: at least half of the eligible items."""
+    min_items: int = 1
+    """At least this many items (>= 1)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, int | float):
+            raise ValueError("quorum fraction must be a number")
+        if not math.isfinite(self.fraction) or not 0 < self.fraction <= 1:
+            raise ValueError("quorum fraction must be above 0 and at most 1")
+        if isinstance(self.min_items, bool) or not isinstance(self.min_items, int):
+            raise ValueError("quorum min_items must be an integer")
+        if self.min_items < 1:
+            raise ValueError("quorum min_items must be at least 1")
+
+    def required(self, eligible_count: int) -> int:
+        """max(min_items, ceil(fraction * eligible_count))."""
+        share = math.ceil(Fraction(repr(float(self.fraction))) * eligible_count)
+        return max(self.min_items, share)
+
+
+def reservation_price(
+    candidates: Sequence[Candidate], rule: QuorumRule, max_items: int = 0
+) -> int | None:
+    """The lowest uniform price at which the covered set reaches the quorum.
+
+    None when no price does: fewer eligible items than the quorum requires, or a
+    ``max_items`` cap below the requirement.
+    """
+    if max_items < 0:
+        raise ValueError("max_items must not be negative")
+    required = rule.required(len(candidates))
+    if required > len(candidates) or (max_items and max_items < required):
+        return None
+    floors = sorted(c.floor_micros for c in candidates)
+    return floors[required - 1]

@@ -1,0 +1,255 @@
+"""Negotiations in the store: one row per negotiation, updated by each sequenced move."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coalition.v1 import negotiation_pb2, terms_pb2
+from coalition_server.store import models
+from coalition_server.timeutil import as_utc, to_timestamp
+
+
+@dataclass(frozen=True)
+class NegotiationEntry:
+    """A negotiation's current state."""
+
+    negotiation_id: str
+    lab_key_id: str
+    index: int
+    state: int
+    round: int
+    current_terms: terms_pb2.LicenceTerms
+    coalition_offered_last: bool
+    opened_at: datetime
+    deadline: datetime
+    max_rounds: int
+    agreement_draft: bytes | None
+    agreement_id: str | None
+    termination_reason: str | None
+    lab_signature: bytes | None = None
+    ratification_closes_at: datetime | None = None
+
+    def to_proto(self) -> negotiation_pb2.Negotiation:
+        """The API representation."""
+        return negotiation_pb2.Negotiation(
+            negotiation_id=self.negotiation_id,
+            lab_key_id=self.lab_key_id,
+            state=negotiation_pb2.NegotiationState.ValueType(self.state),
+            round=self.round,
+            current_terms=self.current_terms,
+            coalition_offered_last=self.coalition_offered_last,
+            deadline=to_timestamp(self.deadline),
+            max_rounds=self.max_rounds,
+            agreement_draft=self.agreement_draft or b"",
+            agreement_id=self.agreement_id or "",
+            index=self.index,
+            ratification_deadline=(
+                to_timestamp(self.ratification_closes_at)
+                if self.ratification_closes_at is not None
+                else None
+            ),
+        )
+
+
+def _entry(row: Any) -> NegotiationEntry:
+    return NegotiationEntry(
+        negotiation_id=row.negotiation_id,
+        lab_key_id=row.lab_key_id,
+        index=row.idx,
+        state=row.state,
+        round=row.round,
+        current_terms=terms_pb2.LicenceTerms.FromString(row.current_terms),
+        coalition_offered_last=bool(row.coalition_offered_last),
+        opened_at=as_utc(row.opened_at),
+        deadline=as_utc(row.deadline),
+        max_rounds=row.max_rounds,
+        agreement_draft=None if row.agreement_draft is None else bytes(row.agreement_draft),
+        agreement_id=row.agreement_id,
+        termination_reason=row.termination_reason,
+        lab_signature=None if row.lab_signature is None else bytes(row.lab_signature),
+        ratification_closes_at=(
+            None if row.ratification_closes_at is None else as_utc(row.ratification_closes_at)
+        ),
+    )
+
+
+async def insert_negotiation(conn: AsyncConnection, entry: NegotiationEntry) -> None:
+    """Record a new negotiation."""
+    await conn.execute(
+        insert(models.NegotiationRow),
+        [
+            {
+                "negotiation_id": entry.negotiation_id,
+                "lab_key_id": entry.lab_key_id,
+                "idx": entry.index,
+                "state": entry.state,
+                "round": entry.round,
+                "current_terms": entry.current_terms.SerializeToString(deterministic=True),
+                "coalition_offered_last": entry.coalition_offered_last,
+                "opened_at": entry.opened_at,
+                "deadline": entry.deadline,
+                "max_rounds": entry.max_rounds,
+                "agreement_draft": entry.agreement_draft,
+                "agreement_id": entry.agreement_id,
+                "termination_reason": entry.termination_reason,
+                "lab_signature": entry.lab_signature,
+                "ratification_closes_at": entry.ratification_closes_at,
+            }
+        ],
+    )
+
+
+async def save(conn: AsyncConnection, entry: NegotiationEntry) -> None:
+    """Write a negotiation's new state."""
+    await conn.execute(
+        update(models.NegotiationRow)
+        .where(models.NegotiationRow.negotiation_id == entry.negotiation_id)
+        .values(
+            state=entry.state,
+            round=entry.round,
+            current_terms=entry.current_terms.SerializeToString(deterministic=True),
+            coalition_offered_last=entry.coalition_offered_last,
+            agreement_draft=entry.agreement_draft,
+            agreement_id=entry.agreement_id,
+            termination_reason=entry.termination_reason,
+            lab_signature=entry.lab_signature,
+            ratification_closes_at=entry.ratification_closes_at,
+        )
+    )
+
+
+async def negotiation(conn: AsyncConnection, negotiation_id: str) -> NegotiationEntry | None:
+    """One negotiation by id."""
+    row = (
+        await conn.execute(
+            select(models.NegotiationRow).where(
+                models.NegotiationRow.negotiation_id == negotiation_id
+            )
+        )
+    ).one_or_none()
+    return None if row is None else _entry(row)
+
+
+async def lab_negotiations(
+    conn: AsyncConnection, lab_key_id: str, start_index: int, limit: int
+) -> list[NegotiationEntry]:
+    """A lab's negotiations in ledger order."""
+    rows = await conn.execute(
+        select(models.NegotiationRow)
+        .where(
+            models.NegotiationRow.lab_key_id == lab_key_id,
+            models.NegotiationRow.idx >= start_index,
+        )
+        .order_by(models.NegotiationRow.idx)
+        .limit(limit)
+    )
+    return [_entry(row) for row in rows]
+
+
+async def expired(conn: AsyncConnection, now: datetime, states: frozenset[int]) -> list[str]:
+    """Ids of negotiations in ``states`` whose deadline has passed."""
+    rows = await conn.execute(
+        select(models.NegotiationRow.negotiation_id).where(
+            models.NegotiationRow.state.in_(sorted(states)),
+            models.NegotiationRow.deadline <= now,
+        )
+    )
+    return [row.negotiation_id for row in rows]
+
+
+async def ratifications_closed(conn: AsyncConnection, now: datetime) -> list[str]:
+    """Ids of negotiations whose ballots closed without a decision."""
+    rows = await conn.execute(
+        select(models.NegotiationRow.negotiation_id).where(
+            models.NegotiationRow.state == negotiation_pb2.NEGOTIATION_STATE_RATIFYING,
+            models.NegotiationRow.ratification_closes_at <= now,
+        )
+    )
+    return [row.negotiation_id for row in rows]
+
+
+async def ballots(conn: AsyncConnection, negotiation_id: str) -> dict[str, tuple[bool, int]]:
+    """member -> (approve, item count) for every ballot cast in a negotiation."""
+    rows = await conn.execute(
+        select(models.BallotRow).where(models.BallotRow.negotiation_id == negotiation_id)
+    )
+    return {row.member_key_id: (bool(row.approve), row.item_count) for row in rows}
+
+
+async def record_ballot(
+    conn: AsyncConnection,
+    negotiation_id: str,
+    member: str,
+    approve: bool,
+    items: int,
+    index: int,
+) -> None:
+    """Insert a ballot."""
+    await conn.execute(
+        insert(models.BallotRow),
+        [
+            {
+                "negotiation_id": negotiation_id,
+                "member_key_id": member,
+                "approve": approve,
+                "item_count": items,
+                "idx": index,
+            }
+        ],
+    )
+
+
+async def record_payout(
+    conn: AsyncConnection, agreement_id: str, members: list[str], index: int
+) -> None:
+    """Index a payout statement's lines by member (line i belongs to members[i])."""
+    if members:
+        await conn.execute(
+            insert(models.PayoutLineRow),
+            [
+                {
+                    "agreement_id": agreement_id,
+                    "line_index": i,
+                    "member_key_id": member,
+                    "statement_idx": index,
+                }
+                for i, member in enumerate(members)
+            ],
+        )
+
+
+async def ratifying(conn: AsyncConnection) -> list[NegotiationEntry]:
+    """Negotiations whose agreement is being voted on."""
+    rows = await conn.execute(
+        select(models.NegotiationRow).where(
+            models.NegotiationRow.state == negotiation_pb2.NEGOTIATION_STATE_RATIFYING
+        )
+    )
+    return [_entry(row) for row in rows]
+
+
+async def member_payout_lines(conn: AsyncConnection, member: str) -> list[tuple[str, int, int]]:
+    """(agreement id, line index, statement ledger index) of a member's payout lines."""
+    rows = await conn.execute(
+        select(models.PayoutLineRow)
+        .where(models.PayoutLineRow.member_key_id == member)
+        .order_by(models.PayoutLineRow.statement_idx)
+    )
+    return [(row.agreement_id, row.line_index, row.statement_idx) for row in rows]
+
+
+async def payout_statement_index(conn: AsyncConnection, agreement_id: str) -> int | None:
+    """Ledger index of an agreement's payout statement."""
+    row = (
+        await conn.execute(
+            select(models.PayoutLineRow.statement_idx)
+            .where(models.PayoutLineRow.agreement_id == agreement_id)
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else int(row.statement_idx)
