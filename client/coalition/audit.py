@@ -5,10 +5,38 @@
 * the leaf is a strictly (canonically) encoded ``coalition.v1.LedgerLeaf`` whose hash is the
   one the server claimed;
 * its envelope is well formed and carries a statement type this version knows;
-* every signature on it verifies: a ``PartyRegistration`` is self-signed by the key it
-  registers; every other signature must be by a party registered *earlier* in the log, or
-  by one of the trusted ``authorities`` (the coalition's own statement key);
+* who signed it, by the statement type's signer rule (below), and that every signature on
+  it verifies;
 * the log's integration time never goes backwards.
+
+Signer rules. Entry 0 is the coalition's own ``PartyRegistration`` (role
+``ROLE_COALITION``), signed by the key it registers: the replay learns the coalition's
+statement key *from the ledger*, and a key the caller was told elsewhere (a pinned state, the
+server's ``GetLogInfo``) must be that key. Then, for every entry, the signatures must be
+exactly:
+
+===================================================  =======================================
+statement                                            signers
+===================================================  =======================================
+``PartyRegistration``                                the key it registers, only; role
+                                                     contributor, lab or auditor (coalition
+                                                     at entry 0 only); a key registers once
+``ItemRegistration``, ``ConsentToken``,              one registered contributor (the author)
+``Withdrawal``
+``LeaseRequest``, ``DeletionReceipt``                one registered lab
+``Agreement``                                        the registered lab its ``lab_key_id``
+                                                     names, and the coalition key
+``KeyRelease``, ``WithdrawalNotice``,                the coalition key, only
+``ShreddingRecord``
+``NegotiationRequest``                               one registered lab
+``NegotiationMove``                                  one registered lab, or the coalition key
+``Ballot``, ``StrikePledge``, ``PledgeRetraction``   one registered contributor
+``RatificationCall``, ``RatificationResult``,        the coalition key, only
+``PayoutStatement``, ``StrikeExecution``
+===================================================  =======================================
+
+"Registered" means by an entry *before* this one. A statement type without a rule fails, as
+does any signature by a key the rule does not name.
 
 It folds the leaf hashes into a :class:`~coalition.merkle.CompactRange`, and
 :meth:`LedgerReplay.finish` compares the recomputed root with a signed checkpoint. A tree
@@ -17,7 +45,9 @@ reaches its size, so a rewritten history is caught at the exact size it diverges
 
 The class does no I/O: the caller fetches leaves however it likes. Signature checks, the
 costly part, can be deferred (``defer_signatures=True``) and run elsewhere, e.g. in a process
-pool, with :func:`find_signature_failure`; all inputs and results are picklable.
+pool, with :func:`find_signature_failure`; all inputs and results are picklable. The signer
+rules need no cryptography (they compare key ids against the registrations replayed so far),
+so they always run in :meth:`LedgerReplay.feed`, in order.
 """
 
 from __future__ import annotations
@@ -35,11 +65,12 @@ from google.protobuf.message import DecodeError, Message
 from coalition import dsse, merkle, statements
 from coalition.checkpoint import Checkpoint
 from coalition.errors import CoalitionError, EnvelopeError, KeyFormatError, SignatureError
-from coalition.keys import PublicKey
-from coalition.v1 import envelope_pb2, ledger_pb2, party_pb2
+from coalition.keys import PublicKey, key_id
+from coalition.v1 import access_pb2, envelope_pb2, ledger_pb2, party_pb2
 
 __all__ = [
     "AuditError",
+    "ExpectedKey",
     "LedgerReplay",
     "ReplayResult",
     "SignatureCheck",
@@ -52,6 +83,50 @@ __all__ = [
 _MIN_SECONDS: Final = -62_135_596_800
 _MAX_SECONDS: Final = 253_402_300_799
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+_CONTRIBUTOR: Final = party_pb2.ROLE_CONTRIBUTOR
+_LAB: Final = party_pb2.ROLE_LAB
+_AUDITOR: Final = party_pb2.ROLE_AUDITOR
+_COALITION: Final = party_pb2.ROLE_COALITION
+# Roles a party may register with after entry 0 (which alone registers the coalition).
+_PARTY_ROLES: Final = frozenset((_CONTRIBUTOR, _LAB, _AUDITOR))
+# Statements signed by exactly one party holding one of these roles, by message name. (The
+# coalition role is entry 0's alone, so "the coalition" means the ledger's coalition key.)
+_SOLE_SIGNER: Final[Mapping[str, frozenset[party_pb2.Role.ValueType]]] = {
+    "ItemRegistration": frozenset((_CONTRIBUTOR,)),
+    "ConsentToken": frozenset((_CONTRIBUTOR,)),
+    "Withdrawal": frozenset((_CONTRIBUTOR,)),
+    "LeaseRequest": frozenset((_LAB,)),
+    "DeletionReceipt": frozenset((_LAB,)),
+    "KeyRelease": frozenset((_COALITION,)),
+    "WithdrawalNotice": frozenset((_COALITION,)),
+    "ShreddingRecord": frozenset((_COALITION,)),
+    # Collective bargaining (negotiation.proto), as its comments say who signs.
+    "NegotiationRequest": frozenset((_LAB,)),
+    "NegotiationMove": frozenset((_LAB, _COALITION)),
+    "RatificationCall": frozenset((_COALITION,)),
+    "Ballot": frozenset((_CONTRIBUTOR,)),
+    "RatificationResult": frozenset((_COALITION,)),
+    "PayoutStatement": frozenset((_COALITION,)),
+    # Strikes (strike.proto): members pledge and retract, the coalition executes.
+    "StrikePledge": frozenset((_CONTRIBUTOR,)),
+    "PledgeRetraction": frozenset((_CONTRIBUTOR,)),
+    "StrikeExecution": frozenset((_COALITION,)),
+}
+# How a rule names the one signer it wants.
+_WANTED: Final[Mapping[frozenset[party_pb2.Role.ValueType], str]] = {
+    frozenset((_CONTRIBUTOR,)): "a registered contributor",
+    frozenset((_LAB,)): "a registered lab",
+    frozenset((_COALITION,)): "the coalition key",
+    frozenset((_LAB, _COALITION)): "a registered lab or the coalition key",
+}
+# How a message describes a registered party.
+_PARTY_WORD: Final[Mapping[party_pb2.Role.ValueType, str]] = {
+    _CONTRIBUTOR: "a contributor",
+    _LAB: "a lab",
+    _AUDITOR: "an auditor",
+    _COALITION: "the coalition's key",
+}
 
 
 class AuditError(CoalitionError):
@@ -134,12 +209,26 @@ class ReplayResult:
     """Integration time of the last entry (None for an empty log)."""
     previous_verified: bool
     """True when a previously verified tree head was given and matched."""
+    coalition_key: PublicKey | None = None
+    """The coalition's statement key, as entry 0 registers it (None only for no entries)."""
+
+
+class ExpectedKey(NamedTuple):
+    """A coalition key the caller was told about elsewhere, and where: entry 0 must match.
+
+    ``source`` completes a sentence, e.g. ``"the state file /x/audit.json"`` or
+    ``"the server's GetLogInfo"``; ``public_key`` is the raw key that source names.
+    """
+
+    source: str
+    public_key: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class _Party:
     index: int
     public_key: PublicKey
+    role: party_pb2.Role.ValueType
 
 
 class LedgerReplay:
@@ -154,14 +243,20 @@ class LedgerReplay:
         self,
         previous: TreeHead | None = None,
         *,
+        expected_coalition_keys: Iterable[ExpectedKey] = (),
         authorities: Iterable[PublicKey] = (),
         defer_signatures: bool = False,
     ) -> None:
         """``previous``: a tree head verified before, which this log must extend.
 
-        ``authorities``: keys that may sign statements without being registered parties,
-        i.e. the coalition's own statement-signing key (key releases, withdrawal notices,
-        its side of agreements). They must come from a trusted source, never from the log.
+        ``expected_coalition_keys``: the coalition key as other sources name it (a pinned
+        state file, the server's ``GetLogInfo``). The replay takes the coalition's key from
+        the ledger's entry 0; each of these must be that key, or entry 0 fails naming the
+        source. An empty key means the source names none and is not compared.
+
+        ``authorities``: the older way of saying the same; if any are given, the key entry 0
+        registers must be one of them. Neither parameter lets a key sign anything: only the
+        ledger's own registrations do.
 
         ``defer_signatures``: collect signature checks instead of running them; the caller
         then drains them with :meth:`take_deferred` and runs them (in any process) with
@@ -175,6 +270,10 @@ class LedgerReplay:
         self._previous = previous
         self._previous_verified = False
         self._parties: dict[str, _Party] = {}
+        self._coalition: _Party | None = None
+        self._expected = [
+            ExpectedKey(e.source, bytes(e.public_key)) for e in expected_coalition_keys
+        ]
         self._authorities = {key.key_id: key for key in authorities}
         self._kinds: Counter[str] = Counter()
         self._last_time: tuple[int, int] | None = None
@@ -197,10 +296,20 @@ class LedgerReplay:
         """Entries fed so far, counted by statement kind."""
         return dict(self._kinds)
 
+    @property
+    def coalition_key(self) -> PublicKey | None:
+        """The coalition's statement key as entry 0 registers it; None before entry 0."""
+        return self._coalition.public_key if self._coalition is not None else None
+
     def party_key(self, key_id: str) -> PublicKey | None:
         """The signing key of a party registered in the entries fed so far, or None."""
         party = self._parties.get(key_id)
         return party.public_key if party is not None else None
+
+    def party_role(self, key_id: str) -> party_pb2.Role.ValueType | None:
+        """The role of a party registered in the entries fed so far, or None."""
+        party = self._parties.get(key_id)
+        return party.role if party is not None else None
 
     @property
     def deferred(self) -> int:
@@ -263,7 +372,9 @@ class LedgerReplay:
             self._check_previous(tentative.root())
         # Every check passed (or is deferred): from here on, only state changes.
         if registered is not None:
-            self._parties[registered.key_id] = _Party(index, registered)
+            self._parties[registered.public_key.key_id] = registered
+            if registered.role == _COALITION:
+                self._coalition = registered
         self._deferred.extend(checks)
         self._kinds[statements.kind(envelope.payload_type)] += 1
         self._last_time = stamp
@@ -293,6 +404,12 @@ class LedgerReplay:
                 f"root mismatch at size {checkpoint.size}: computed {_b64(root)}, "
                 f"checkpoint {_b64(checkpoint.root_hash)}"
             )
+        if self._coalition is None:
+            raise AuditError(
+                "the log is empty: its entry 0 must be the coalition's own PartyRegistration "
+                "(ROLE_COALITION), so there is no coalition key to audit against",
+                index=0,
+            )
         last = None
         if self._last_time is not None:
             seconds, nanos = self._last_time
@@ -304,52 +421,186 @@ class LedgerReplay:
             parties=len(self._parties),
             last_integrated_time=last,
             previous_verified=self._previous_verified,
+            coalition_key=self._coalition.public_key,
         )
+
+    # --- signer rules (sequential, no cryptography) ----------------------------------------
 
     def _signer_keys(
         self, index: int, envelope: dsse.Envelope, statement: Message
-    ) -> tuple[list[PublicKey], PublicKey | None]:
-        """The key of each signature (in order), and the key a registration registers."""
-        own: PublicKey | None = None
+    ) -> tuple[list[PublicKey], _Party | None]:
+        """The key of each signature (in order), and the party a registration registers.
+
+        Applies the statement type's signer rule; raises AuditError naming the entry and
+        the rule it breaks.
+        """
         if isinstance(statement, party_pb2.PartyRegistration):
-            try:
-                own = PublicKey(bytes(statement.signing_key))
-            except KeyFormatError:
-                raise AuditError(
-                    f"entry {index}: the registration's signing_key is not an Ed25519 key",
-                    index=index,
-                ) from None
-            first = self._parties.get(own.key_id)
-            if first is not None:
-                raise AuditError(
-                    f"entry {index}: key {own.key_id} is registered again "
-                    f"(first registered at entry {first.index})",
-                    index=index,
-                )
-            if all(s.keyid != own.key_id for s in envelope.signatures):
-                raise AuditError(
-                    f"entry {index}: the registration of {own.key_id} is not signed by that key",
-                    index=index,
-                )
-        keys: list[PublicKey] = []
+            return self._registration(index, envelope, statement)
+        if index == 0:
+            raise AuditError(
+                f"entry 0: the log must begin with the coalition's own PartyRegistration "
+                f"(ROLE_COALITION), but entry 0 is {_a(statements.kind(envelope.payload_type))}",
+                index=0,
+            )
+        if isinstance(statement, access_pb2.Agreement):
+            return self._agreement(index, envelope, statement), None
+        roles = _SOLE_SIGNER.get(statement.DESCRIPTOR.name)
+        if roles is None:
+            raise AuditError(
+                f"entry {index}: no signer rule for statement type "
+                f"{envelope.payload_type!r}: this auditor cannot tell who may sign it",
+                index=index,
+            )
+        return [self._sole_signer(index, envelope, roles)], None
+
+    def _registration(
+        self, index: int, envelope: dsse.Envelope, statement: party_pb2.PartyRegistration
+    ) -> tuple[list[PublicKey], _Party]:
+        """Rule: self-signed (only) by a key not registered before, with an allowed role."""
+        try:
+            own = PublicKey(bytes(statement.signing_key))
+        except KeyFormatError:
+            raise AuditError(
+                f"entry {index}: the registration's signing_key is not an Ed25519 key",
+                index=index,
+            ) from None
+        role = statement.role
+        if index == 0 and role != _COALITION:
+            raise AuditError(
+                f"entry 0: the log must begin with the coalition's own PartyRegistration "
+                f"(ROLE_COALITION), but entry 0 registers {own.key_id} with role "
+                f"{_role_name(role)}",
+                index=0,
+            )
+        if index > 0 and role == _COALITION:
+            raise AuditError(
+                f"entry {index}: only entry 0 may register the coalition (ROLE_COALITION), "
+                f"but this entry registers {own.key_id} with that role",
+                index=index,
+            )
+        if index > 0 and role not in _PARTY_ROLES:
+            raise AuditError(
+                f"entry {index}: a PartyRegistration's role must be ROLE_CONTRIBUTOR, "
+                f"ROLE_LAB or ROLE_AUDITOR, but {own.key_id} registers with role "
+                f"{_role_name(role)}",
+                index=index,
+            )
+        first = self._parties.get(own.key_id)
+        if first is not None:
+            raise AuditError(
+                f"entry {index}: key {own.key_id} is registered again "
+                f"(first registered at entry {first.index})",
+                index=index,
+            )
+        if all(s.keyid != own.key_id for s in envelope.signatures):
+            raise AuditError(
+                f"entry {index}: the registration of {own.key_id} is not signed by that key",
+                index=index,
+            )
         for s in envelope.signatures:
-            if own is not None and s.keyid == own.key_id:
-                keys.append(own)
-                continue
-            # Co-signers (and every signer of other statements) must already be parties,
-            # or be one of the authorities (the coalition itself).
-            party = self._parties.get(s.keyid)
-            if party is not None:
-                keys.append(party.public_key)
-                continue
-            authority = self._authorities.get(s.keyid)
-            if authority is None:
+            if s.keyid != own.key_id:
                 raise AuditError(
-                    f"entry {index}: signer {s.keyid} is not a party registered before this entry",
+                    f"entry {index}: a PartyRegistration must be signed only by the key it "
+                    f"registers ({own.key_id}), but it is also signed by {s.keyid} "
+                    f"({self._describe(s.keyid)})",
                     index=index,
                 )
-            keys.append(authority)
-        return keys, own
+        if index == 0:
+            self._check_expected(own)
+        return [own], _Party(index, own, role)
+
+    def _check_expected(self, ledger_key: PublicKey) -> None:
+        """Entry 0's coalition key must be the one every other source names."""
+        for expected in self._expected:
+            if expected.public_key and not hmac.compare_digest(expected.public_key, ledger_key.raw):
+                raise AuditError(
+                    f"entry 0: the ledger registers coalition key {ledger_key.key_id} "
+                    f"({_b64(ledger_key.raw)}), but {expected.source} names coalition key "
+                    f"{_key_id_or_raw(expected.public_key)}",
+                    index=0,
+                )
+        if self._authorities and ledger_key.key_id not in self._authorities:
+            raise AuditError(
+                f"entry 0: the ledger registers coalition key {ledger_key.key_id}, which is "
+                f"not one of the trusted authorities ({', '.join(sorted(self._authorities))})",
+                index=0,
+            )
+
+    def _sole_signer(
+        self,
+        index: int,
+        envelope: dsse.Envelope,
+        roles: frozenset[party_pb2.Role.ValueType],
+    ) -> PublicKey:
+        """Rule: exactly one signature, by a party registered earlier with one of ``roles``."""
+        kind = statements.kind(envelope.payload_type)
+        wanted = _WANTED[roles]
+        if len(envelope.signatures) != 1:
+            signers = ", ".join(
+                f"{s.keyid} ({self._describe(s.keyid)})" for s in envelope.signatures
+            )
+            raise AuditError(
+                f"entry {index}: {_a(kind)} must carry exactly one signature, by {wanted}, "
+                f"but it has {len(envelope.signatures)}: {signers}",
+                index=index,
+            )
+        signer = envelope.signatures[0].keyid
+        party = self._parties.get(signer)
+        if party is None or party.role not in roles:
+            raise AuditError(
+                f"entry {index}: {_a(kind)} must be signed by {wanted}, but its signer "
+                f"{signer} is {self._describe(signer)}",
+                index=index,
+            )
+        return party.public_key
+
+    def _agreement(
+        self, index: int, envelope: dsse.Envelope, statement: access_pb2.Agreement
+    ) -> list[PublicKey]:
+        """Rule: signed by the registered lab its lab_key_id names and by the coalition."""
+        assert self._coalition is not None  # entry 0 registered it
+        coalition = self._coalition.public_key.key_id
+        lab_id = statement.lab_key_id
+        lab = self._parties.get(lab_id)
+        if lab is None or lab.role != _LAB:
+            named = f"{lab_id}, which is {self._describe(lab_id)}" if lab_id else "no key"
+            raise AuditError(
+                f"entry {index}: an Agreement must be signed by the registered lab its "
+                f"lab_key_id names, but lab_key_id names {named}",
+                index=index,
+            )
+        for s in envelope.signatures:
+            if s.keyid not in (lab_id, coalition):
+                raise AuditError(
+                    f"entry {index}: an Agreement must be signed only by its lab and the "
+                    f"coalition key, but it is also signed by {s.keyid} "
+                    f"({self._describe(s.keyid)})",
+                    index=index,
+                )
+        signers = {s.keyid for s in envelope.signatures}
+        if lab_id not in signers:
+            raise AuditError(
+                f"entry {index}: an Agreement must be signed by its lab and the coalition "
+                f"key, but the signature of its lab {lab_id} is missing",
+                index=index,
+            )
+        if coalition not in signers:
+            raise AuditError(
+                f"entry {index}: an Agreement must be signed by its lab and the coalition "
+                f"key, but the coalition's signature ({coalition}) is missing",
+                index=index,
+            )
+        return [
+            lab.public_key if s.keyid == lab_id else self._coalition.public_key
+            for s in envelope.signatures
+        ]
+
+    def _describe(self, key_id_: str) -> str:
+        """What a key is, as of the entries fed so far (for messages)."""
+        party = self._parties.get(key_id_)
+        if party is None:
+            return "not a party registered before this entry"
+        return f"{_PARTY_WORD.get(party.role, 'a party')} registered at entry {party.index}"
 
     def _check_previous(self, root: bytes) -> None:
         """Compare the replayed root at the earlier tree head's size with its root."""
@@ -362,6 +613,25 @@ class LedgerReplay:
                 f"{_b64(self._previous.root_hash)}"
             )
         self._previous_verified = True
+
+
+def _a(kind: str) -> str:
+    """``kind`` with its indefinite article, for messages."""
+    return f"an {kind}" if kind[:1] in "AEIOU" else f"a {kind}"
+
+
+def _role_name(role: party_pb2.Role.ValueType) -> str:
+    try:
+        return party_pb2.Role.Name(role)
+    except ValueError:
+        return f"{role} (unknown)"
+
+
+def _key_id_or_raw(raw: bytes) -> str:
+    try:
+        return f"{key_id(raw)} ({_b64(raw)})"
+    except KeyFormatError:
+        return f"{_b64(raw)} (not a 32-byte key)"
 
 
 def _parse_leaf(index: int, leaf: bytes) -> ledger_pb2.LedgerLeaf:

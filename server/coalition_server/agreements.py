@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from coalition import dsse, merkle, statements
 from coalition.keys import PublicKey
-from coalition.v1 import access_pb2, ledger_pb2
+from coalition.v1 import access_pb2, ledger_pb2, party_pb2
 from coalition_server.context import ServerContext
 from coalition_server.domain import consent as rules
 from coalition_server.domain.errors import (
@@ -83,8 +83,8 @@ async def conclude_agreement(
     except Exception:
         raise InvalidArgumentError("MALFORMED_STATEMENT", "not an Agreement") from None
     lab = await parties.get(lab_key_id)
-    if lab is None:
-        raise PermissionDeniedError("NOT_REGISTERED", "the lab is not registered")
+    if lab is None or lab.role != party_pb2.ROLE_LAB:
+        raise PermissionDeniedError("NOT_A_LAB", "lab_key_id does not name a registered lab")
     statement = open_statement(lab_signed, access_pb2.Agreement, PublicKey(lab.signing_key))
     check_nonce(statement.nonce)
     if not statement.terms.purposes:

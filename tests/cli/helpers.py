@@ -49,10 +49,14 @@ def json_out(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
-def registration(key: SigningKey, name: str = "Ada") -> party_pb2.PartyRegistration:
-    """A well-formed registration statement of ``key``."""
+def registration(
+    key: SigningKey,
+    name: str = "Ada",
+    role: party_pb2.Role.ValueType = party_pb2.ROLE_CONTRIBUTOR,
+) -> party_pb2.PartyRegistration:
+    """A well-formed registration statement of ``key`` (a contributor's by default)."""
     return party_pb2.PartyRegistration(
-        role=party_pb2.ROLE_CONTRIBUTOR,
+        role=role,
         name=name,
         signing_key=key.public_key.raw,
         encryption_key=key.encryption_public_key_raw(),
@@ -79,6 +83,12 @@ def signed(statement: Message, *keys: SigningKey) -> dsse.Envelope:
 def registration_leaf(key: SigningKey, seconds: int = 1_700_000_000) -> bytes:
     """The leaf of ``key``'s self-signed registration."""
     return leaf(signed(registration(key), key), seconds)
+
+
+def coalition_leaf(key: SigningKey, seconds: int = 1_700_000_000) -> bytes:
+    """The leaf of the coalition's own registration, self-signed: every log's entry 0."""
+    statement = registration(key, "The Coalition", party_pb2.ROLE_COALITION)
+    return leaf(signed(statement, key), seconds)
 
 
 def assert_coalition_registration(leaf_bytes: bytes, info: ledger_pb2.GetLogInfoResponse) -> None:

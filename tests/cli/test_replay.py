@@ -19,11 +19,11 @@ from coalition.audit import (
 )
 from coalition.checkpoint import Checkpoint
 from coalition.keys import SigningKey
-from coalition.v1 import ledger_pb2, party_pb2
-from tests.cli.helpers import leaf, registration, registration_leaf, signed
+from coalition.v1 import access_pb2, items_pb2, ledger_pb2, party_pb2
+from tests.cli.helpers import coalition_leaf, leaf, registration, registration_leaf, signed
 
 ORIGIN = "coalition.test/log"
-# A stand-in for a future statement type signed by a registered party: any message will do.
+# A stand-in for a future statement type: known to STATEMENT_TYPES, but with no signer rule.
 PARTY_TYPE = "application/vnd.coalition.v1.Party+proto"
 
 
@@ -48,7 +48,10 @@ def keys() -> list[SigningKey]:
 
 @pytest.fixture
 def leaves(keys: list[SigningKey]) -> list[bytes]:
-    return [registration_leaf(k, 1_700_000_000 + i) for i, k in enumerate(keys)]
+    """The coalition's registration (keys[0], entry 0), then three contributors'."""
+    return [coalition_leaf(keys[0], 1_700_000_000)] + [
+        registration_leaf(k, 1_700_000_000 + i) for i, k in enumerate(keys[1:], 1)
+    ]
 
 
 @pytest.fixture
@@ -58,7 +61,7 @@ def other_statements(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def party_statement(key: SigningKey, *signers: SigningKey, seconds: int = 1_800_000_000) -> bytes:
-    """A non-registration statement signed by ``signers``."""
+    """A statement of the stand-in type, signed by ``signers``."""
     payload = party_pb2.Party(key_id=key.key_id, name="x").SerializeToString()
     sigs = tuple(dsse.Signature(s.key_id, s.sign(dsse.pae(PARTY_TYPE, payload))) for s in signers)
     return leaf(dsse.Envelope(PARTY_TYPE, payload, sigs), seconds)
@@ -74,23 +77,26 @@ def fails(replay: LedgerReplay, index: int, item: bytes, **kw: bytes) -> str:
     return info.value.message
 
 
-def test_a_valid_log_replays_to_the_checkpoint(leaves: list[bytes]) -> None:
-    result = replay_all(leaves).finish(checkpoint_of(leaves))
+def test_a_valid_log_replays_to_the_checkpoint(keys: list[SigningKey], leaves: list[bytes]) -> None:
+    replay = replay_all(leaves)
+    result = replay.finish(checkpoint_of(leaves))
     assert result.size == 4
     assert result.root_hash == checkpoint_of(leaves).root_hash
     assert result.kinds == {"PartyRegistration": 4}
     assert result.parties == 4
+    assert result.coalition_key == replay.coalition_key == keys[0].public_key
+    assert replay.party_role(keys[0].key_id) == party_pb2.ROLE_COALITION
+    assert replay.party_role(keys[1].key_id) == party_pb2.ROLE_CONTRIBUTOR
     assert result.last_integrated_time is not None
     assert result.last_integrated_time.timestamp() == 1_700_000_003
     assert result.previous_verified is False
 
 
-def test_empty_log() -> None:
-    result = LedgerReplay().finish(Checkpoint(ORIGIN, 0, merkle.EMPTY_ROOT))
-    assert (result.size, result.root_hash, result.last_integrated_time) == (
-        0,
-        merkle.EMPTY_ROOT,
-        None,
+def test_an_empty_log_has_no_coalition_registration() -> None:
+    with pytest.raises(AuditError) as info:
+        LedgerReplay().finish(Checkpoint(ORIGIN, 0, merkle.EMPTY_ROOT))
+    assert info.value.message.startswith(
+        "the log is empty: its entry 0 must be the coalition's own PartyRegistration"
     )
 
 
@@ -111,11 +117,13 @@ def test_bad_signature(keys: list[SigningKey], leaves: list[bytes]) -> None:
     assert fails(replay, 2, bad) == f"entry 2: signature by {keys[2].key_id} does not verify"
 
 
-def test_registration_must_be_signed_by_the_key_it_registers(keys: list[SigningKey]) -> None:
-    stolen = leaf(signed(registration(keys[0]), keys[1]))
-    replay = replay_all([registration_leaf(keys[1])])
-    assert fails(replay, 1, stolen) == (
-        f"entry 1: the registration of {keys[0].key_id} is not signed by that key"
+def test_registration_must_be_signed_by_the_key_it_registers(
+    keys: list[SigningKey], leaves: list[bytes]
+) -> None:
+    stolen = leaf(signed(registration(keys[3]), keys[1]), 1_800_000_000)
+    replay = replay_all(leaves[:2])
+    assert fails(replay, 2, stolen) == (
+        f"entry 2: the registration of {keys[3].key_id} is not signed by that key"
     )
 
 
@@ -129,50 +137,84 @@ def test_registration_with_a_payload_signed_under_another_key(keys: list[Signing
         payload,
         (dsse.Signature(keys[0].key_id, keys[1].sign(dsse.pae(payload_type, payload))),),
     )
-    assert fails(LedgerReplay(), 0, leaf(forged)) == (
-        f"entry 0: signature by {keys[0].key_id} does not verify"
+    replay = replay_all([coalition_leaf(keys[2])])
+    assert fails(replay, 1, leaf(forged)) == (
+        f"entry 1: signature by {keys[0].key_id} does not verify"
     )
 
 
-def test_unknown_co_signer(keys: list[SigningKey]) -> None:
-    item = leaf(signed(registration(keys[0]), keys[0], keys[1]))
-    assert fails(LedgerReplay(), 0, item) == (
-        f"entry 0: signer {keys[1].key_id} is not a party registered before this entry"
-    )
-    # Once keys[1] is a party, its co-signature is accepted (and checked).
-    replay = replay_all([registration_leaf(keys[1])])
-    replay.feed(1, item)
-    assert replay.party_key(keys[0].key_id) == keys[0].public_key
+def test_co_signers_of_a_registration_are_refused(
+    keys: list[SigningKey], leaves: list[bytes]
+) -> None:
+    newcomer = SigningKey.generate()
+    replay = replay_all(leaves[:2])
+    for co_signer, what in (
+        (keys[3], "not a party registered before this entry"),
+        (keys[1], "a contributor registered at entry 1"),
+    ):
+        item = leaf(signed(registration(newcomer), newcomer, co_signer), 1_800_000_000)
+        assert fails(replay, 2, item) == (
+            f"entry 2: a PartyRegistration must be signed only by the key it registers "
+            f"({newcomer.key_id}), but it is also signed by {co_signer.key_id} ({what})"
+        )
 
 
 def test_statements_need_a_signer_registered_earlier(
-    keys: list[SigningKey], other_statements: None
+    keys: list[SigningKey], leaves: list[bytes]
 ) -> None:
-    replay = replay_all([registration_leaf(keys[0])])
-    replay.feed(1, party_statement(keys[0], keys[0]))
-    assert replay.kinds == {"PartyRegistration": 1, "Party": 1}
-    # keys[1] is not registered yet: its statement fails, even if it registers later.
-    assert fails(replay, 2, party_statement(keys[1], keys[1])) == (
-        f"entry 2: signer {keys[1].key_id} is not a party registered before this entry"
+    def item(key: SigningKey, seconds: int) -> bytes:
+        statement = items_pb2.ItemRegistration(commitment=bytes(32), nonce=key.public_key.raw)
+        return leaf(signed(statement, key), seconds)
+
+    replay = replay_all(leaves[:2])
+    replay.feed(2, item(keys[1], 1_800_000_000))
+    assert replay.kinds == {"PartyRegistration": 2, "ItemRegistration": 1}
+    # keys[2] is not registered yet: its statement fails, even if it registers later.
+    assert fails(replay, 3, item(keys[2], 1_800_000_000)) == (
+        f"entry 3: an ItemRegistration must be signed by a registered contributor, but its "
+        f"signer {keys[2].key_id} is not a party registered before this entry"
     )
-    replay.feed(2, registration_leaf(keys[1], 1_800_000_001))
-    replay.feed(3, party_statement(keys[1], keys[1], seconds=1_800_000_002))
+    replay.feed(3, registration_leaf(keys[2], 1_800_000_001))
+    replay.feed(4, item(keys[2], 1_800_000_002))
 
 
-def test_authorities_sign_without_registering(
-    keys: list[SigningKey], other_statements: None
+def test_a_statement_type_without_a_signer_rule_fails(
+    keys: list[SigningKey], leaves: list[bytes], other_statements: None
 ) -> None:
-    coalition = SigningKey.generate()
-    item = party_statement(keys[0], coalition)
-    assert fails(LedgerReplay(), 0, item).startswith(f"entry 0: signer {coalition.key_id} ")
-    replay = LedgerReplay(authorities=[coalition.public_key])
-    replay.feed(0, item)
-    # ... and an authority's signature is checked like any other.
-    forged = party_statement(keys[1], SigningKey.generate())
-    record = ledger_pb2.LedgerLeaf.FromString(forged)
-    record.envelope.signatures[0].keyid = coalition.key_id
-    assert fails(replay, 1, record.SerializeToString(deterministic=True)) == (
-        f"entry 1: signature by {coalition.key_id} does not verify"
+    replay = replay_all(leaves[:2])
+    assert fails(replay, 2, party_statement(keys[1], keys[1])) == (
+        f"entry 2: no signer rule for statement type {PARTY_TYPE!r}: this auditor cannot "
+        "tell who may sign it"
+    )
+
+
+def test_authorities_no_longer_sign_but_must_name_the_ledgers_coalition_key(
+    keys: list[SigningKey], leaves: list[bytes]
+) -> None:
+    outsider = SigningKey.generate()
+    # The older parameter: entry 0's key must be one of the authorities ...
+    replay = LedgerReplay(authorities=[outsider.public_key])
+    assert fails(replay, 0, leaves[0]) == (
+        f"entry 0: the ledger registers coalition key {keys[0].key_id}, which is not one "
+        f"of the trusted authorities ({outsider.key_id})"
+    )
+    replay = replay_all(leaves, LedgerReplay(authorities=[outsider.public_key, keys[0].public_key]))
+    # ... and an authority that is not entry 0's key signs nothing.
+    shredding = leaf(
+        signed(access_pb2.ShreddingRecord(withdrawal_id="ab" * 16), outsider), 1_800_000_000
+    )
+    assert fails(replay, 4, shredding) == (
+        f"entry 4: a ShreddingRecord must be signed by the coalition key, but its signer "
+        f"{outsider.key_id} is not a party registered before this entry"
+    )
+    # The ledger's coalition key signs, and its signature is checked like any other.
+    replay.feed(4, leaf(signed(access_pb2.ShreddingRecord(), keys[0]), 1_800_000_000))
+    forged = ledger_pb2.LedgerLeaf.FromString(
+        leaf(signed(access_pb2.ShreddingRecord(withdrawal_id="cd" * 16), outsider), 1_800_000_001)
+    )
+    forged.envelope.signatures[0].keyid = keys[0].key_id
+    assert fails(replay, 5, forged.SerializeToString(deterministic=True)) == (
+        f"entry 5: signature by {keys[0].key_id} does not verify"
     )
 
 
@@ -223,7 +265,7 @@ def test_statement_payload_with_unknown_fields(keys: list[SigningKey]) -> None:
 
 
 def test_integrated_time_never_decreases(keys: list[SigningKey]) -> None:
-    replay = replay_all([registration_leaf(keys[0], 1_700_000_100)])
+    replay = replay_all([coalition_leaf(keys[0], 1_700_000_100)])
     replay.feed(1, registration_leaf(keys[1], 1_700_000_100))  # equal is fine
     message = fails(replay, 2, registration_leaf(keys[2], 1_700_000_099))
     assert message == (
@@ -239,10 +281,14 @@ def test_entries_must_arrive_in_order(leaves: list[bytes]) -> None:
     )
 
 
-def test_a_key_registers_once(keys: list[SigningKey]) -> None:
-    replay = replay_all([registration_leaf(keys[0])])
-    assert fails(replay, 1, registration_leaf(keys[0])) == (
-        f"entry 1: key {keys[0].key_id} is registered again (first registered at entry 0)"
+def test_a_key_registers_once(keys: list[SigningKey], leaves: list[bytes]) -> None:
+    replay = replay_all(leaves[:2])
+    assert fails(replay, 2, registration_leaf(keys[1], 1_800_000_000)) == (
+        f"entry 2: key {keys[1].key_id} is registered again (first registered at entry 1)"
+    )
+    # The coalition's key, too, cannot register again (as anything).
+    assert fails(replay, 2, registration_leaf(keys[0], 1_800_000_000)) == (
+        f"entry 2: key {keys[0].key_id} is registered again (first registered at entry 0)"
     )
 
 

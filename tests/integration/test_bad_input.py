@@ -108,6 +108,14 @@ def _cases() -> list[
         raw = _request(forged)
         return REGISTER, raw, _signed(me, REGISTER, raw)
 
+    def extra_signature(me: SigningKey, other: SigningKey):  # type: ignore[no-untyped-def]
+        genuine = sign_statement(_registration(me), me)
+        stranger = dsse_sign(genuine.payload_type, genuine.payload, other).signatures
+        raw = _request(
+            Envelope(genuine.payload_type, genuine.payload, (*genuine.signatures, *stranger))
+        )
+        return REGISTER, raw, _signed(me, REGISTER, raw)
+
     def statement(**overrides: object):  # type: ignore[no-untyped-def]
         def make(me: SigningKey, other: SigningKey):  # type: ignore[no-untyped-def]
             raw = _request(sign_statement(_registration(me, **overrides), me))
@@ -170,6 +178,7 @@ def _cases() -> list[
         ),
         ("unknown key", unknown_key, CODE.UNAUTHENTICATED, "UNKNOWN_KEY"),
         ("registering another's key", someone_elses_key, CODE.PERMISSION_DENIED, "NOT_YOUR_KEY"),
+        ("extra signature", extra_signature, CODE.INVALID_ARGUMENT, "UNEXPECTED_SIGNATURES"),
         ("forged statement", forged_statement, CODE.UNAUTHENTICATED, "BAD_STATEMENT_SIGNATURE"),
         ("no role", statement(role=party_pb2.ROLE_UNSPECIFIED), CODE.INVALID_ARGUMENT, "BAD_ROLE"),
         ("unknown role", statement(role=42), CODE.INVALID_ARGUMENT, "BAD_ROLE"),

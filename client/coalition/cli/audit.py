@@ -37,6 +37,7 @@ from rich.table import Table
 from coalition import dsse, merkle, statements
 from coalition.audit import (
     AuditError,
+    ExpectedKey,
     LedgerReplay,
     ReplayResult,
     TreeHead,
@@ -59,7 +60,7 @@ from coalition.cli.common import (
 from coalition.client import Client
 from coalition.compliance import ComplianceReport, NoticeState, compliance_report
 from coalition.errors import CoalitionError, KeyFormatError, ProofError, VerificationError
-from coalition.keys import PUBLIC_KEY_SIZE, PublicKey
+from coalition.keys import PUBLIC_KEY_SIZE, key_id
 from coalition.note import NoteVerifier
 from coalition.v1 import ledger_pb2
 
@@ -421,11 +422,16 @@ def verify(
 ) -> None:
     """Replay and verify the whole ledger against the signed checkpoint; exit 1 on mismatch.
 
-    Checks every entry's encoding and signatures (registrations are self-signed; every
-    other signer must be a party registered earlier, or the coalition's own pinned key),
-    that integration times never decrease, that the recomputed root equals the checkpoint's,
-    and that the log extends the checkpoint verified on the previous run (state file), by
-    replay and by proof.
+    Checks every entry's encoding and signatures, and who signed it: entry 0 must be the
+    coalition's own self-signed registration, and its key (not the one the server announces)
+    is the coalition key, which must match the one pinned in the state file and the server's;
+    then each statement type has its signers (registrations self-signed; items, consent and
+    withdrawals by one registered contributor; lease requests and deletion receipts by one
+    registered lab; agreements by their lab and the coalition; key releases, withdrawal
+    notices and shredding records by the coalition alone; negotiation and strike statements
+    as their protos say). Also checks that integration
+    times never decrease, that the recomputed root equals the checkpoint's, and that the log
+    extends the checkpoint verified on the previous run (state file), by replay and by proof.
     """
     pinned = _parse_vkey(trusted_log_key, "--log-key") if trusted_log_key else None
     try:
@@ -466,7 +472,7 @@ async def _verify(
         state_path = state_opt or default_state_path(info.origin)
         previous = load_state(state_path)
 
-        trusted, authorities, first_use = _trust(info, previous, pinned, state_path)
+        trusted, expected, first_use = _trust(info, previous, pinned, state_path)
         origin = previous.origin if previous is not None else info.origin
 
         # The tree head to verify against: signed by the trusted key, for our log.
@@ -484,14 +490,21 @@ async def _verify(
             await _check_consistency(client, head, cp)
 
         started = time.perf_counter()
-        result = await _replay(client, cp, head, authorities, jobs)
+        result = await _replay(client, cp, head, expected, jobs)
         seconds = time.perf_counter() - started
+    # finish() guarantees it: a log that replays has the coalition's registration at entry 0.
+    assert result.coalition_key is not None
+    if previous is None or not previous.coalition_public_key:
+        note(
+            f"trusting the coalition key {result.coalition_key.key_id} on first use "
+            f"(registered at entry 0 of the ledger); it will be pinned in {state_path}"
+        )
     return _Outcome(
         result=result,
         checkpoint=cp,
         note=response.checkpoint,
         verifier_key=trusted.verifier_key,
-        coalition_key=authorities[0].raw if authorities else b"",
+        coalition_key=result.coalition_key.raw,
         state_path=state_path,
         previous=previous,
         first_use=first_use,
@@ -504,12 +517,13 @@ def _trust(
     previous: AuditState | None,
     pinned: NoteVerifier | None,
     state_path: Path,
-) -> tuple[NoteVerifier, list[PublicKey], bool]:
-    """The log key and signing authorities to trust, and whether this is their first use.
+) -> tuple[NoteVerifier, list[ExpectedKey], bool]:
+    """The log key to trust, the coalition keys entry 0 must match, and whether first use.
 
     The log key is --log-key, else the state file's, else the server's (trust on first use);
-    the coalition's statement key is the state file's, else the server's. Whatever is
-    trusted must be what the server presents now.
+    whatever is trusted must be what the server presents now. The coalition's statement
+    key is taken from the ledger (entry 0) by the replay; the state file's and the server's
+    must both be that key.
     """
     previous_key = (
         _parse_vkey(previous.log_verifier_key, "the state file's log key") if previous else None
@@ -543,17 +557,39 @@ def _trust(
 
     coalition_key = bytes(info.coalition_public_key)
     if previous is not None and previous.coalition_public_key != coalition_key:
+        # Caught before replaying anything (the replay would catch it at entry 0 too).
         raise AuditError(
             f"the server's coalition key {b64(coalition_key) or '(none)'} differs from "
-            f"the key pinned in {state_path}: {b64(previous.coalition_public_key)}"
+            f"the key pinned in {state_path}: {b64(previous.coalition_public_key) or '(none)'}"
         )
-    authorities = [_coalition_key(coalition_key)] if coalition_key else []
-    if previous is None and authorities:
-        note(
-            f"trusting the coalition key {authorities[0].key_id} on first use; it will "
-            f"be pinned in {state_path}"
-        )
-    return trusted, authorities, first_use
+    return trusted, _expected_coalition_keys(info, previous, state_path), first_use
+
+
+def _expected_coalition_keys(
+    info: ledger_pb2.GetLogInfoResponse, previous: AuditState | None, state_path: Path
+) -> list[ExpectedKey]:
+    """The coalition keys the state file and GetLogInfo name, for the replay to compare.
+
+    The ledger's entry 0 is what is trusted; these only have to agree with it.
+    """
+    server_key = bytes(info.coalition_public_key)
+    if server_key and info.coalition_key_id:
+        try:
+            server_key_id = key_id(server_key)
+        except KeyFormatError:
+            server_key_id = "(not a 32-byte key)"
+        if info.coalition_key_id != server_key_id:
+            raise AuditError(
+                f"the server's GetLogInfo contradicts itself: coalition_key_id "
+                f"{info.coalition_key_id} is not the key id of its coalition_public_key "
+                f"{b64(server_key)} ({server_key_id})"
+            )
+    expected = []
+    if previous is not None and previous.coalition_public_key:
+        expected.append(ExpectedKey(f"the state file {state_path}", previous.coalition_public_key))
+    if server_key:
+        expected.append(ExpectedKey("the server's GetLogInfo", server_key))
+    return expected
 
 
 async def _check_consistency(client: Client, head: TreeHead, cp: Checkpoint) -> None:
@@ -587,13 +623,13 @@ async def _replay(
     client: Client,
     cp: Checkpoint,
     head: TreeHead | None,
-    authorities: list[PublicKey],
+    expected: list[ExpectedKey],
     jobs: int,
 ) -> ReplayResult:
     """Stream entries 0..size-1 through a LedgerReplay; signatures in ``jobs`` processes."""
     if jobs == 0:
         jobs = (os.cpu_count() or 1) if cp.size >= PARALLEL_MIN_ENTRIES else 1
-    replay = LedgerReplay(head, authorities=authorities, defer_signatures=jobs > 1)
+    replay = LedgerReplay(head, expected_coalition_keys=expected, defer_signatures=jobs > 1)
     with _progress(cp.size) as progress:
         task = progress.add_task("replaying", total=cp.size)
         if jobs == 1:
@@ -671,13 +707,6 @@ def _progress(total: int) -> Progress:
         # Only for a person watching: never in pipes, logs or tests.
         disable=not err.is_terminal or total < PAGE_SIZE,
     )
-
-
-def _coalition_key(raw: bytes) -> PublicKey:
-    try:
-        return PublicKey(raw)
-    except KeyFormatError as exc:
-        raise AuditError(f"the server's coalition key is not an Ed25519 key: {exc}") from None
 
 
 def _parse_vkey(vkey: str, what: str) -> NoteVerifier:
@@ -825,7 +854,8 @@ async def _compliance(
 ) -> _Compliance:
     async with globals_of(ctx).client() as client:
         info = await client.log_info()
-        previous = load_state(state_opt or default_state_path(info.origin))
+        state_path = state_opt or default_state_path(info.origin)
+        previous = load_state(state_path)
         trusted = pinned
         if trusted is None and previous is not None:
             trusted = _parse_vkey(previous.log_verifier_key, "the state file's log key")
@@ -834,12 +864,8 @@ async def _compliance(
             note(
                 "trusting the server's log key (not pinned: run `coalition audit verify` to pin it)"
             )
-        coalition_key = (
-            previous.coalition_public_key
-            if previous is not None
-            else bytes(info.coalition_public_key)
-        )
-        authorities = [_coalition_key(coalition_key)] if coalition_key else []
+        # The coalition key is entry 0's; the pinned one and the server's must agree with it.
+        expected = _expected_coalition_keys(info, previous, state_path)
         response = await client.checkpoint()
         try:
             cp = verify_checkpoint(response.checkpoint, trusted, info.origin)
@@ -851,7 +877,7 @@ async def _compliance(
                 f"the checkpoint's size {cp.size} is smaller than the size {head.size} "
                 "verified before: the log was truncated or rolled back"
             )
-        replay = LedgerReplay(head, authorities=authorities)
+        replay = LedgerReplay(head, expected_coalition_keys=expected)
         leaves: list[tuple[int, bytes]] = []
         with _progress(cp.size) as progress:
             task = progress.add_task("reading the ledger", total=cp.size)
@@ -859,12 +885,9 @@ async def _compliance(
                 replay.feed(entry.index, entry.leaf, leaf_hash=entry.leaf_hash)
                 leaves.append((entry.index, bytes(entry.leaf)))
                 progress.advance(task)
-        replay.finish(cp)
-    report = compliance_report(
-        leaves,
-        now=when,
-        coalition_key_id=authorities[0].key_id if authorities else None,
-    )
+        result = replay.finish(cp)
+    assert result.coalition_key is not None  # finish() requires entry 0's registration
+    report = compliance_report(leaves, now=when, coalition_key_id=result.coalition_key.key_id)
     return _Compliance(report, cp, trusted.verifier_key)
 
 

@@ -13,8 +13,8 @@ from coalition.v1 import party_pb2
 from coalition_server.domain.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
-    UnauthenticatedError,
 )
+from coalition_server.domain.statements import require_sole_signer
 
 # Roles a party may register itself with; ROLE_COALITION is the server's own, registered once.
 PARTY_ROLES = frozenset((party_pb2.ROLE_CONTRIBUTOR, party_pb2.ROLE_LAB, party_pb2.ROLE_AUDITOR))
@@ -49,12 +49,7 @@ def check_registration(
         raise PermissionDeniedError(
             "NOT_YOUR_KEY", "a party registers its own key: sign the call with it"
         )
-    try:
-        dsse.verify(envelope, key)
-    except CoalitionError:
-        raise UnauthenticatedError(
-            "BAD_STATEMENT_SIGNATURE", "the registration is not signed by its signing_key"
-        ) from None
+    require_sole_signer(envelope, key)
     if registration.role not in PARTY_ROLES:
         raise InvalidArgumentError("BAD_ROLE", "role must be contributor, lab or auditor")
     if validate_name(registration.name) != registration.name:

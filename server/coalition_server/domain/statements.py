@@ -36,13 +36,26 @@ def open_statement(envelope: dsse.Envelope, cls: type[M], signer: PublicKey) -> 
         statement = parse_payload(cls, envelope.payload)
     except CoalitionError as exc:
         raise InvalidArgumentError("MALFORMED_STATEMENT", str(exc)) from None
+    require_sole_signer(envelope, signer)
+    return statement
+
+
+def require_sole_signer(envelope: dsse.Envelope, signer: PublicKey) -> None:
+    """The envelope carries exactly one signature, by ``signer``, and it verifies.
+
+    The ledger keeps envelopes byte for byte, so a signature the server did not check (an
+    extra one, by anyone) would sit in the log unverifiable: refuse it instead.
+    """
+    if len(envelope.signatures) != 1:
+        raise InvalidArgumentError(
+            "UNEXPECTED_SIGNATURES", "a statement here carries exactly one signature, its author's"
+        )
     try:
         dsse.verify(envelope, signer)
     except CoalitionError:
         raise UnauthenticatedError(
             "BAD_STATEMENT_SIGNATURE", "the statement is not signed by the calling key"
         ) from None
-    return statement
 
 
 def timestamp(value: Timestamp, field: str) -> datetime:
