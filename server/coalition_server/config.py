@@ -32,6 +32,8 @@ class Settings:
     negotiation_sweep_seconds: float = 5.0
     # Prices are integer micros of this ISO 4217 currency.
     currency: str = "USD"
+    # Key-encryption keys are rotated (retired, data keys re-wrapped) at this age.
+    kek_max_age: timedelta = timedelta(days=90)
     # A retired key-encryption key is destroyed this long after retirement.
     kek_retention: timedelta = timedelta(days=7)
     # How often retired keys are emptied (data keys re-wrapped) and, when due, destroyed.

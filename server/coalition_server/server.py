@@ -37,7 +37,7 @@ from coalition_server.keys.server_keys import ServerKeys
 from coalition_server.policy import CoalitionPolicy
 from coalition_server.store import migrate
 from coalition_server.store.database import Database
-from coalition_server.store.items import destroy_retired_keks
+from coalition_server.store.items import destroy_retired_keks, retire_aged_keks
 from coalition_server.store.ledger import LedgerStore, LogIdentity
 from coalition_server.store.parties import PartyStore, register_coalition
 from coalition_server.store.sequencer import Sequencer
@@ -180,10 +180,15 @@ class CoalitionServer:
         await self._server.wait_for_termination()
 
     async def destroy_retired_keys(self) -> list[str]:
-        """Destroy key-encryption keys whose retention window has passed; return their ids."""
+        """Rotate old KEKs, re-wrap data keys off retired ones, destroy those past retention.
+
+        Returns the ids of the KEKs destroyed.
+        """
         context = self.context
         now = utcnow()
         async with context.database.reader.begin() as conn:
+            # Rotation by age, then moving data keys off retired KEKs, then destruction.
+            await retire_aged_keks(conn, now - self.settings.kek_max_age, now)
             return await destroy_retired_keks(
                 conn, context.key_provider, now - self.settings.kek_retention, now
             )

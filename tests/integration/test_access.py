@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from coalition.client import Client, ServerError
+from coalition.keys import SigningKey
 from coalition.statements import sign_statement
 from coalition.v1 import access_pb2, ledger_pb2
 from coalition_server.agreements import conclude_agreement
@@ -254,3 +255,36 @@ async def test_receipt_without_a_deletion_time_is_refused(
         "MISSING_DELETED_TIME",
     )
     assert await row_counts(db_url) == before
+
+
+async def test_key_encryption_keys_rotate_by_age_and_content_stays_readable(
+    settings: Settings, make_client: Callable[..., Client]
+) -> None:
+    server = CoalitionServer(
+        dataclasses.replace(settings, kek_max_age=timedelta(0), kek_retention=timedelta(0))
+    )
+    port = await server.start()
+    engine = create_async_engine(settings.database_url())
+    try:
+
+        def make(key: SigningKey | None = None) -> Client:
+            return Client(f"127.0.0.1:{port}", key=key)
+
+        alice = await member(make)
+        ids = await alice.add([b"long lived content"])
+        await alice.grant(builders.consent_token(item_ids=ids))
+        async with engine.connect() as conn:
+            before = (await conn.execute(select(models.ItemContent.kek_id))).scalar_one()
+        destroyed = await server.destroy_retired_keys()
+        async with engine.connect() as conn:
+            after = (await conn.execute(select(models.ItemContent.kek_id))).scalar_one()
+        assert destroyed == [before]
+        assert after != before
+        acme = await lab(make)
+        agreement_id = await agree(server, acme, ids)
+        lease = (await acme.lease(agreement_id)).lease
+        _, fetched = await acme.fetch(lease.lease_id, agreement_id)
+        assert fetched == {ids[0]: b"long lived content"}
+    finally:
+        await engine.dispose()
+        await server.stop()

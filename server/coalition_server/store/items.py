@@ -244,6 +244,18 @@ async def retire_keks(conn: AsyncConnection, owner: str, now: datetime) -> None:
     )
 
 
+async def retire_aged_keks(conn: AsyncConnection, created_before: datetime, now: datetime) -> None:
+    """Scheduled rotation: retire every active KEK created before ``created_before``."""
+    await conn.execute(
+        update(models.KeyEncryptionKey)
+        .where(
+            models.KeyEncryptionKey.retired_at.is_(None),
+            models.KeyEncryptionKey.created_at < created_before,
+        )
+        .values(retired_at=now)
+    )
+
+
 async def rewrap_retired(conn: AsyncConnection, provider: KeyProvider, now: datetime) -> int:
     """Re-wrap every data key still under a retired KEK with its owner's current KEK."""
     rows = (
