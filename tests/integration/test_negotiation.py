@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from coalition import merkle
+from coalition.auth import CallSigner
 from coalition.client import Client, ServerError
 from coalition.keys import SigningKey
 from coalition.statements import sign_statement
@@ -432,3 +433,34 @@ async def test_rejected_or_unanswered_ratification_terminates(
         assert closed.negotiation.state == STATE.NEGOTIATION_STATE_TERMINATED
     finally:
         await server.stop()
+
+
+async def test_watch_negotiation_streams_every_move_to_the_end(
+    make_client: Callable[..., Client],
+) -> None:
+    await _pool(make_client, [1, 2])
+    acme = await lab(make_client)
+    opened = await open_negotiation(acme, builders.licence_terms(price=USD // 2))
+    nid = opened.negotiation.negotiation_id
+    accepted = await move(acme, nid, opened.negotiation.round + 1, STATE.MOVE_KIND_ACCEPT)
+    await sign_agreement(acme, accepted.negotiation.agreement_draft)
+    request = negotiation_pb2.WatchNegotiationRequest(negotiation_id=nid, request_id="watch-1")
+    raw = request.SerializeToString()
+    method = NEGOTIATION + "WatchNegotiation"
+    stub: grpc.aio.UnaryStreamMultiCallable[bytes, negotiation_pb2.WatchNegotiationResponse]
+    stub = acme.client._channel.unary_stream(
+        method, response_deserializer=negotiation_pb2.WatchNegotiationResponse.FromString
+    )
+    events = [
+        event
+        async for event in stub(
+            raw, metadata=CallSigner(acme.key).metadata(method, raw), timeout=10
+        )
+    ]
+    states = [event.state for event in events]
+    # Request, the coalition's offer, the lab's acceptance, the agreement: then it ends.
+    assert states[0] == STATE.NEGOTIATION_STATE_REQUESTED
+    assert STATE.NEGOTIATION_STATE_OFFERED in states
+    assert STATE.NEGOTIATION_STATE_AGREED in states
+    assert states[-1] == STATE.NEGOTIATION_STATE_FINALIZED
+    assert [e.index for e in events] == sorted(e.index for e in events)
