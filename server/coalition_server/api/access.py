@@ -15,7 +15,7 @@ from coalition.v1 import access_pb2, ledger_pb2, party_pb2
 from coalition_server.agreements import item_ids_root
 from coalition_server.api.auth import Policy
 from coalition_server.api.dispatch import Call, rpc
-from coalition_server.api.mutations import decode_envelope, idempotency_key
+from coalition_server.api.mutations import idempotency_key, signed_statement
 from coalition_server.context import ServerContext
 from coalition_server.domain import consent as rules
 from coalition_server.domain.errors import (
@@ -30,9 +30,6 @@ from coalition_server.domain.pagination import decode_token, encode_token, page_
 from coalition_server.domain.statements import (
     HEX_ID,
     MAX_CLOCK_SKEW,
-    check_fresh,
-    check_nonce,
-    open_statement,
     timestamp,
 )
 from coalition_server.keys.provider import WrappedKey
@@ -92,14 +89,9 @@ class AccessServicer:
     ) -> access_pb2.TakeLeaseResponse:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
-        if not request.HasField("lease_request"):
-            raise InvalidArgumentError("MISSING_FIELD", "lease_request is required")
-        envelope = decode_envelope(request.lease_request, "lease_request")
-        statement = open_statement(
-            envelope, access_pb2.LeaseRequest, call.require_caller().public_key
+        envelope, statement = signed_statement(
+            request, "lease_request", access_pb2.LeaseRequest, call
         )
-        check_fresh(statement.created_time, statement.HasField("created_time"), utcnow())
-        check_nonce(statement.nonce)
         _check_id(statement.agreement_id, "agreement")
         effect = _LeaseEffect(statements.statement_id(envelope), lab.key_id, statement)
 
@@ -261,13 +253,7 @@ class AccessServicer:
     ) -> access_pb2.AcknowledgeWithdrawalResponse:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
-        if not request.HasField("receipt"):
-            raise InvalidArgumentError("MISSING_FIELD", "receipt is required")
-        envelope = decode_envelope(request.receipt, "receipt")
-        statement = open_statement(
-            envelope, access_pb2.DeletionReceipt, call.require_caller().public_key
-        )
-        check_nonce(statement.nonce)
+        envelope, statement = signed_statement(request, "receipt", access_pb2.DeletionReceipt, call)
         _check_id(statement.notice_id, "notice")
         if not statement.HasField("deleted_time"):
             raise InvalidArgumentError("MISSING_DELETED_TIME", "say when the items were deleted")

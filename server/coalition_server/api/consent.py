@@ -10,7 +10,7 @@ from coalition import statements
 from coalition.v1 import consent_pb2, ledger_pb2, party_pb2
 from coalition_server.api.auth import Policy
 from coalition_server.api.dispatch import Call, rpc
-from coalition_server.api.mutations import decode_envelope, idempotency_key
+from coalition_server.api.mutations import decode_envelope, idempotency_key, signed_statement
 from coalition_server.context import ServerContext
 from coalition_server.domain import consent as rules
 from coalition_server.domain import exports
@@ -21,7 +21,7 @@ from coalition_server.domain.errors import (
     PermissionDeniedError,
 )
 from coalition_server.domain.pagination import decode_token, encode_token, page_size
-from coalition_server.domain.statements import HEX_ID, check_fresh, check_nonce, open_statement
+from coalition_server.domain.statements import HEX_ID, open_statement
 from coalition_server.store import consent as store
 from coalition_server.store.ledger import LedgerStore
 from coalition_server.store.sequencer import EffectContext, Group, Submission
@@ -144,14 +144,8 @@ class ConsentServicer:
         self, request: consent_pb2.WithdrawRequest, call: Call
     ) -> consent_pb2.WithdrawResponse:
         party = call.require_role(CONTRIBUTOR)
-        caller = call.require_caller()
         key = idempotency_key(request, call)
-        if not request.HasField("withdrawal"):
-            raise InvalidArgumentError("MISSING_FIELD", "withdrawal is required")
-        envelope = decode_envelope(request.withdrawal, "withdrawal")
-        statement = open_statement(envelope, consent_pb2.Withdrawal, caller.public_key)
-        check_fresh(statement.created_time, statement.HasField("created_time"), utcnow())
-        check_nonce(statement.nonce)
+        envelope, statement = signed_statement(request, "withdrawal", consent_pb2.Withdrawal, call)
         _check_withdrawal_scope(statement)
         outcome = WithdrawalOutcome()
         effect = WithdrawalEffect(

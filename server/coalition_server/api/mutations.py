@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
@@ -12,7 +13,11 @@ from coalition.errors import CoalitionError
 from coalition.v1 import envelope_pb2
 from coalition_server.api.dispatch import Call
 from coalition_server.domain.errors import InvalidArgumentError, ResourceExhaustedError
+from coalition_server.domain.statements import check_fresh, check_nonce, open_statement
 from coalition_server.store.sequencer import IdempotencyKey
+from coalition_server.timeutil import utcnow
+
+M = TypeVar("M", bound=Message)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -44,3 +49,24 @@ def decode_envelope(message: envelope_pb2.Envelope, field: str) -> dsse.Envelope
         return dsse.Envelope.from_proto(message)
     except CoalitionError as exc:
         raise InvalidArgumentError("MALFORMED_ENVELOPE", f"{field}: {exc}") from None
+
+
+def signed_statement(
+    request: Message, field: str, cls: type[M], call: Call
+) -> tuple[dsse.Envelope, M]:
+    """The statement in ``request.<field>``: present, well formed, signed by the caller alone,
+    fresh (when it has a created_time) and with a proper nonce (when it has one)."""
+    if not request.HasField(field):
+        raise InvalidArgumentError("MISSING_FIELD", f"{field} is required")
+    envelope = decode_envelope(getattr(request, field), field)
+    statement = open_statement(envelope, cls, call.require_caller().public_key)
+    fields = cls.DESCRIPTOR.fields_by_name
+    if "created_time" in fields:
+        check_fresh(
+            getattr(statement, "created_time"),  # noqa: B009 - known to exist
+            statement.HasField("created_time"),
+            utcnow(),
+        )
+    if "nonce" in fields:
+        check_nonce(getattr(statement, "nonce"))  # noqa: B009 - known to exist
+    return envelope, statement

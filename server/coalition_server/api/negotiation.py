@@ -25,7 +25,7 @@ from coalition_server import deals
 from coalition_server.agreements import item_ids_root
 from coalition_server.api.auth import Policy
 from coalition_server.api.dispatch import Call, rpc
-from coalition_server.api.mutations import decode_envelope, idempotency_key
+from coalition_server.api.mutations import decode_envelope, idempotency_key, signed_statement
 from coalition_server.context import ServerContext
 from coalition_server.domain import bargaining, reservation
 from coalition_server.domain import catalogue as pool_catalogue
@@ -40,8 +40,6 @@ from coalition_server.domain.errors import (
 from coalition_server.domain.pagination import decode_token, encode_token, page_size
 from coalition_server.domain.statements import (
     HEX_ID,
-    check_fresh,
-    check_nonce,
     open_statement,
 )
 from coalition_server.store import items as items_store
@@ -99,14 +97,9 @@ class NegotiationServicer:
     ) -> negotiation_pb2.OpenNegotiationResponse:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
-        if not request.HasField("request"):
-            raise InvalidArgumentError("MISSING_FIELD", "request is required")
-        envelope = decode_envelope(request.request, "request")
-        statement = open_statement(
-            envelope, negotiation_pb2.NegotiationRequest, call.require_caller().public_key
+        envelope, statement = signed_statement(
+            request, "request", negotiation_pb2.NegotiationRequest, call
         )
-        check_fresh(statement.created_time, statement.HasField("created_time"), utcnow())
-        check_nonce(statement.nonce)
         self._check_terms(statement.terms)
         effect = _LabMove(
             self._ctx, statements.statement_id(envelope), lab.key_id, opening=statement.terms
@@ -130,14 +123,7 @@ class NegotiationServicer:
     ) -> negotiation_pb2.MoveResponse:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
-        if not request.HasField("move"):
-            raise InvalidArgumentError("MISSING_FIELD", "move is required")
-        envelope = decode_envelope(request.move, "move")
-        move = open_statement(
-            envelope, negotiation_pb2.NegotiationMove, call.require_caller().public_key
-        )
-        check_fresh(move.created_time, move.HasField("created_time"), utcnow())
-        check_nonce(move.nonce)
+        envelope, move = signed_statement(request, "move", negotiation_pb2.NegotiationMove, call)
         _check_negotiation_id(move.negotiation_id)
         if move.kind == machine.OFFER:
             self._check_terms(move.terms)
@@ -233,12 +219,7 @@ class NegotiationServicer:
     ) -> negotiation_pb2.CastBallotResponse:
         member = call.require_role(CONTRIBUTOR)
         key = idempotency_key(request, call)
-        if not request.HasField("ballot"):
-            raise InvalidArgumentError("MISSING_FIELD", "ballot is required")
-        envelope = decode_envelope(request.ballot, "ballot")
-        ballot = open_statement(envelope, negotiation_pb2.Ballot, call.require_caller().public_key)
-        check_fresh(ballot.created_time, ballot.HasField("created_time"), utcnow())
-        check_nonce(ballot.nonce)
+        envelope, ballot = signed_statement(request, "ballot", negotiation_pb2.Ballot, call)
         _check_negotiation_id(ballot.negotiation_id)
         effect = deals.CountBallot(self._ctx, member.key_id, ballot)
         result = await self._ctx.sequencer.submit(

@@ -14,7 +14,7 @@ from coalition import statements
 from coalition.v1 import consent_pb2, party_pb2, strike_pb2
 from coalition_server.api.auth import Policy
 from coalition_server.api.dispatch import Call, rpc
-from coalition_server.api.mutations import decode_envelope, idempotency_key
+from coalition_server.api.mutations import decode_envelope, idempotency_key, signed_statement
 from coalition_server.context import ServerContext
 from coalition_server.domain import strikes as rules
 from coalition_server.domain.errors import (
@@ -25,8 +25,6 @@ from coalition_server.domain.errors import (
 )
 from coalition_server.domain.statements import (
     HEX_ID,
-    check_fresh,
-    check_nonce,
     open_statement,
     timestamp,
 )
@@ -94,14 +92,9 @@ class StrikeServicer:
     ) -> strike_pb2.RetractPledgeResponse:
         member = call.require_role(CONTRIBUTOR)
         key = idempotency_key(request, call)
-        if not request.HasField("retraction"):
-            raise InvalidArgumentError("MISSING_FIELD", "retraction is required")
-        envelope = decode_envelope(request.retraction, "retraction")
-        statement = open_statement(
-            envelope, strike_pb2.PledgeRetraction, call.require_caller().public_key
+        envelope, statement = signed_statement(
+            request, "retraction", strike_pb2.PledgeRetraction, call
         )
-        check_fresh(statement.created_time, statement.HasField("created_time"), utcnow())
-        check_nonce(statement.nonce)
         if not HEX_ID.match(statement.pledge_id):
             raise InvalidArgumentError("BAD_PLEDGE_ID", "pledge ids are 32 lowercase hex")
         effect = _RetractEffect(member.key_id, statement.pledge_id)

@@ -11,25 +11,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from coalition.v1 import terms_pb2
 from coalition_server.domain import consent as rules
+from coalition_server.domain.reservation import ItemLike
 
 QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90)
 # Subscription floors are shown per 30 days, whatever period each member chose.
 DISPLAY_PERIOD = timedelta(days=30)
-
-
-class CatalogueItem(Protocol):
-    """What the catalogue needs of an item."""
-
-    @property
-    def item_id(self) -> str: ...
-    @property
-    def contributor_key_id(self) -> str: ...
-    @property
-    def tags(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +48,7 @@ def quantile(sorted_values: Sequence[int], q: float) -> int:
 
 
 def catalogue(
-    items: Iterable[CatalogueItem],
+    items: Iterable[ItemLike],
     tokens_by_member: Mapping[str, Sequence[rules.Token]],
     at: datetime,
     minimum_group_size: int,
