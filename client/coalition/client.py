@@ -31,11 +31,11 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import BinaryIO, Final, NamedTuple, TypeVar
+from typing import BinaryIO, Final, Literal, NamedTuple, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -44,20 +44,30 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
-from coalition import dsse, hpke, statements
+from coalition import dsse, hpke, payouts, statements
 from coalition.auth import CallSigner
 from coalition.consent_state import VerifiedConsentState, verify_consent_state
 from coalition.content import ContentError, SegmentDecryptor
 from coalition.errors import CoalitionError, VerificationError
 from coalition.keys import PublicKey, SigningKey
+from coalition.merkle import CompactRange, leaf_hash
 from coalition.note import NoteVerifier
 from coalition.receipts import verify_receipt
+from coalition.strategy import (
+    BOULWARE_BETA,
+    CONCEDER_BETA,
+    LINEAR_BETA,
+    AutoMove,
+    AutoNegotiator,
+    ConcessionStrategy,
+)
 from coalition.v1 import (
     access_pb2,
     consent_pb2,
     envelope_pb2,
     items_pb2,
     ledger_pb2,
+    negotiation_pb2,
     party_pb2,
     terms_pb2,
 )
@@ -69,6 +79,7 @@ PARTY = "/coalition.v1.PartyService/"
 ITEMS = "/coalition.v1.ItemService/"
 CONSENT = "/coalition.v1.ConsentService/"
 ACCESS = "/coalition.v1.AccessService/"
+NEGOTIATION = "/coalition.v1.NegotiationService/"
 
 MAX_CHUNK: Final = 1 << 20
 """Largest chunk of content one upload message carries (the server's limit)."""
@@ -490,6 +501,247 @@ def _notice_statement(envelope: dsse.Envelope) -> access_pb2.WithdrawalNotice:
     if envelope.payload_type != statements.payload_type(access_pb2.WithdrawalNotice):
         raise VerificationError(f"not a withdrawal notice: {envelope.payload_type}")
     return statements.parse_payload(access_pb2.WithdrawalNotice, envelope.payload)
+
+
+OFFERED: Final = negotiation_pb2.NEGOTIATION_STATE_OFFERED
+AGREED: Final = negotiation_pb2.NEGOTIATION_STATE_AGREED
+RATIFYING: Final = negotiation_pb2.NEGOTIATION_STATE_RATIFYING
+FINALIZED: Final = negotiation_pb2.NEGOTIATION_STATE_FINALIZED
+TERMINATED: Final = negotiation_pb2.NEGOTIATION_STATE_TERMINATED
+ENDED_STATES: Final = frozenset({FINALIZED, TERMINATED})
+"""States a negotiation never leaves."""
+
+STRATEGIES: Final[Mapping[str, float]] = {
+    "boulware": BOULWARE_BETA,
+    "linear": LINEAR_BETA,
+    "conceder": CONCEDER_BETA,
+}
+"""The named concession tactics and their exponents (beta)."""
+
+StepKind = Literal["request", "offer", "accept", "terminate", "sign"]
+
+
+def negotiation_state_name(state: int) -> str:
+    """``offered`` for NEGOTIATION_STATE_OFFERED, and so on; the number if unknown."""
+    try:
+        name = negotiation_pb2.NegotiationState.Name(
+            negotiation_pb2.NegotiationState.ValueType(state)
+        )
+    except ValueError:
+        return str(int(state))
+    return name.removeprefix("NEGOTIATION_STATE_").lower()
+
+
+def lab_strategy(
+    name: str,
+    opening_micros: int,
+    budget_micros: int,
+    *,
+    max_rounds: int = 20,
+    deadline_seconds: float = 86400.0,
+) -> ConcessionStrategy:
+    """A buyer's strategy by name (``boulware``, ``linear``, ``conceder``): bids from
+    ``opening_micros`` up to ``budget_micros``; CoalitionError if it makes no sense."""
+    beta = STRATEGIES.get(name.strip().lower())
+    if beta is None:
+        raise CoalitionError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
+    if opening_micros > budget_micros:
+        raise CoalitionError("the opening price must not exceed the budget")
+    try:
+        return ConcessionStrategy(opening_micros, budget_micros, beta, max_rounds, deadline_seconds)
+    except ValueError as exc:
+        raise CoalitionError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class NegotiationStep:
+    """One move of a negotiation, as :meth:`Client.negotiate_auto` made or received it."""
+
+    by: Literal["lab", "coalition"]
+    """Who moved."""
+    kind: StepKind
+    """The opening ``request``, an ``offer``, ``accept``, ``terminate``, or the lab's
+    signature of the agreement (``sign``)."""
+    round: int
+    """The move's round (0: the opening request)."""
+    price_micros: int | None
+    """The price proposed (request, offer) or accepted; None otherwise."""
+    state: negotiation_pb2.NegotiationState.ValueType
+    """The negotiation's state after the move."""
+    reason: str = ""
+    """For terminations: why (e.g. ``DEADLINE``, ``OVER_BUDGET``)."""
+    receipt: ledger_pb2.Receipt | None = None
+    """For the lab's moves: the receipt of its logged statement."""
+
+
+_LAB_STATES: Final[Mapping[str, negotiation_pb2.NegotiationState.ValueType]] = {
+    "request": negotiation_pb2.NEGOTIATION_STATE_REQUESTED,
+    "offer": negotiation_pb2.NEGOTIATION_STATE_COUNTERED,
+    "accept": negotiation_pb2.NEGOTIATION_STATE_AGREED,
+    "terminate": negotiation_pb2.NEGOTIATION_STATE_TERMINATED,
+}
+"""The state right after each kind of lab move (before the coalition answers)."""
+
+
+def negotiation_move(
+    envelope: envelope_pb2.Envelope | dsse.Envelope,
+) -> negotiation_pb2.NegotiationMove:
+    """The NegotiationMove inside an envelope (signatures not checked)."""
+    if isinstance(envelope, envelope_pb2.Envelope):
+        envelope = dsse.Envelope.from_proto(envelope)
+    if envelope.payload_type != statements.payload_type(negotiation_pb2.NegotiationMove):
+        raise VerificationError(f"not a negotiation move: {envelope.payload_type}")
+    return statements.parse_payload(negotiation_pb2.NegotiationMove, envelope.payload)
+
+
+def coalition_answer(
+    answer: envelope_pb2.Envelope | None,
+    negotiation: negotiation_pb2.Negotiation,
+    coalition: PublicKey | None,
+) -> NegotiationStep | None:
+    """The coalition's answer in an OpenNegotiation or Move response, as a step; None when
+    it did not answer. Checked to be a move about this negotiation and, given the
+    coalition's key, signed by it (VerificationError otherwise)."""
+    if answer is None or not answer.payload:
+        return None
+    envelope = dsse.Envelope.from_proto(answer)
+    if coalition is not None:
+        dsse.verify(envelope, coalition)
+    move = negotiation_move(envelope)
+    if move.negotiation_id != negotiation.negotiation_id:
+        raise VerificationError("the coalition answered about another negotiation")
+    kinds: dict[int, StepKind] = {
+        negotiation_pb2.MOVE_KIND_OFFER: "offer",
+        negotiation_pb2.MOVE_KIND_ACCEPT: "accept",
+        negotiation_pb2.MOVE_KIND_TERMINATE: "terminate",
+    }
+    kind = kinds.get(move.kind)
+    if kind is None:
+        raise VerificationError("the coalition's answer is not an offer, accept or terminate")
+    price: int | None = None
+    if kind == "offer":
+        price = move.terms.price_per_item.micros
+    elif kind == "accept":
+        price = negotiation.current_terms.price_per_item.micros
+    return NegotiationStep("coalition", kind, move.round, price, negotiation.state, move.reason)
+
+
+def covered_items_root(item_ids: Iterable[str]) -> bytes:
+    """RFC 6962 root over sorted item ids (leaf: the id's ASCII bytes), as agreements name
+    their covered set."""
+    tree = CompactRange.empty()
+    for value in sorted(item_ids):
+        tree.append(leaf_hash(value.encode()))
+    return tree.root()
+
+
+def check_draft(negotiation: negotiation_pb2.Negotiation, lab_key_id: str) -> access_pb2.Agreement:
+    """The agreement draft of an AGREED negotiation, checked before the lab signs it: it
+    concludes this negotiation, names this lab, fixes the terms on the table, and its
+    covered set matches its Merkle root. VerificationError otherwise."""
+    if not negotiation.agreement_draft:
+        raise CoalitionError(f"negotiation {negotiation.negotiation_id} has no agreement draft")
+    draft = statements.parse_payload(access_pb2.Agreement, bytes(negotiation.agreement_draft))
+    if draft.negotiation_id != negotiation.negotiation_id:
+        raise VerificationError("the draft concludes another negotiation")
+    if draft.lab_key_id != lab_key_id:
+        raise VerificationError("the draft names another lab")
+    if draft.terms.SerializeToString(
+        deterministic=True
+    ) != negotiation.current_terms.SerializeToString(deterministic=True):
+        raise VerificationError("the draft's terms are not the terms agreed")
+    ids = list(draft.covered_item_ids)
+    if draft.covered_item_count != len(ids) or len(set(ids)) != len(ids):
+        raise VerificationError("the draft's covered item count does not match its items")
+    if covered_items_root(ids) != bytes(draft.covered_items_root):
+        raise VerificationError("the draft's covered items do not match its Merkle root")
+    return draft
+
+
+def _statement_type(message_class: type[Message]) -> str:
+    """The payload type of a statement class, known to :mod:`statements` or not (yet)."""
+    return (
+        f"{statements.PAYLOAD_TYPE_PREFIX}{message_class.DESCRIPTOR.name}"
+        f"{statements.PAYLOAD_TYPE_SUFFIX}"
+    )
+
+
+def _sign_any(statement: Message, key: SigningKey) -> dsse.Envelope:
+    return dsse.sign(_statement_type(type(statement)), statement.SerializeToString(), key)
+
+
+def _copy_terms(terms: terms_pb2.LicenceTerms, price_micros: int) -> terms_pb2.LicenceTerms:
+    out = terms_pb2.LicenceTerms()
+    out.CopyFrom(terms)
+    out.price_per_item.micros = price_micros
+    if not out.price_per_item.currency_code:
+        out.price_per_item.currency_code = DEFAULT_CURRENCY
+    return out
+
+
+def _fit_strategy(
+    strategy: ConcessionStrategy, negotiation: negotiation_pb2.Negotiation, opened: datetime
+) -> ConcessionStrategy:
+    """The lab's strategy with its deadline no later than the negotiation's own (in rounds
+    and time), so the lab reaches its budget before the negotiation ends."""
+    rounds = strategy.max_rounds
+    if negotiation.max_rounds:
+        rounds = min(rounds, int(negotiation.max_rounds))
+    seconds = strategy.deadline_seconds
+    if negotiation.HasField("deadline"):
+        left = (negotiation.deadline.ToDatetime(tzinfo=UTC) - opened).total_seconds()
+        if left > 0:
+            seconds = min(seconds, left)
+    return replace(strategy, max_rounds=rounds, deadline_seconds=seconds)
+
+
+_EVENT_NEGOTIATION: Final[Mapping[str, Callable[[bytes], str]]] = {
+    "NegotiationMove": lambda payload: (
+        statements.parse_payload(negotiation_pb2.NegotiationMove, payload).negotiation_id
+    ),
+    "Agreement": lambda payload: (
+        statements.parse_payload(access_pb2.Agreement, payload).negotiation_id
+    ),
+    "RatificationCall": lambda payload: (
+        statements.parse_payload(negotiation_pb2.RatificationCall, payload).negotiation_id
+    ),
+    "RatificationResult": lambda payload: (
+        statements.parse_payload(negotiation_pb2.RatificationResult, payload).negotiation_id
+    ),
+    "Ballot": lambda payload: (
+        statements.parse_payload(negotiation_pb2.Ballot, payload).negotiation_id
+    ),
+}
+"""The negotiation a statement of each kind (other than the opening request) is about."""
+
+
+def check_negotiation_event(
+    event: negotiation_pb2.WatchNegotiationResponse,
+    negotiation_id: str,
+    coalition: PublicKey,
+    lab: PublicKey,
+) -> None:
+    """Raise VerificationError unless a negotiation event is about this negotiation and,
+    but for members' ballots, signed by the coalition or the lab, every such signature
+    valid."""
+    envelope = dsse.Envelope.from_proto(event.statement)
+    kind = statements.kind(envelope.payload_type)
+    if kind == "NegotiationRequest":
+        about = statements.statement_id(envelope)
+    elif kind in _EVENT_NEGOTIATION:
+        about = _EVENT_NEGOTIATION[kind](envelope.payload)
+    else:
+        raise VerificationError(f"entry {event.index}: unexpected {envelope.payload_type}")
+    if about != negotiation_id:
+        raise VerificationError(f"entry {event.index}: about another negotiation")
+    if kind == "Ballot":
+        return  # signed by a member; the coalition counted it
+    known = {coalition.key_id: coalition, lab.key_id: lab}
+    signers = {s.keyid for s in envelope.signatures if s.keyid in known}
+    if not signers:
+        raise VerificationError(f"entry {event.index}: signed by neither the coalition nor the lab")
+    for keyid in signers:
+        dsse.verify(envelope, known[keyid])
 
 
 class Client:
@@ -1323,6 +1575,423 @@ class Client:
             sign=True,
             retry=bool(request_id),
         )
+
+    # --- negotiation (labs) -----------------------------------------------------------
+
+    async def catalogue(self) -> negotiation_pb2.GetCatalogueResponse:
+        """Public: the pool in aggregate, per purpose and payment model (groups smaller
+        than the coalition's minimum are not shown)."""
+        return await self.call(
+            NEGOTIATION + "GetCatalogue",
+            negotiation_pb2.GetCatalogueRequest(),
+            negotiation_pb2.GetCatalogueResponse,
+            sign=False,
+        )
+
+    async def open_negotiation(
+        self, terms: terms_pb2.LicenceTerms, *, request_id: str = ""
+    ) -> negotiation_pb2.OpenNegotiationResponse:
+        """Open a negotiation with a signed request proposing ``terms``.
+
+        The coalition answers in the same call: the response carries the negotiation after
+        its answer (usually OFFERED, with its price in ``current_terms``) and the answer.
+        """
+        statement = negotiation_pb2.NegotiationRequest(
+            terms=terms, created_time=_timestamp(datetime.now(UTC)), nonce=os.urandom(16)
+        )
+        envelope = statements.sign_statement(statement, self._require_key())
+        return await self.call(
+            NEGOTIATION + "OpenNegotiation",
+            negotiation_pb2.OpenNegotiationRequest(
+                request=envelope.to_proto(), request_id=request_id
+            ),
+            negotiation_pb2.OpenNegotiationResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def move(
+        self,
+        negotiation_id: str,
+        round: int,
+        kind: negotiation_pb2.MoveKind.ValueType,
+        *,
+        terms: terms_pb2.LicenceTerms | None = None,
+        reason: str = "",
+        request_id: str = "",
+    ) -> negotiation_pb2.MoveResponse:
+        """A signed move in round ``round`` (the negotiation's round + 1); the response
+        carries the negotiation after it and the coalition's answer, if any."""
+        statement = negotiation_pb2.NegotiationMove(
+            negotiation_id=negotiation_id,
+            round=round,
+            kind=kind,
+            created_time=_timestamp(datetime.now(UTC)),
+            nonce=os.urandom(16),
+            reason=reason,
+        )
+        if terms is not None:
+            statement.terms.CopyFrom(terms)
+        envelope = statements.sign_statement(statement, self._require_key())
+        return await self.call(
+            NEGOTIATION + "Move",
+            negotiation_pb2.MoveRequest(move=envelope.to_proto(), request_id=request_id),
+            negotiation_pb2.MoveResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def offer(
+        self,
+        negotiation_id: str,
+        round: int,
+        terms: terms_pb2.LicenceTerms,
+        *,
+        request_id: str = "",
+    ) -> negotiation_pb2.MoveResponse:
+        """Counter the coalition's offer with ``terms``."""
+        return await self.move(
+            negotiation_id,
+            round,
+            negotiation_pb2.MOVE_KIND_OFFER,
+            terms=terms,
+            request_id=request_id,
+        )
+
+    async def accept(
+        self, negotiation_id: str, round: int, *, request_id: str = ""
+    ) -> negotiation_pb2.MoveResponse:
+        """Accept the coalition's offer: the negotiation becomes AGREED with an agreement
+        draft to sign (:meth:`sign_agreement`), or ends if the pool no longer supports it."""
+        return await self.move(
+            negotiation_id, round, negotiation_pb2.MOVE_KIND_ACCEPT, request_id=request_id
+        )
+
+    async def terminate(
+        self, negotiation_id: str, round: int, *, reason: str = "", request_id: str = ""
+    ) -> negotiation_pb2.MoveResponse:
+        """End the negotiation without agreement."""
+        return await self.move(
+            negotiation_id,
+            round,
+            negotiation_pb2.MOVE_KIND_TERMINATE,
+            reason=reason,
+            request_id=request_id,
+        )
+
+    async def sign_agreement(
+        self, draft: bytes, *, request_id: str = ""
+    ) -> negotiation_pb2.SignAgreementResponse:
+        """Sign the agreement draft of an AGREED negotiation, byte for byte as drafted.
+
+        The coalition countersigns and logs it: the negotiation is then FINALIZED, or
+        RATIFYING when the covered members must vote first. See :func:`check_draft` to check
+        a draft before signing it.
+        """
+        key = self._require_key()
+        agreement = statements.parse_payload(access_pb2.Agreement, bytes(draft))
+        if agreement.lab_key_id != key.key_id:
+            raise CoalitionError("the draft names another lab")
+        envelope = dsse.sign(statements.payload_type(access_pb2.Agreement), bytes(draft), key)
+        return await self.call(
+            NEGOTIATION + "SignAgreement",
+            negotiation_pb2.SignAgreementRequest(
+                agreement=envelope.to_proto(), request_id=request_id
+            ),
+            negotiation_pb2.SignAgreementResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def negotiation(self, negotiation_id: str) -> negotiation_pb2.Negotiation:
+        """One of this lab's negotiations."""
+        response = await self.call(
+            NEGOTIATION + "GetNegotiation",
+            negotiation_pb2.GetNegotiationRequest(negotiation_id=negotiation_id),
+            negotiation_pb2.GetNegotiationResponse,
+            sign=True,
+        )
+        return response.negotiation
+
+    async def negotiations(self, page_size: int = 0) -> AsyncIterator[negotiation_pb2.Negotiation]:
+        """This lab's negotiations, in ledger order, page by page."""
+        token = ""
+        while True:
+            response = await self.call(
+                NEGOTIATION + "ListNegotiations",
+                negotiation_pb2.ListNegotiationsRequest(page_size=page_size, page_token=token),
+                negotiation_pb2.ListNegotiationsResponse,
+                sign=True,
+            )
+            for negotiation in response.negotiations:
+                yield negotiation
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def watch_negotiation(
+        self,
+        negotiation_id: str,
+        since: int = 0,
+        *,
+        idle_timeout: float | None = None,
+        verify: bool = True,
+        request_id: str = "",
+    ) -> AsyncIterator[negotiation_pb2.WatchNegotiationResponse]:
+        """A negotiation's events from ledger index ``since`` on, as they happen; ends when
+        the negotiation is FINALIZED or TERMINATED.
+
+        ``idle_timeout``: stop after that many seconds without an event (None: never).
+        ``verify``: check each event is about this negotiation and signed by the coalition
+        or this lab (VerificationError otherwise).
+        """
+        key = self._require_key()
+        coalition: PublicKey | None = None
+        if verify:
+            coalition = PublicKey(bytes((await self.log_info()).coalition_public_key))
+        method = NEGOTIATION + "WatchNegotiation"
+        raw = negotiation_pb2.WatchNegotiationRequest(
+            negotiation_id=negotiation_id, since_index=since, request_id=request_id
+        ).SerializeToString()
+        stub: grpc.aio.UnaryStreamMultiCallable[bytes, negotiation_pb2.WatchNegotiationResponse] = (
+            self._channel.unary_stream(
+                method, response_deserializer=negotiation_pb2.WatchNegotiationResponse.FromString
+            )
+        )
+        call = stub(raw, metadata=self._metadata(method, raw, True), timeout=None)
+        stream = call.__aiter__()
+        try:
+            while True:
+                try:
+                    if idle_timeout is None:
+                        event = await anext(stream)
+                    else:
+                        event = await asyncio.wait_for(anext(stream), idle_timeout)
+                except (StopAsyncIteration, TimeoutError):
+                    return
+                if coalition is not None:
+                    check_negotiation_event(event, negotiation_id, coalition, key.public_key)
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise _server_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def negotiation_history(
+        self, negotiation_id: str, *, idle_timeout: float = 2.0, verify: bool = True
+    ) -> tuple[negotiation_pb2.Negotiation, list[negotiation_pb2.WatchNegotiationResponse]]:
+        """A negotiation as it stands and its events so far (the request, every move and,
+        once signed, the agreement), each checked as in :meth:`watch_negotiation`."""
+        negotiation = await self.negotiation(negotiation_id)
+        events: list[negotiation_pb2.WatchNegotiationResponse] = []
+        moves = 0
+        async for event in self.watch_negotiation(
+            negotiation_id, negotiation.index, idle_timeout=idle_timeout, verify=verify
+        ):
+            events.append(event)
+            if event.statement.payload_type == statements.payload_type(
+                negotiation_pb2.NegotiationMove
+            ):
+                moves += 1
+            if moves >= negotiation.round and negotiation.state not in ENDED_STATES:
+                # Everything up to the state we read; an open negotiation's stream waits.
+                break
+        return negotiation, events
+
+    async def negotiate_auto(
+        self,
+        terms: terms_pb2.LicenceTerms,
+        strategy: ConcessionStrategy,
+        *,
+        on_step: Callable[[NegotiationStep], object] | None = None,
+        sign: bool = True,
+    ) -> negotiation_pb2.Negotiation:
+        """Negotiate ``terms`` automatically within a budget, by a buyer ``strategy``.
+
+        Opens at the strategy's initial price (``strategy.initial_micros``; the terms' own
+        price is ignored), then answers each coalition offer as an
+        :class:`~coalition.strategy.AutoNegotiator` decides: accept, counter with the
+        strategy's bid, or terminate (``OVER_BUDGET``) once the deadline has come with the
+        price still above ``strategy.reservation_micros`` (the budget). The strategy's
+        deadline is brought forward to the negotiation's own (rounds and time) if later.
+        Once AGREED, the draft is checked (:func:`check_draft`) and, with ``sign``, signed.
+
+        ``on_step`` is called with every move made or received. Returns the negotiation as
+        it ends: FINALIZED, RATIFYING (members vote first), TERMINATED, or AGREED when not
+        ``sign``. The coalition's answers must carry its signature.
+        """
+        key = self._require_key()
+        try:
+            negotiator = AutoNegotiator(strategy)
+        except ValueError as exc:
+            raise CoalitionError(str(exc)) from None
+        coalition = PublicKey(bytes((await self.log_info()).coalition_public_key))
+
+        def report(step: NegotiationStep) -> None:
+            if on_step is not None:
+                on_step(step)
+
+        def answered(
+            answer: envelope_pb2.Envelope | None, negotiation: negotiation_pb2.Negotiation
+        ) -> None:
+            step = coalition_answer(answer, negotiation, coalition)
+            if step is not None:
+                report(step)
+
+        opened_at = datetime.now(UTC)
+        opening = _copy_terms(terms, negotiator.opening_bid())
+        opened = await self.open_negotiation(opening)
+        negotiation = opened.negotiation
+        report(
+            NegotiationStep(
+                "lab",
+                "request",
+                0,
+                opening.price_per_item.micros,
+                _LAB_STATES["request"],
+                receipt=opened.receipt,
+            )
+        )
+        answered(opened.coalition_move if opened.HasField("coalition_move") else None, negotiation)
+        negotiator = AutoNegotiator(_fit_strategy(strategy, negotiation, opened_at))
+        while negotiation.state == OFFERED:
+            round_ = negotiation.round + 1
+            elapsed = (datetime.now(UTC) - opened_at).total_seconds()
+            price = negotiation.current_terms.price_per_item.micros
+            decision: AutoMove = negotiator.decide(price, round_, elapsed)
+            nid = negotiation.negotiation_id
+            if decision.kind == "accept":
+                response = await self.accept(nid, round_)
+            elif decision.kind == "counter":
+                assert decision.price_micros is not None
+                response = await self.offer(nid, round_, _copy_terms(terms, decision.price_micros))
+            else:
+                response = await self.terminate(nid, round_, reason=decision.reason)
+            negotiation = response.negotiation
+            kind: StepKind = "offer" if decision.kind == "counter" else decision.kind
+            report(
+                NegotiationStep(
+                    "lab",
+                    kind,
+                    round_,
+                    decision.price_micros,
+                    _LAB_STATES[kind],
+                    decision.reason,
+                    response.receipt,
+                )
+            )
+            answered(
+                response.coalition_move if response.HasField("coalition_move") else None,
+                negotiation,
+            )
+        if negotiation.state == AGREED and sign:
+            check_draft(negotiation, key.key_id)
+            signed = await self.sign_agreement(bytes(negotiation.agreement_draft))
+            negotiation = signed.negotiation
+            report(
+                NegotiationStep(
+                    "lab",
+                    "sign",
+                    negotiation.round,
+                    negotiation.current_terms.price_per_item.micros,
+                    negotiation.state,
+                    receipt=signed.receipt,
+                )
+            )
+        return negotiation
+
+    # --- ratification and payouts (members) -------------------------------------------
+
+    async def cast_ballot(
+        self, negotiation_id: str, approve: bool, *, request_id: str = ""
+    ) -> negotiation_pb2.CastBallotResponse:
+        """Vote on an agreement being ratified that covers some of this member's items."""
+        statement = negotiation_pb2.Ballot(
+            negotiation_id=negotiation_id,
+            approve=approve,
+            created_time=_timestamp(datetime.now(UTC)),
+            nonce=os.urandom(16),
+        )
+        envelope = _sign_any(statement, self._require_key())
+        return await self.call(
+            NEGOTIATION + "CastBallot",
+            negotiation_pb2.CastBallotRequest(ballot=envelope.to_proto(), request_id=request_id),
+            negotiation_pb2.CastBallotResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def ratifications(self) -> list[negotiation_pb2.Ratification]:
+        """The open ratifications covering this member's items."""
+        response = await self.call(
+            NEGOTIATION + "ListRatifications",
+            negotiation_pb2.ListRatificationsRequest(),
+            negotiation_pb2.ListRatificationsResponse,
+            sign=True,
+        )
+        return list(response.ratifications)
+
+    async def earnings(self) -> list[negotiation_pb2.Earning]:
+        """This member's payout lines, in ledger order, each with its proof (unchecked: see
+        :meth:`verified_earnings`)."""
+        response = await self.call(
+            NEGOTIATION + "GetEarnings",
+            negotiation_pb2.GetEarningsRequest(),
+            negotiation_pb2.GetEarningsResponse,
+            sign=True,
+        )
+        return list(response.earnings)
+
+    async def payout_statement(
+        self, agreement_id: str
+    ) -> negotiation_pb2.GetPayoutStatementResponse:
+        """Public: an agreement's signed payout statement, verbatim, and its ledger index."""
+        return await self.call(
+            NEGOTIATION + "GetPayoutStatement",
+            negotiation_pb2.GetPayoutStatementRequest(agreement_id=agreement_id),
+            negotiation_pb2.GetPayoutStatementResponse,
+            sign=False,
+        )
+
+    async def verify_earning(
+        self,
+        earning: negotiation_pb2.Earning,
+        statement_envelope: envelope_pb2.Envelope | dsse.Envelope,
+    ) -> payouts.VerifiedEarning:
+        """Check an earning against its signed statement with the coalition's key (see
+        :func:`coalition.payouts.verify_earning`); with a key, the line must be this
+        client's. PayoutError if it does not verify."""
+        coalition = PublicKey(bytes((await self.log_info()).coalition_public_key))
+        return payouts.verify_earning(
+            earning,
+            statement_envelope,
+            coalition,
+            member_key_id=self.key.key_id if self.key is not None else None,
+        )
+
+    async def verified_earnings(self) -> list[payouts.VerifiedEarning]:
+        """This member's earnings, each checked against its payout statement (fetched once
+        per agreement, signed by the coalition, logged at the index the earning names)."""
+        key = self._require_key()
+        coalition = PublicKey(bytes((await self.log_info()).coalition_public_key))
+        found: dict[str, negotiation_pb2.GetPayoutStatementResponse] = {}
+        out = []
+        for earning in await self.earnings():
+            statement = found.get(earning.agreement_id)
+            if statement is None:
+                statement = await self.payout_statement(earning.agreement_id)
+                found[earning.agreement_id] = statement
+            if statement.index != earning.statement_index:
+                raise payouts.PayoutError(
+                    f"the statement of agreement {earning.agreement_id} is logged at "
+                    f"{statement.index}, not {earning.statement_index}"
+                )
+            out.append(
+                payouts.verify_earning(
+                    earning, statement.statement, coalition, member_key_id=key.key_id
+                )
+            )
+        return out
 
     def _require_key(self) -> SigningKey:
         if self.key is None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from coalition import __version__
-from coalition.cli import audit, consent, items, keys, lab, party
+from coalition.cli import audit, bargaining, consent, items, keys, lab, party
 from coalition.cli.common import DEFAULT_SERVER, Globals
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.add_typer(consent.app, name="consent")
 app.add_typer(lab.app, name="lab")
 app.add_typer(audit.app, name="audit")
 app.command("join")(party.join)
+bargaining.register(app, lab.app)
 
 
 def _version(value: bool) -> None:

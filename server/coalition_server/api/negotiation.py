@@ -366,14 +366,27 @@ class NegotiationServicer:
             due = await store.expired(
                 conn, now, frozenset((machine.REQUESTED, machine.OFFERED, machine.COUNTERED))
             )
-        for negotiation_id in due:
-            effect = _Expire(self._ctx, negotiation_id)
+            entries = [await store.negotiation(conn, negotiation_id) for negotiation_id in due]
+        for entry in entries:
+            if entry is None:
+                continue
+            effect = _Expire(self._ctx, entry.negotiation_id, entry.round)
             move = _coalition_move(
-                self._ctx, negotiation_id, 0, machine.TERMINATE, None, "DEADLINE"
+                self._ctx,
+                entry.negotiation_id,
+                entry.round + 1,
+                machine.TERMINATE,
+                None,
+                "DEADLINE",
             )
             try:
                 await self._ctx.sequencer.submit_one(
-                    Submission(move, self._ctx.coalition_key.key_id, (negotiation_id,), effect),
+                    Submission(
+                        move,
+                        self._ctx.coalition_key.key_id,
+                        (entry.negotiation_id, entry.lab_key_id),
+                        effect,
+                    ),
                     lambda receipt: b"",
                 )
             except FailedPreconditionError:
@@ -424,6 +437,9 @@ def _state_after(envelope: envelope_pb2.Envelope, coalition_key_id: str) -> int:
         return machine.REQUESTED
     if name == "Agreement":
         return machine.FINALIZED
+    if name in ("RatificationCall", "Ballot", "RatificationResult"):
+        # The outcome follows as its own entry: the agreement, or a terminating move.
+        return machine.RATIFYING
     move = negotiation_pb2.NegotiationMove.FromString(envelope.payload)
     by_coalition = any(s.keyid == coalition_key_id for s in envelope.signatures)
     if move.kind == machine.TERMINATE:
@@ -500,6 +516,8 @@ class _LabMove:
                 raise FailedPreconditionError(
                     "NEGOTIATION_EXPIRED", "the negotiation's deadline has passed"
                 )
+            # Whose turn it is first (a finished negotiation says so), then the round.
+            state = machine.lab_move_state(entry.state, self.move.kind)
             if self.move.round != entry.round + 1:
                 raise FailedPreconditionError(
                     "STALE_ROUND",
@@ -507,7 +525,6 @@ class _LabMove:
                     f"{entry.round + 1}",
                     {"next_round": str(entry.round + 1)},
                 )
-            state = machine.lab_move_state(entry.state, self.move.kind)
             entry = replace(
                 entry,
                 state=state,
@@ -652,6 +669,7 @@ class _SignedDraft:
 class _Expire:
     ctx: ServerContext
     negotiation_id: str
+    round: int
 
     async def __call__(self, ctx: EffectContext) -> None:
         entry = await store.negotiation(ctx.conn, self.negotiation_id)
@@ -659,9 +677,15 @@ class _Expire:
             entry is None
             or entry.state not in (machine.REQUESTED, machine.OFFERED, machine.COUNTERED)
             or entry.deadline > ctx.integrated_time
+            or entry.round != self.round
         ):
             raise FailedPreconditionError("NOT_EXPIRED", "the negotiation moved meanwhile")
         await store.save(
             ctx.conn,
-            replace(entry, state=machine.TERMINATED, termination_reason="DEADLINE"),
+            replace(
+                entry,
+                state=machine.TERMINATED,
+                round=entry.round + 1,
+                termination_reason="DEADLINE",
+            ),
         )
