@@ -166,6 +166,10 @@ async def test_receipt_from_another_lab_is_refused(
     await agree(server, acme, ids)
     await alice.withdraw(builders.withdrawal(item_ids=ids))
     (notice,) = await acme.notices(count=1)
+    # The other lab's feed shows nothing of it.
+    with pytest.raises(ServerError) as quiet:
+        await rival.notices(count=1, wait=1.0)
+    assert quiet.value.code == CODE.DEADLINE_EXCEEDED
     with pytest.raises(ServerError) as impostor:
         await rival.acknowledge(notice.notice_id, ids)
     assert (impostor.value.code, impostor.value.reason) == (
