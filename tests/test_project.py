@@ -205,3 +205,21 @@ def test_make_test_runs_the_whole_suite() -> None:
         assert "not slow" not in line, line
     for step in ("generate_protos.py --check", "ruff check", "ruff format --check", "mypy"):
         assert any(step in line for line in lines), (step, result.stdout)
+
+
+def test_wheels_carry_the_migrations() -> None:
+    # The Docker image installs a wheel: Alembic's env.py, template and revisions must be in it.
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["coalition_server"]
+    package = ROOT / "server" / "coalition_server"
+    files = [
+        path.relative_to(package).as_posix()
+        for path in (package / "store" / "migrations").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    ]
+    assert files
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)]
+    assert missing == [], f"add these to [tool.setuptools.package-data] coalition_server: {missing}"
