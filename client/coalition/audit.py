@@ -29,7 +29,8 @@ statement                                            signers
 ``KeyRelease``, ``WithdrawalNotice``,                the coalition key, only
 ``ShreddingRecord``
 ``NegotiationRequest``                               one registered lab
-``NegotiationMove``                                  one registered lab, or the coalition key
+``NegotiationMove``                                  one signature: the coalition key, or the
+                                                     lab that opened the negotiation
 ``Ballot``, ``StrikePledge``, ``PledgeRetraction``   one registered contributor
 ``RatificationCall``, ``RatificationResult``,        the coalition key, only
 ``PayoutStatement``, ``StrikeExecution``
@@ -37,6 +38,14 @@ statement                                            signers
 
 "Registered" means by an entry *before* this one. A statement type without a rule fails, as
 does any signature by a key the rule does not name.
+
+Negotiation rules. A negotiation's id is the statement id of the ``NegotiationRequest``
+that opened it (:func:`coalition.statements.statement_id`), and its lab is that request's
+signer. A ``NegotiationMove`` must name a negotiation opened by an *earlier* entry, and be
+signed by the coalition key or by that negotiation's lab: never by another lab. A ``Ballot``
+must name a negotiation that the coalition put to its members by a ``RatificationCall`` in
+an earlier entry. (Whether the voter's items are covered, double votes and windows are the
+server's to enforce; the replay checks only what the order of the log proves.)
 
 It folds the leaf hashes into a :class:`~coalition.merkle.CompactRange`, and
 :meth:`LedgerReplay.finish` compares the recomputed root with a signed checkpoint. A tree
@@ -66,7 +75,7 @@ from coalition import dsse, merkle, statements
 from coalition.checkpoint import Checkpoint
 from coalition.errors import CoalitionError, EnvelopeError, KeyFormatError, SignatureError
 from coalition.keys import PublicKey, key_id
-from coalition.v1 import access_pb2, envelope_pb2, ledger_pb2, party_pb2
+from coalition.v1 import access_pb2, envelope_pb2, ledger_pb2, negotiation_pb2, party_pb2
 
 __all__ = [
     "AuditError",
@@ -231,6 +240,25 @@ class _Party:
     role: party_pb2.Role.ValueType
 
 
+@dataclass(frozen=True, slots=True)
+class _Negotiation:
+    """A negotiation opened in the log: where, and by which lab."""
+
+    index: int
+    lab_key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _NegotiationUpdate:
+    """What an entry adds to the negotiation state, applied once every check passed."""
+
+    negotiation_id: str
+    negotiation: _Negotiation | None = None
+    """Set for a NegotiationRequest: the negotiation it opens."""
+    ratification_index: int | None = None
+    """Set for a RatificationCall: the entry that puts the negotiation to a vote."""
+
+
 class LedgerReplay:
     """Checks a ledger leaf by leaf; see the module docstring for what is checked.
 
@@ -271,6 +299,9 @@ class LedgerReplay:
         self._previous_verified = False
         self._parties: dict[str, _Party] = {}
         self._coalition: _Party | None = None
+        self._negotiations: dict[str, _Negotiation] = {}
+        # Negotiation id -> the entry of its first RatificationCall.
+        self._ratifications: dict[str, int] = {}
         self._expected = [
             ExpectedKey(e.source, bytes(e.public_key)) for e in expected_coalition_keys
         ]
@@ -351,6 +382,7 @@ class LedgerReplay:
         envelope = _envelope(index, record.envelope)
         statement = _statement(index, envelope)
         keys, registered = self._signer_keys(index, envelope, statement)
+        update = self._negotiation_rules(index, envelope, statement)
         message = envelope.pae()
         checks: list[SignatureCheck] = []
         if self._defer:
@@ -375,6 +407,11 @@ class LedgerReplay:
             self._parties[registered.public_key.key_id] = registered
             if registered.role == _COALITION:
                 self._coalition = registered
+        if update is not None:
+            if update.negotiation is not None:
+                self._negotiations.setdefault(update.negotiation_id, update.negotiation)
+            if update.ratification_index is not None:
+                self._ratifications.setdefault(update.negotiation_id, update.ratification_index)
         self._deferred.extend(checks)
         self._kinds[statements.kind(envelope.payload_type)] += 1
         self._last_time = stamp
@@ -595,6 +632,60 @@ class LedgerReplay:
             for s in envelope.signatures
         ]
 
+    # --- negotiation rules (sequential, no cryptography) -----------------------------------
+
+    def _negotiation_rules(
+        self, index: int, envelope: dsse.Envelope, statement: Message
+    ) -> _NegotiationUpdate | None:
+        """Tie negotiation statements to the negotiation they are about (module docstring).
+
+        Runs after the signer rules, so the envelope has exactly the one signature its rule
+        allows. Returns what the entry adds to the negotiation state (not applied here, so a
+        failing entry changes nothing); raises AuditError naming the entry and the rule.
+        """
+        if isinstance(statement, negotiation_pb2.NegotiationRequest):
+            lab = envelope.signatures[0].keyid
+            return _NegotiationUpdate(statements.statement_id(envelope), _Negotiation(index, lab))
+        if isinstance(statement, negotiation_pb2.NegotiationMove):
+            self._check_move(index, envelope, statement)
+            return None
+        if isinstance(statement, negotiation_pb2.RatificationCall):
+            return _NegotiationUpdate(statement.negotiation_id, ratification_index=index)
+        if isinstance(statement, negotiation_pb2.Ballot):
+            nid = statement.negotiation_id
+            if nid not in self._ratifications:
+                raise AuditError(
+                    f"entry {index}: a Ballot must be cast on a negotiation put to "
+                    f"ratification by an earlier RatificationCall, but negotiation "
+                    f"{_id_text(nid)} has no RatificationCall before this entry",
+                    index=index,
+                )
+        return None
+
+    def _check_move(
+        self, index: int, envelope: dsse.Envelope, move: negotiation_pb2.NegotiationMove
+    ) -> None:
+        """Rule: about a negotiation opened earlier; by the coalition or its lab."""
+        assert self._coalition is not None  # entry 0 registered it
+        nid = move.negotiation_id
+        negotiation = self._negotiations.get(nid)
+        if negotiation is None:
+            raise AuditError(
+                f"entry {index}: a NegotiationMove must be about a negotiation opened by an "
+                f"earlier NegotiationRequest, but negotiation {_id_text(nid)} was not opened "
+                "before this entry",
+                index=index,
+            )
+        signer = envelope.signatures[0].keyid
+        if signer in (negotiation.lab_key_id, self._coalition.public_key.key_id):
+            return
+        raise AuditError(
+            f"entry {index}: a NegotiationMove in negotiation {nid} must be signed by the "
+            f"coalition key or the lab that opened it ({negotiation.lab_key_id}, at entry "
+            f"{negotiation.index}), but its signer {signer} is {self._describe(signer)}",
+            index=index,
+        )
+
     def _describe(self, key_id_: str) -> str:
         """What a key is, as of the entries fed so far (for messages)."""
         party = self._parties.get(key_id_)
@@ -618,6 +709,11 @@ class LedgerReplay:
 def _a(kind: str) -> str:
     """``kind`` with its indefinite article, for messages."""
     return f"an {kind}" if kind[:1] in "AEIOU" else f"a {kind}"
+
+
+def _id_text(value: str) -> str:
+    """A statement id for messages (``""`` shown as such)."""
+    return value if value else '""'
 
 
 def _role_name(role: party_pb2.Role.ValueType) -> str:

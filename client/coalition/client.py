@@ -10,8 +10,9 @@ Contributors register items (:meth:`Client.register_files`), upload their conten
 (:meth:`Client.upload`), grant consent (:meth:`Client.grant_consent`) and withdraw it
 (:meth:`Client.withdraw`); labs lease (:meth:`Client.take_lease`), fetch verified plaintext
 (:meth:`Client.fetch`), follow the withdrawal feed (:meth:`Client.watch_withdrawals`) and
-answer it (:meth:`Client.acknowledge`). Mutations given a ``request_id`` are retried with the
-same bytes while the server is UNAVAILABLE.
+answer it (:meth:`Client.acknowledge`). Members may pledge to strike together
+(:meth:`Client.pledge`, :meth:`Client.strikes`). Mutations given a ``request_id`` are
+retried with the same bytes while the server is UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from coalition.v1 import (
     ledger_pb2,
     negotiation_pb2,
     party_pb2,
+    strike_pb2,
     terms_pb2,
 )
 
@@ -80,6 +82,7 @@ ITEMS = "/coalition.v1.ItemService/"
 CONSENT = "/coalition.v1.ConsentService/"
 ACCESS = "/coalition.v1.AccessService/"
 NEGOTIATION = "/coalition.v1.NegotiationService/"
+STRIKE = "/coalition.v1.StrikeService/"
 
 MAX_CHUNK: Final = 1 << 20
 """Largest chunk of content one upload message carries (the server's limit)."""
@@ -90,6 +93,8 @@ RETRIES: Final = 3
 DEFAULT_CURRENCY: Final = "USD"
 DEFAULT_MEDIA_TYPE: Final = "application/octet-stream"
 DEFAULT_VALIDITY: Final = timedelta(days=365)
+FULL_SHARE_BASIS_POINTS: Final = 10_000
+"""A strike threshold's share of the covered items is at most 100%, in basis points."""
 
 PURPOSES: Final[Mapping[str, terms_pb2.Purpose.ValueType]] = {
     "train-ai": terms_pb2.PURPOSE_TRAIN_AI,
@@ -530,6 +535,49 @@ def negotiation_state_name(state: int) -> str:
     except ValueError:
         return str(int(state))
     return name.removeprefix("NEGOTIATION_STATE_").lower()
+
+
+def pledge_state_name(state: int) -> str:
+    """``active`` for PLEDGE_STATE_ACTIVE, and so on; the number if unknown."""
+    try:
+        name = strike_pb2.PledgeState.Name(strike_pb2.PledgeState.ValueType(state))
+    except ValueError:
+        return str(int(state))
+    return name.removeprefix("PLEDGE_STATE_").lower()
+
+
+def strike_pledge(
+    target_lab_key_id: str = "",
+    *,
+    min_members: int = 0,
+    min_share_basis_points: int = 0,
+    expires_in: timedelta,
+    now: datetime | None = None,
+) -> strike_pb2.StrikePledge:
+    """A fresh StrikePledge (created now, random nonce): withdraw everything from the target
+    lab (``""``: every lab) once at least ``min_members`` members, and/or members holding at
+    least ``min_share_basis_points`` of the items the target's agreements cover, pledge too.
+
+    CoalitionError for a pledge that can never be valid (no threshold, a negative one, a
+    share above 100%, an expiry not in the future); the server checks the rest.
+    """
+    if min_members < 0 or min_share_basis_points < 0:
+        raise CoalitionError("thresholds cannot be negative")
+    if not min_members and not min_share_basis_points:
+        raise CoalitionError("a pledge needs a threshold: min_members and/or a share")
+    if min_share_basis_points > FULL_SHARE_BASIS_POINTS:
+        raise CoalitionError("a share is at most 10000 basis points (100%)")
+    if expires_in <= timedelta(0):
+        raise CoalitionError("a pledge must expire in the future")
+    created = now or datetime.now(UTC)
+    return strike_pb2.StrikePledge(
+        target_lab_key_id=target_lab_key_id,
+        min_members=min_members,
+        min_share_basis_points=min_share_basis_points,
+        expiry_time=_timestamp(created + expires_in),
+        created_time=_timestamp(created),
+        nonce=os.urandom(16),
+    )
 
 
 def lab_strategy(
@@ -1992,6 +2040,78 @@ class Client:
                 )
             )
         return out
+
+    # --- strikes (members) -------------------------------------------------------------
+
+    async def pledge(
+        self,
+        target_lab_key_id: str = "",
+        *,
+        min_members: int = 0,
+        min_share_basis_points: int = 0,
+        expires_in: timedelta,
+        request_id: str = "",
+    ) -> strike_pb2.PledgeResponse:
+        """Pledge to strike: withdraw all your consent from a lab (``""``: every lab) once
+        enough members pledge too (see :func:`strike_pledge` for the thresholds).
+
+        The response carries the pledge id and its receipt; ``executed`` is true when this
+        pledge completed a set, and then ``executed_pledges`` pledges (this one among them)
+        executed together, in the same sequenced batch, with every withdrawal they pledged.
+        """
+        statement = strike_pledge(
+            target_lab_key_id,
+            min_members=min_members,
+            min_share_basis_points=min_share_basis_points,
+            expires_in=expires_in,
+        )
+        envelope = statements.sign_statement(statement, self._require_key())
+        return await self.call(
+            STRIKE + "Pledge",
+            strike_pb2.PledgeRequest(pledge=envelope.to_proto(), request_id=request_id),
+            strike_pb2.PledgeResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def retract_pledge(
+        self, pledge_id: str, *, request_id: str = ""
+    ) -> strike_pb2.RetractPledgeResponse:
+        """Take back one of your pledges that is still active (signed, logged)."""
+        statement = strike_pb2.PledgeRetraction(
+            pledge_id=pledge_id,
+            created_time=_timestamp(datetime.now(UTC)),
+            nonce=os.urandom(16),
+        )
+        envelope = statements.sign_statement(statement, self._require_key())
+        return await self.call(
+            STRIKE + "RetractPledge",
+            strike_pb2.RetractPledgeRequest(retraction=envelope.to_proto(), request_id=request_id),
+            strike_pb2.RetractPledgeResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def strikes(self) -> list[strike_pb2.StrikeProgress]:
+        """Public: progress toward each target's threshold (aggregate counts only), one row
+        per target with pledges, ordered by target (``""``, every lab, first)."""
+        response = await self.call(
+            STRIKE + "ListStrikes",
+            strike_pb2.ListStrikesRequest(),
+            strike_pb2.ListStrikesResponse,
+            sign=False,
+        )
+        return list(response.strikes)
+
+    async def pledges(self) -> list[strike_pb2.PledgeRecord]:
+        """Your pledges with their states, in ledger order."""
+        response = await self.call(
+            STRIKE + "ListPledges",
+            strike_pb2.ListPledgesRequest(),
+            strike_pb2.ListPledgesResponse,
+            sign=True,
+        )
+        return list(response.pledges)
 
     def _require_key(self) -> SigningKey:
         if self.key is None:

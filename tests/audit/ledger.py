@@ -7,6 +7,7 @@ protocol says; a test swaps one entry for a violating one with :meth:`Ledger.rep
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from coalition.v1 import (
     consent_pb2,
     items_pb2,
     ledger_pb2,
+    negotiation_pb2,
     party_pb2,
     terms_pb2,
 )
@@ -125,6 +127,56 @@ def agreement(lab_key_id: str) -> access_pb2.Agreement:
     )
 
 
+def negotiation_request(nonce: bytes = b"negotiation-0001") -> negotiation_pb2.NegotiationRequest:
+    """A lab's opening request; fixed by its nonce, so its id is known in advance."""
+    return negotiation_pb2.NegotiationRequest(
+        terms=terms_pb2.LicenceTerms(purposes=[terms_pb2.PURPOSE_TRAIN_AI]),
+        created_time=Timestamp(seconds=T0),
+        nonce=nonce,
+    )
+
+
+def negotiation_id(request: negotiation_pb2.NegotiationRequest) -> str:
+    """The id of the negotiation ``request`` opens: its statement id (signers aside)."""
+    payload_type = statements.payload_type(negotiation_pb2.NegotiationRequest)
+    return hashlib.sha256(dsse.pae(payload_type, request.SerializeToString())).hexdigest()[:32]
+
+
+NEGOTIATION_ID: Final = negotiation_id(negotiation_request())
+"""The honest ledger's one negotiation."""
+
+
+def negotiation_move(
+    negotiation: str = NEGOTIATION_ID, round_: int = 1
+) -> negotiation_pb2.NegotiationMove:
+    return negotiation_pb2.NegotiationMove(
+        negotiation_id=negotiation,
+        round=round_,
+        kind=negotiation_pb2.MOVE_KIND_OFFER,
+        created_time=Timestamp(seconds=T0),
+        nonce=os.urandom(16),
+    )
+
+
+def ratification_call(negotiation: str = NEGOTIATION_ID) -> negotiation_pb2.RatificationCall:
+    return negotiation_pb2.RatificationCall(
+        negotiation_id=negotiation, covered_items=1, covered_members=1
+    )
+
+
+def ballot(negotiation: str = NEGOTIATION_ID) -> negotiation_pb2.Ballot:
+    return negotiation_pb2.Ballot(
+        negotiation_id=negotiation,
+        approve=True,
+        created_time=Timestamp(seconds=T0),
+        nonce=os.urandom(16),
+    )
+
+
+def ratification_result(negotiation: str = NEGOTIATION_ID) -> negotiation_pb2.RatificationResult:
+    return negotiation_pb2.RatificationResult(negotiation_id=negotiation, approved=True)
+
+
 def lease_request() -> access_pb2.LeaseRequest:
     return access_pb2.LeaseRequest(
         agreement_id="a" * 32, created_time=Timestamp(seconds=T0), nonce=os.urandom(16)
@@ -198,10 +250,16 @@ def statement(kind: str, p: Parties) -> Message:
         "WithdrawalNotice": lambda: withdrawal_notice(p.lab.key_id),
         "ShreddingRecord": shredding_record,
         "DeletionReceipt": deletion_receipt,
+        # Negotiation statements are about the honest ledger's negotiation.
+        "NegotiationRequest": negotiation_request,
+        "NegotiationMove": negotiation_move,
+        "RatificationCall": ratification_call,
+        "Ballot": ballot,
+        "RatificationResult": ratification_result,
     }
     if kind in made:
         return made[kind]()
-    # Negotiation and strike statements: the signer rules do not look inside them.
+    # Strike statements and payouts: the signer rules do not look inside them.
     return statements.STATEMENT_TYPES[statements.PAYLOAD_TYPE_PREFIX + kind + "+proto"]()
 
 
@@ -246,12 +304,13 @@ def honest_ledger(p: Parties) -> Ledger:
     ledger.add("auditor", signed(registration(p.auditor, party_pb2.ROLE_AUDITOR), p.auditor))
     ledger.add("ItemRegistration", signed(item_registration(), p.member))
     ledger.add("ConsentToken", signed(consent_token(), p.member))
-    ledger.add("NegotiationRequest", signed(statement("NegotiationRequest", p), p.lab))
-    ledger.add("NegotiationMove", signed(statement("NegotiationMove", p), p.coalition))
-    ledger.add("NegotiationMove by the lab", signed(statement("NegotiationMove", p), p.lab))
-    ledger.add("RatificationCall", signed(statement("RatificationCall", p), p.coalition))
-    ledger.add("Ballot", signed(statement("Ballot", p), p.member))
-    ledger.add("RatificationResult", signed(statement("RatificationResult", p), p.coalition))
+    # The lab opens negotiation NEGOTIATION_ID; the coalition and that lab move in it.
+    ledger.add("NegotiationRequest", signed(negotiation_request(), p.lab))
+    ledger.add("NegotiationMove", signed(negotiation_move(round_=1), p.coalition))
+    ledger.add("NegotiationMove by the lab", signed(negotiation_move(round_=2), p.lab))
+    ledger.add("RatificationCall", signed(ratification_call(), p.coalition))
+    ledger.add("Ballot", signed(ballot(), p.member))
+    ledger.add("RatificationResult", signed(ratification_result(), p.coalition))
     # The lab signs first and the coalition countersigns, as the server does.
     ledger.add("Agreement", signed(agreement(p.lab.key_id), p.lab, p.coalition))
     ledger.add("PayoutStatement", signed(statement("PayoutStatement", p), p.coalition))

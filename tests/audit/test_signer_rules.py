@@ -365,7 +365,8 @@ def test_negotiation_moves_are_signed_by_a_lab_or_the_coalition(
 ) -> None:
     move = L.statement("NegotiationMove", p)
     i = honest.index("NegotiationMove")
-    assert run(honest.replace("NegotiationMove", signed(move, p.other_lab))).size > i
+    # The lab that opened the negotiation may make the move the coalition made.
+    assert run(honest.replace("NegotiationMove", signed(move, p.lab))).size > i
     for name in ("member", "auditor", "outsider"):
         key: SigningKey = getattr(p, name)
         what = NOT_REGISTERED if name == "outsider" else party(honest, name, p)
@@ -378,6 +379,145 @@ def test_negotiation_moves_are_signed_by_a_lab_or_the_coalition(
         f"entry {i}: a NegotiationMove must carry exactly one signature, by a registered lab "
         "or the coalition key, but it has 2: "
     )
+
+
+# --- negotiations: moves by the coalition or the lab that opened them; ballots after a call --
+
+
+def with_entries(ledger: Ledger, after: str, *entries: tuple[str, dsse.Envelope]) -> Ledger:
+    """A copy of ``ledger`` with named ``entries`` inserted right after entry ``after``."""
+    out = Ledger()
+    for name, envelope in zip(_names_in_order(ledger), ledger.envelopes, strict=True):
+        out.add(name, envelope)
+        if name == after:
+            for new_name, new_envelope in entries:
+                out.add(new_name, new_envelope)
+    return out
+
+
+def without(ledger: Ledger, *names: str) -> Ledger:
+    """A copy of ``ledger`` without the named entries."""
+    out = Ledger()
+    for name, envelope in zip(_names_in_order(ledger), ledger.envelopes, strict=True):
+        if name not in names:
+            out.add(name, envelope)
+    return out
+
+
+def _names_in_order(ledger: Ledger) -> list[str]:
+    by_index = {i: name for name, i in ledger.names.items()}
+    return [by_index[i] for i in range(len(ledger.envelopes))]
+
+
+def test_a_move_by_another_lab_is_refused(
+    rejected: Callable[..., AuditError], p: Parties, honest: Ledger
+) -> None:
+    i = honest.index("NegotiationMove by the lab")
+    stolen = honest.replace(
+        "NegotiationMove by the lab", signed(L.negotiation_move(round_=2), p.other_lab)
+    )
+    assert rejected(stolen).message == (
+        f"entry {i}: a NegotiationMove in negotiation {L.NEGOTIATION_ID} must be signed by "
+        f"the coalition key or the lab that opened it ({p.lab.key_id}, at entry "
+        f"{honest.index('NegotiationRequest')}), but its signer {p.other_lab.key_id} is "
+        f"{party(honest, 'other_lab', p)}"
+    )
+
+
+def test_each_lab_moves_in_its_own_negotiation_only(
+    run: Run, rejected: Callable[..., AuditError], p: Parties, honest: Ledger
+) -> None:
+    theirs = L.negotiation_request(nonce=b"negotiation-0002")
+    theirs_id = L.negotiation_id(theirs)
+    both = with_entries(
+        honest,
+        "NegotiationMove by the lab",
+        ("their request", signed(theirs, p.other_lab)),
+        ("their move", signed(L.negotiation_move(theirs_id, 2), p.other_lab)),
+        ("coalition's move", signed(L.negotiation_move(theirs_id, 3), p.coalition)),
+        ("our move", signed(L.negotiation_move(round_=3), p.lab)),
+    )
+    assert run(both).kinds["NegotiationMove"] == 5
+    # The first lab cannot move in the other lab's negotiation, nor the other way round.
+    crossed = both.replace("their move", signed(L.negotiation_move(theirs_id, 2), p.lab))
+    i = both.index("their move")
+    assert rejected(crossed).message == (
+        f"entry {i}: a NegotiationMove in negotiation {theirs_id} must be signed by the "
+        f"coalition key or the lab that opened it ({p.other_lab.key_id}, at entry "
+        f"{both.index('their request')}), but its signer {p.lab.key_id} is "
+        f"{party(honest, 'lab', p)}"
+    )
+    crossed = both.replace("our move", signed(L.negotiation_move(round_=3), p.other_lab))
+    assert rejected(crossed).index == both.index("our move")
+
+
+def test_a_move_must_be_about_a_negotiation_opened_earlier(
+    rejected: Callable[..., AuditError], p: Parties, honest: Ledger
+) -> None:
+    i = honest.index("NegotiationMove")
+    for nid, shown in (("e" * 32, "e" * 32), ("", '""')):
+        unknown = honest.replace("NegotiationMove", signed(L.negotiation_move(nid), p.coalition))
+        assert rejected(unknown).message == (
+            f"entry {i}: a NegotiationMove must be about a negotiation opened by an earlier "
+            f"NegotiationRequest, but negotiation {shown} was not opened before this entry"
+        )
+    # The request logged after the move does not open the negotiation for it.
+    request = honest.envelopes[honest.index("NegotiationRequest")]
+    late = with_entries(
+        without(honest, "NegotiationRequest"), "RatificationResult", ("late request", request)
+    )
+    assert rejected(late).index == i - 1
+
+
+def test_a_refused_request_opens_no_negotiation(p: Parties, honest: Ledger) -> None:
+    # A request that fails its signer rule changes nothing: the next move is refused too.
+    leaves = honest.leaves()
+    i = honest.index("NegotiationRequest")
+    replay = LedgerReplay()
+    for index, item in enumerate(leaves[:i]):
+        replay.feed(index, item)
+    by_member = L.leaf(signed(L.negotiation_request(), p.member), L.T0 + i)
+    with pytest.raises(AuditError, match="must be signed by a registered lab"):
+        replay.feed(i, by_member)
+    move = L.leaf(honest.envelopes[i + 1], L.T0 + i)
+    with pytest.raises(AuditError) as info:
+        replay.feed(i, move)
+    assert info.value.message.endswith(
+        f"negotiation {L.NEGOTIATION_ID} was not opened before this entry"
+    )
+    # The lab's own request opens it.
+    replay.feed(i, leaves[i])
+    replay.feed(i + 1, leaves[i + 1])
+
+
+def test_a_ballot_needs_an_earlier_ratification_call(
+    run: Run, rejected: Callable[..., AuditError], p: Parties, honest: Ledger
+) -> None:
+    # No call for that negotiation: without one, or with one for another negotiation.
+    i = honest.index("Ballot")
+    message = (
+        f"entry {{i}}: a Ballot must be cast on a negotiation put to ratification by an "
+        f"earlier RatificationCall, but negotiation {L.NEGOTIATION_ID} has no "
+        "RatificationCall before this entry"
+    )
+    no_call = without(honest, "RatificationCall")
+    assert rejected(no_call).message == message.format(i=i - 1)
+    elsewhere = honest.replace(
+        "RatificationCall", signed(L.ratification_call("f" * 32), p.coalition)
+    )
+    assert rejected(elsewhere).message == message.format(i=i)
+    # The call logged after the ballot is too late.
+    call = honest.envelopes[honest.index("RatificationCall")]
+    late = with_entries(without(honest, "RatificationCall"), "Ballot", ("late call", call))
+    assert rejected(late).index == i - 1
+    # A ballot about no negotiation at all.
+    nowhere = honest.replace("Ballot", signed(L.ballot(""), p.member))
+    assert rejected(nowhere).message.startswith(
+        f"entry {i}: a Ballot must be cast on a negotiation put to ratification"
+    )
+    # Several members vote after one call.
+    votes = with_entries(honest, "Ballot", ("second vote", signed(L.ballot(), p.other_member)))
+    assert run(votes).kinds["Ballot"] == 2
 
 
 # --- Agreement: the lab it names and the coalition -----------------------------------------

@@ -143,3 +143,20 @@ async def test_a_strike_against_every_lab_withdraws_everything(
     with pytest.raises(ServerError) as nothing:
         await acme.lease(acme_deal)
     assert nothing.value.reason == "NO_CONSENTED_ITEMS"
+
+
+async def test_one_live_pledge_per_member_and_no_share_of_nothing(
+    make_client: Callable[..., Client], server: CoalitionServer
+) -> None:
+    members, acme, *_ = await _coalition(make_client, server, 2)
+    await pledge(members[0], acme.key.key_id, min_members=2)
+    with pytest.raises(ServerError) as twice:
+        await pledge(members[0], acme.key.key_id, min_members=2)
+    assert (twice.value.code, twice.value.reason) == (CODE.ALREADY_EXISTS, "PLEDGE_EXISTS")
+    idle = await lab(make_client, "no deals yet")
+    with pytest.raises(ServerError) as nothing_covered:
+        await pledge(members[0], idle.key.key_id, min_share_bp=5000)
+    assert (nothing_covered.value.code, nothing_covered.value.reason) == (
+        CODE.INVALID_ARGUMENT,
+        "IMPOSSIBLE_THRESHOLD",
+    )

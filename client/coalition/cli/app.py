@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from coalition import __version__
-from coalition.cli import audit, bargaining, consent, items, keys, lab, party
+from coalition.cli import audit, bargaining, consent, items, keys, lab, party, strike
 from coalition.cli.common import DEFAULT_SERVER, Globals
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.add_typer(items.app, name="items")
 app.add_typer(consent.app, name="consent")
 app.add_typer(lab.app, name="lab")
 app.add_typer(audit.app, name="audit")
+app.add_typer(strike.app, name="strike")
 app.command("join")(party.join)
 bargaining.register(app, lab.app)
 

@@ -1,4 +1,5 @@
-"""``coalition audit``: read the public ledger, fetch proofs, and replay-verify the whole log.
+"""``coalition audit``: read the public ledger, fetch proofs, replay-verify the whole log,
+report labs' compliance, and export a verified payout statement for a payment processor.
 
 ``audit verify`` is a monitor in the manner of Certificate Transparency monitors: it trusts
 nothing the server says that it cannot check. It pins the log's key (given, or on first use),
@@ -12,7 +13,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -24,8 +27,9 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TextIO
 
 import typer
 from google.protobuf import json_format
@@ -34,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from coalition import dsse, merkle, statements
+from coalition import dsse, merkle, payouts, statements
 from coalition.audit import (
     AuditError,
     ExpectedKey,
@@ -57,12 +61,12 @@ from coalition.cli.common import (
     print_json,
     run,
 )
-from coalition.client import Client
+from coalition.client import PAYMENT_MODELS, Client
 from coalition.compliance import ComplianceReport, NoticeState, compliance_report
 from coalition.errors import CoalitionError, KeyFormatError, ProofError, VerificationError
-from coalition.keys import PUBLIC_KEY_SIZE, key_id
+from coalition.keys import PUBLIC_KEY_SIZE, PublicKey, key_id
 from coalition.note import NoteVerifier
-from coalition.v1 import ledger_pb2
+from coalition.v1 import ledger_pb2, negotiation_pb2
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -429,7 +433,8 @@ def verify(
     withdrawals by one registered contributor; lease requests and deletion receipts by one
     registered lab; agreements by their lab and the coalition; key releases, withdrawal
     notices and shredding records by the coalition alone; negotiation and strike statements
-    as their protos say). Also checks that integration
+    as their protos say, a negotiation's moves by the coalition or the lab that opened it,
+    ballots only on a negotiation put to ratification earlier). Also checks that integration
     times never decrease, that the recomputed root equals the checkpoint's, and that the log
     extends the checkpoint verified on the previous run (state file), by replay and by proof.
     """
@@ -934,3 +939,305 @@ def _print_compliance(report: ComplianceReport, cp: Checkpoint) -> None:
             f"{v.release_index}, withdrawn at entry {v.withdrawal_index} ({v.rule})"
         )
     out.print("compliant" if report.ok else "NOT compliant")
+
+
+# --- payouts -------------------------------------------------------------------------------
+
+PAYOUT_CSV_COLUMNS: Final = (
+    "agreement_id",
+    "member_key_id",
+    "item_count",
+    "amount",
+    "currency",
+    "payment_model",
+    "rule",
+    "statement_index",
+)
+"""The columns of ``audit payouts --csv``, one row per member's line."""
+
+
+def amount_text(amount_micros: int) -> str:
+    """An amount in micros as an exact decimal with six places (``11.985000``), computed
+    with Decimal: never floating point, so a payment processor gets the signed amount."""
+    return f"{Decimal(amount_micros).scaleb(-6):f}"
+
+
+def payment_model_name(model: int) -> str:
+    """``purchase``, ``subscription``, ``per-use``; the number if unknown."""
+    return next((name for name, value in PAYMENT_MODELS.items() if value == model), str(model))
+
+
+def verify_payout_statement(
+    response: negotiation_pb2.GetPayoutStatementResponse,
+    coalition_key: PublicKey,
+    agreement_id: str,
+) -> negotiation_pb2.PayoutStatement:
+    """The payout statement in a GetPayoutStatement response, checked for export.
+
+    It must be a PayoutStatement signed by ``coalition_key``, canonically encoded, with its
+    lines in member order and ``lines_root`` their Merkle root (:func:`payouts.open_statement`);
+    for ``agreement_id``; one line per member; every line in the total's currency; and the
+    lines must add up exactly to the total. Raises PayoutError (a VerificationError).
+    """
+    statement = payouts.open_statement(response.statement, coalition_key)
+    if statement.agreement_id != agreement_id:
+        raise payouts.PayoutError(
+            f"the statement is for agreement {statement.agreement_id}, not {agreement_id}"
+        )
+    members = [line.member_key_id for line in statement.lines]
+    if len(set(members)) != len(members):
+        raise payouts.PayoutError("the statement has more than one line for a member")
+    currency = statement.total.currency_code
+    for line in statement.lines:
+        if line.amount.currency_code != currency:
+            raise payouts.PayoutError(
+                f"the line of {line.member_key_id} is in {line.amount.currency_code!r}, "
+                f"the total in {currency!r}"
+            )
+    paid = sum(line.amount.micros for line in statement.lines)
+    if paid != statement.total.micros:
+        raise payouts.PayoutError(
+            f"the lines add up to {amount_text(paid)} {currency}, not the statement's total "
+            f"{amount_text(statement.total.micros)} {currency}"
+        )
+    return statement
+
+
+def payout_rows(
+    statement: negotiation_pb2.PayoutStatement, statement_index: int
+) -> list[dict[str, str]]:
+    """The CSV rows of a verified statement, in its order (by member key id)."""
+    model = payment_model_name(statement.payment_model)
+    return [
+        {
+            "agreement_id": statement.agreement_id,
+            "member_key_id": line.member_key_id,
+            "item_count": str(line.item_count),
+            "amount": amount_text(line.amount.micros),
+            "currency": line.amount.currency_code,
+            "payment_model": model,
+            "rule": statement.rule,
+            "statement_index": str(statement_index),
+        }
+        for line in statement.lines
+    ]
+
+
+def write_payout_csv(out: TextIO, rows: list[dict[str, str]]) -> None:
+    """RFC 4180 CSV (CRLF line ends, a header row) of :func:`payout_rows`."""
+    writer = csv.DictWriter(out, fieldnames=PAYOUT_CSV_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+@dataclass(frozen=True)
+class _Payouts:
+    statement: negotiation_pb2.PayoutStatement
+    index: int
+    checkpoint: Checkpoint
+    coalition_key_id: str
+
+
+@app.command("payouts")
+def payouts_export(
+    ctx: typer.Context,
+    agreement_id: Annotated[str, typer.Argument(help="The agreement whose payouts to export.")],
+    csv_path: Annotated[
+        str | None,
+        typer.Option(
+            "--csv",
+            metavar="FILE|-",
+            help="Write the lines as CSV for a payment processor, to FILE or (-) stdout.",
+        ),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            envvar="COALITION_AUDIT_STATE",
+            help="State file of `audit verify` whose pinned keys to trust (default: per log).",
+        ),
+    ] = None,
+    trusted_log_key: LogKeyOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Export an agreement's payout statement, verified, as a table, JSON or CSV.
+
+    The statement must be the coalition's (its key is the ledger's entry 0, which must
+    agree with the server's and any pinned key), logged at the entry the server names
+    (inclusion proven against a checkpoint signed by the trusted log key), its lines
+    committed by its lines_root, one per member, in one currency, adding up exactly to its
+    total; otherwise exit 1 and nothing is written. CSV columns: agreement_id,
+    member_key_id, item_count, amount (exact decimal, six places), currency, payment_model,
+    rule, statement_index.
+    """
+    if csv_path == "-" and json_output:
+        fail("--csv - and --json both write to stdout: choose one", EXIT_UNUSABLE)
+    agreement_id = agreement_id.strip()
+    pinned = _parse_vkey(trusted_log_key, "--log-key") if trusted_log_key else None
+    try:
+        found = run(ctx, _payouts(ctx, agreement_id, state, pinned))
+    except AuditError as exc:
+        fail(exc.message, EXIT_FAILED)
+    except VerificationError as exc:
+        fail(f"the payout statement of {agreement_id} does not verify: {exc}", EXIT_FAILED)
+    rows = payout_rows(found.statement, found.index)
+    if csv_path == "-":
+        buffer = io.StringIO(newline="")
+        write_payout_csv(buffer, rows)
+        typer.echo(buffer.getvalue(), nl=False)
+        return
+    if csv_path is not None:
+        _write_csv_file(Path(csv_path), rows)
+        note(f"wrote {len(rows)} lines to {csv_path}")
+    _print_payouts(found, rows, json_output)
+
+
+async def _payouts(
+    ctx: typer.Context, agreement_id: str, state_opt: Path | None, pinned: NoteVerifier | None
+) -> _Payouts:
+    async with globals_of(ctx).client() as client:
+        info = await client.log_info()
+        state_path = state_opt or default_state_path(info.origin)
+        previous = load_state(state_path)
+        trusted = pinned
+        if trusted is None and previous is not None:
+            trusted = _parse_vkey(previous.log_verifier_key, "the state file's log key")
+        if trusted is None:
+            trusted = _parse_vkey(info.verifier_key, "the server's log key")
+            note(
+                "trusting the server's log key (not pinned: run `coalition audit verify` to pin it)"
+            )
+        origin = previous.origin if previous is not None else info.origin
+        expected = _expected_coalition_keys(info, previous, state_path)
+        response = await client.payout_statement(agreement_id)
+
+        # Entry 0, proven in the latest checkpoint: the coalition key is the ledger's own.
+        zero = await client.inclusion_proof(0)
+        try:
+            cp = verify_checkpoint(zero.checkpoint, trusted, origin)
+        except VerificationError as exc:
+            raise AuditError(f"the latest checkpoint does not verify: {exc}") from None
+        if previous is not None:
+            await _check_consistency(client, TreeHead(previous.tree_size, previous.root_hash), cp)
+        _check_inclusion(zero, 0, cp)
+        replay = LedgerReplay(expected_coalition_keys=expected)
+        replay.feed(0, bytes(zero.leaf))
+        coalition = replay.coalition_key
+        assert coalition is not None  # entry 0 replayed: it registered the coalition
+
+        # The statement is the very envelope logged at the entry the server names.
+        index = response.index
+        if index >= cp.size:
+            raise AuditError(
+                f"the server says the payout statement is entry {index}, but its checkpoint "
+                f"has only {cp.size} entries"
+            )
+        logged = await client.inclusion_proof(index, cp.size)
+        _check_inclusion(logged, index, cp)
+        envelope = ledger_pb2.LedgerLeaf.FromString(logged.leaf).envelope
+        if envelope.SerializeToString(deterministic=True) != response.statement.SerializeToString(
+            deterministic=True
+        ):
+            raise AuditError(
+                f"the payout statement the server sent is not the envelope logged at entry {index}"
+            )
+    statement = verify_payout_statement(response, coalition, agreement_id)
+    return _Payouts(statement, index, cp, coalition.key_id)
+
+
+def _check_inclusion(
+    proof: ledger_pb2.GetInclusionProofResponse, index: int, cp: Checkpoint
+) -> None:
+    """The entry's leaf is in the checkpoint's tree at ``index``; AuditError otherwise."""
+    try:
+        if proof.index != index or proof.tree_size != cp.size:
+            raise ProofError(f"the server proved entry {proof.index} at size {proof.tree_size}")
+        merkle.verify_inclusion(
+            merkle.leaf_hash(bytes(proof.leaf)),
+            index,
+            cp.size,
+            [bytes(h) for h in proof.proof],
+            cp.root_hash,
+        )
+    except ProofError as exc:
+        raise AuditError(
+            f"entry {index}: its inclusion proof in the checkpoint of size {cp.size} does "
+            f"not verify ({exc})",
+            index=index,
+        ) from None
+
+
+def _write_csv_file(path: Path, rows: list[dict[str, str]]) -> None:
+    """Write the CSV completely to a temporary file, then rename it into place."""
+    directory = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}", EXIT_UNUSABLE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            write_payout_csv(f, rows)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fail(f"cannot write {path}: {exc.strerror or exc}", EXIT_UNUSABLE)
+
+
+def _print_payouts(found: _Payouts, rows: list[dict[str, str]], json_output: bool) -> None:
+    statement = found.statement
+    total = statement.total
+    if json_output:
+        print_json(
+            {
+                "agreement_id": statement.agreement_id,
+                "statement_index": found.index,
+                "payment_model": payment_model_name(statement.payment_model),
+                "rule": statement.rule,
+                "total": {
+                    "currency_code": total.currency_code,
+                    "micros": total.micros,
+                    "amount": amount_text(total.micros),
+                },
+                "lines_root": bytes(statement.lines_root).hex(),
+                "lines": [
+                    {
+                        "member_key_id": line.member_key_id,
+                        "item_count": line.item_count,
+                        "currency_code": line.amount.currency_code,
+                        "micros": line.amount.micros,
+                        "amount": amount_text(line.amount.micros),
+                    }
+                    for line in statement.lines
+                ],
+                "coalition_key_id": found.coalition_key_id,
+                "tree_size": found.checkpoint.size,
+                "root_hash": b64(found.checkpoint.root_hash),
+                "verified": True,
+            }
+        )
+        return
+    out = console()
+    summary = Table(show_header=False, box=None, title=f"payouts of {statement.agreement_id}")
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("total", f"{amount_text(total.micros)} {total.currency_code}")
+    summary.add_row("model", payment_model_name(statement.payment_model))
+    summary.add_row("rule", statement.rule)
+    summary.add_row("members", str(len(rows)))
+    summary.add_row("statement", f"entry {found.index}, signed by {found.coalition_key_id}")
+    summary.add_row(
+        "verified",
+        f"coalition signature, lines root, sum of lines; included in the checkpoint of "
+        f"size {found.checkpoint.size}",
+    )
+    out.print(summary)
+    table = Table()
+    table.add_column("member")
+    table.add_column("items", justify="right")
+    table.add_column("amount", justify="right")
+    table.add_column("currency")
+    for row in rows:
+        table.add_row(row["member_key_id"], row["item_count"], row["amount"], row["currency"])
+    out.print(table)

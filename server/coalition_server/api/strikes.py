@@ -18,6 +18,7 @@ from coalition_server.api.mutations import decode_envelope, idempotency_key, sig
 from coalition_server.context import ServerContext
 from coalition_server.domain import strikes as rules
 from coalition_server.domain.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -64,6 +65,14 @@ class StrikeServicer:
             lab = await self._parties.get(target)
             if lab is None or lab.role != party_pb2.ROLE_LAB:
                 raise NotFoundError("LAB_NOT_FOUND", "the target is not a registered lab")
+        if statement.min_share_basis_points:
+            async with self._ctx.database.reader.connect() as conn:
+                covered = await store.covered_by_target(conn, target)
+            if not covered:
+                raise InvalidArgumentError(
+                    "IMPOSSIBLE_THRESHOLD",
+                    "the target's agreements cover no items: a share of them can never be met",
+                )
         pledge = rules.Pledge(
             statements.statement_id(envelope),
             member.key_id,
@@ -164,8 +173,16 @@ class _PledgeEffect:
     async def __call__(self, ctx: EffectContext) -> list[Submission]:
         now = ctx.integrated_time
         expiry = timestamp(self.statement.expiry_time, "expiry_time")
-        await store.insert_pledge(ctx.conn, self.pledge, self.statement, expiry, ctx.index)
         target = self.pledge.target
+        # One live pledge per member and target: thresholds count members, not pledges.
+        if any(
+            p.member_key_id == self.pledge.member_key_id
+            for p in await store.live_pledges(ctx.conn, target, now)
+        ):
+            raise AlreadyExistsError(
+                "PLEDGE_EXISTS", "you already have a live pledge against this target"
+            )
+        await store.insert_pledge(ctx.conn, self.pledge, self.statement, expiry, ctx.index)
         live = await store.live_pledges(ctx.conn, target, now)
         covered = await store.covered_by_target(ctx.conn, target)
 
