@@ -1,7 +1,7 @@
 """Members' values as structured norms: the vocabulary, validation, and the judgement (pure).
 
 A member attaches :class:`~coalition.v1.norms_pb2.Norm` messages to a consent; a lab
-declares its intended use in a :class:`~coalition.v1.norms_pb2.UseDeclaration`. Both use one
+declares its intended use in a :class:`~coalition.v1.terms_pb2.UseDeclaration`. Both use one
 closed, versioned vocabulary kept as a data file (``coalition/data/norms-v<N>.json``,
 documented in docs/norms.md). This module reads it and answers the one question everything
 else asks: *does this use break this norm?*
@@ -477,7 +477,7 @@ def _parse_declaration_field(
     raw: Mapping[str, Any], norms: Mapping[str, NormSpec]
 ) -> DeclarationFieldSpec:
     name = _str(raw, "field")
-    proto_field = norms_pb2.UseDeclaration.DESCRIPTOR.fields_by_name.get(name)
+    proto_field = terms_pb2.UseDeclaration.DESCRIPTOR.fields_by_name.get(name)
     _need(proto_field is not None, f"declaration field {name!r} is not in UseDeclaration")
     values_from: tuple[str, str] | None = None
     source = _opt_str(raw, "values_from")
@@ -492,7 +492,7 @@ def _parse_declaration_field(
     if "enum" in raw:
         enum = {}
         for enum_name, term in _obj(raw["enum"], f"{name}.enum").items():
-            enum[norms_pb2.ModelRelease.Value(enum_name)] = str(term)
+            enum[terms_pb2.ModelRelease.Value(enum_name)] = str(term)
         if values_from is not None:
             terms = norms[values_from[0]].parameter(values_from[1])
             _need(
@@ -536,7 +536,7 @@ def _parse(document: Mapping[str, Any], version: str) -> Vocabulary:
         for raw in _list(document.get("declaration"), "declaration")
     ]
     declaration = {spec.field: spec for spec in declared}
-    proto_fields = set(norms_pb2.UseDeclaration.DESCRIPTOR.fields_by_name)
+    proto_fields = set(terms_pb2.UseDeclaration.DESCRIPTOR.fields_by_name)
     _need(set(declaration) == proto_fields, "describe every UseDeclaration field once")
     judged = {field for spec in norms.values() for field in spec.judged_against}
     _need(judged <= set(declaration), "a norm is judged against an unknown field")
@@ -826,14 +826,14 @@ def _field_error(reason: str, field: str, message: str) -> NormError:
 
 
 def validate_declaration(
-    declaration: norms_pb2.UseDeclaration, vocabulary: Vocabulary | None = None
+    declaration: terms_pb2.UseDeclaration, vocabulary: Vocabulary | None = None
 ) -> None:
     """Refuse a malformed use declaration with a NormError (MISSING_DECLARATION_FIELD or
     BAD_DECLARATION_FIELD, metadata ``field``)."""
     vocab = vocabulary or Vocabulary.load()
     spec = vocab.declaration
     release = spec["model_release"]
-    if declaration.model_release == norms_pb2.MODEL_RELEASE_UNSPECIFIED:
+    if declaration.model_release == terms_pb2.MODEL_RELEASE_UNSPECIFIED:
         raise _field_error(MISSING_DECLARATION_FIELD, "model_release", "declare the release")
     if release.enum is None or declaration.model_release not in release.enum:
         raise _field_error(BAD_DECLARATION_FIELD, "model_release", "unknown release")
@@ -883,7 +883,7 @@ class _Case:
     vocabulary: Vocabulary
     spec: NormSpec
     parameters: Mapping[str, norms_pb2.NormValue]
-    declaration: norms_pb2.UseDeclaration
+    declaration: terms_pb2.UseDeclaration
 
     def has(self, name: str) -> bool:
         return name in self.parameters
@@ -1014,7 +1014,7 @@ def judged_norm_ids() -> frozenset[str]:
 
 def breaks(
     norm: norms_pb2.Norm,
-    declaration: norms_pb2.UseDeclaration,
+    declaration: terms_pb2.UseDeclaration,
     vocabulary: Vocabulary | None = None,
 ) -> bool:
     """Whether a use as declared breaks ``norm`` (whatever its stance). Expects a valid norm;
@@ -1055,7 +1055,7 @@ class Assessment:
 
 def assess(
     norms: Sequence[norms_pb2.Norm],
-    declaration: norms_pb2.UseDeclaration,
+    declaration: terms_pb2.UseDeclaration,
     vocabulary: Vocabulary | None = None,
 ) -> Assessment:
     """Judge every norm of a token against a declaration. Hard norms never add to the
@@ -1203,7 +1203,7 @@ def norm_to_odrl(norm: norms_pb2.Norm, vocabulary: Vocabulary | None = None) -> 
 
 
 def declaration_to_odrl(
-    declaration: norms_pb2.UseDeclaration, vocabulary: Vocabulary | None = None
+    declaration: terms_pb2.UseDeclaration, vocabulary: Vocabulary | None = None
 ) -> JsonObject:
     """A use declaration as a JSON-LD node of type ``coalition:UseDeclaration`` whose
     properties are the left operands norms constrain, with the declared values: the context

@@ -19,8 +19,8 @@ from coalition.v1 import norms_pb2, terms_pb2
 VOCAB = Vocabulary.load()
 HARD = norms_pb2.NORM_STANCE_HARD
 PRICED = norms_pb2.NORM_STANCE_PRICED
-OPEN = norms_pb2.MODEL_RELEASE_OPEN_WEIGHTS
-CLOSED = norms_pb2.MODEL_RELEASE_CLOSED
+OPEN = terms_pb2.MODEL_RELEASE_OPEN_WEIGHTS
+CLOSED = terms_pb2.MODEL_RELEASE_CLOSED
 CURRENCY = "USD"
 DAY = timedelta(days=1)
 
@@ -37,7 +37,7 @@ def priced(norm_id: str, premium: int, **parameters: Any) -> norms_pb2.Norm:
     return norms.make_norm(norm_id, PRICED, parameters, premium=usd(premium))
 
 
-def declaration(**fields: Any) -> norms_pb2.UseDeclaration:
+def declaration(**fields: Any) -> terms_pb2.UseDeclaration:
     """A declaration that keeps every example norm below, with ``fields`` changed."""
     withdrawal = fields.pop("withdrawal", {"next_run": True, "released_after": 30 * DAY})
     base: dict[str, Any] = {
@@ -47,7 +47,7 @@ def declaration(**fields: Any) -> norms_pb2.UseDeclaration:
         "public_benefit_fund": "open-knowledge",
     }
     base.update(fields)
-    result = norms_pb2.UseDeclaration(**base)
+    result = terms_pb2.UseDeclaration(**base)
     commitments = result.withdrawal_commitments
     commitments.exclude_from_next_training_run = withdrawal.get("next_run", False)
     if withdrawal.get("released_after") is not None:
@@ -58,7 +58,7 @@ def declaration(**fields: Any) -> norms_pb2.UseDeclaration:
 # --- each norm's judgement: declarations that keep it and that break it ------------------------
 
 # (name, norm, declaration, breaks?)
-CASES: list[tuple[str, norms_pb2.Norm, norms_pb2.UseDeclaration, bool]] = [
+CASES: list[tuple[str, norms_pb2.Norm, terms_pb2.UseDeclaration, bool]] = [
     # model-release
     ("open required, open", hard("model-release", release="open-weights"), declaration(), False),
     (
@@ -70,7 +70,7 @@ CASES: list[tuple[str, norms_pb2.Norm, norms_pb2.UseDeclaration, bool]] = [
     (
         "open required, undeclared",
         hard("model-release", release="open-weights"),
-        declaration(model_release=norms_pb2.MODEL_RELEASE_UNSPECIFIED),
+        declaration(model_release=terms_pb2.MODEL_RELEASE_UNSPECIFIED),
         True,
     ),
     (
@@ -256,7 +256,7 @@ CASES: list[tuple[str, norms_pb2.Norm, norms_pb2.UseDeclaration, bool]] = [
     ("norm", "use", "expected"),
     [pytest.param(n, d, b, id=f"{n.norm_id}: {name}") for name, n, d, b in CASES],
 )
-def test_breaks(norm: norms_pb2.Norm, use: norms_pb2.UseDeclaration, expected: bool) -> None:
+def test_breaks(norm: norms_pb2.Norm, use: terms_pb2.UseDeclaration, expected: bool) -> None:
     norms.validate_norms([norm], CURRENCY)
     assert norms.breaks(norm, use) is expected
     # The stance does not change whether a use breaks a norm, only what follows from it.
@@ -558,10 +558,10 @@ def test_a_hard_and_a_priced_instance_of_one_norm_are_fine() -> None:
     )
 
 
-DECLARATION_REFUSALS: list[tuple[str, norms_pb2.UseDeclaration, str, str]] = [
+DECLARATION_REFUSALS: list[tuple[str, terms_pb2.UseDeclaration, str, str]] = [
     (
         "release not declared",
-        declaration(model_release=norms_pb2.MODEL_RELEASE_UNSPECIFIED),
+        declaration(model_release=terms_pb2.MODEL_RELEASE_UNSPECIFIED),
         norms.MISSING_DECLARATION_FIELD,
         "model_release",
     ),
@@ -657,7 +657,7 @@ DECLARATION_REFUSALS: list[tuple[str, norms_pb2.UseDeclaration, str, str]] = [
     [pytest.param(d, r, f, id=name) for name, d, r, f in DECLARATION_REFUSALS],
 )
 def test_declaration_validation_refuses(
-    use: norms_pb2.UseDeclaration, reason: str, field: str
+    use: terms_pb2.UseDeclaration, reason: str, field: str
 ) -> None:
     with pytest.raises(NormError) as caught:
         norms.validate_declaration(use)
@@ -665,7 +665,7 @@ def test_declaration_validation_refuses(
 
 
 def test_minimal_declaration_is_valid() -> None:
-    norms.validate_declaration(norms_pb2.UseDeclaration(model_release=CLOSED, jurisdictions=["JP"]))
+    norms.validate_declaration(terms_pb2.UseDeclaration(model_release=CLOSED, jurisdictions=["JP"]))
 
 
 def test_every_reason_has_a_refusal_test() -> None:
@@ -823,9 +823,9 @@ def _declared_terms(field: str, *, min_size: int = 0) -> st.SearchStrategy[list[
 
 
 @st.composite
-def declarations(draw: st.DrawFn) -> norms_pb2.UseDeclaration:
+def declarations(draw: st.DrawFn) -> terms_pb2.UseDeclaration:
     share = draw(st.sampled_from([0, 1, 100, 250, 500, 10_000]) | st.integers(0, 10_000))
-    result = norms_pb2.UseDeclaration(
+    result = terms_pb2.UseDeclaration(
         model_release=draw(st.sampled_from([OPEN, CLOSED])),
         application_domains=draw(
             st.lists(
@@ -852,7 +852,7 @@ def declarations(draw: st.DrawFn) -> norms_pb2.UseDeclaration:
 
 @settings(max_examples=300, deadline=None)
 @given(norm_sets(), declarations())
-def test_assess_on_valid_input(token: list[norms_pb2.Norm], use: norms_pb2.UseDeclaration) -> None:
+def test_assess_on_valid_input(token: list[norms_pb2.Norm], use: terms_pb2.UseDeclaration) -> None:
     norms.validate_norms(token, CURRENCY)
     norms.validate_declaration(use)
     result = norms.assess(token, use)
@@ -871,10 +871,10 @@ def test_assess_on_valid_input(token: list[norms_pb2.Norm], use: norms_pb2.UseDe
 @settings(max_examples=200, deadline=None)
 @given(norm_sets(), declarations(), declarations())
 def test_declaring_more_never_keeps_more(
-    token: list[norms_pb2.Norm], use: norms_pb2.UseDeclaration, more: norms_pb2.UseDeclaration
+    token: list[norms_pb2.Norm], use: terms_pb2.UseDeclaration, more: terms_pb2.UseDeclaration
 ) -> None:
     """Listing more domains, occupations or places only breaks more norms."""
-    wider = norms_pb2.UseDeclaration()
+    wider = terms_pb2.UseDeclaration()
     wider.CopyFrom(use)
     for field in ("application_domains", "occupations", "jurisdictions"):
         spec = VOCAB.values_of(field)

@@ -127,7 +127,7 @@ def test_ids_are_stable_kebab_case_and_parameters_sorted() -> None:
 
 
 def test_every_declared_field_is_judged_by_some_norm() -> None:
-    fields = set(norms_pb2.UseDeclaration.DESCRIPTOR.fields_by_name)
+    fields = set(terms_pb2.UseDeclaration.DESCRIPTOR.fields_by_name)
     judged = {field for spec in VOCAB.norms.values() for field in spec.judged_against}
     assert judged == fields == set(VOCAB.declaration)
 
@@ -146,7 +146,7 @@ def test_enduring_values_match_the_enum() -> None:
 
 
 def test_model_release_terms_cover_the_enum() -> None:
-    enum = {v.number for v in norms_pb2.ModelRelease.DESCRIPTOR.values if v.number}
+    enum = {v.number for v in terms_pb2.ModelRelease.DESCRIPTOR.values if v.number}
     assert VOCAB.declaration["model_release"].enum is not None
     assert set(VOCAB.declaration["model_release"].enum) == enum
 
@@ -155,7 +155,7 @@ def test_the_derivatives_judgement_knows_every_derivative_term() -> None:
     forbidden = VOCAB.norm("derivatives").parameter("forbidden")
     assert forbidden is not None
     assert set(forbidden.allowed or ()) == set(norms.DERIVATIVE_FIELDS)
-    bools = {f.name for f in norms_pb2.UseDeclaration.DESCRIPTOR.fields if f.type == f.TYPE_BOOL}
+    bools = {f.name for f in terms_pb2.UseDeclaration.DESCRIPTOR.fields if f.type == f.TYPE_BOOL}
     assert set(norms.DERIVATIVE_FIELDS.values()) <= bools
 
 
@@ -243,7 +243,7 @@ TARGET = "https://coalition.example/consent/c0/items"
 
 
 def policy(
-    norm_list: list[norms_pb2.Norm], use: norms_pb2.UseDeclaration | None = None
+    norm_list: list[norms_pb2.Norm], use: terms_pb2.UseDeclaration | None = None
 ) -> dict[str, Any]:
     """A minimal Offer carrying the norms' fragments (as exports.py will place them)."""
     prohibitions: list[dict[str, Any]] = []
@@ -345,7 +345,7 @@ def test_priced_norm_is_a_compensate_duty_under_the_breach() -> None:
 @settings(max_examples=40, deadline=None)
 @given(norm_sets(), declarations())
 def test_fragments_are_valid_json_ld(
-    norm_list: list[norms_pb2.Norm], use: norms_pb2.UseDeclaration
+    norm_list: list[norms_pb2.Norm], use: terms_pb2.UseDeclaration
 ) -> None:
     document = policy(norm_list, use)
     node = expand(document)
@@ -414,7 +414,7 @@ def _holds(constraint: dict[str, Any], node: dict[str, Any]) -> bool:
     raise AssertionError(f"operator {operator} not in the profile")
 
 
-def _odrl_breaks(norm: norms_pb2.Norm, use: norms_pb2.UseDeclaration) -> bool:
+def _odrl_breaks(norm: norms_pb2.Norm, use: terms_pb2.UseDeclaration) -> bool:
     rule = norms.norm_to_odrl(norm)["rule"]
     return all(_holds(c, norms.declaration_to_odrl(use)) for c in rule["constraint"])
 
@@ -424,7 +424,7 @@ def _odrl_breaks(norm: norms_pb2.Norm, use: norms_pb2.UseDeclaration) -> bool:
     [pytest.param(n, d, id=f"{n.norm_id}: {name}") for name, n, d, _ in CASES],
 )
 def test_odrl_breach_means_breaks_examples(
-    norm: norms_pb2.Norm, use: norms_pb2.UseDeclaration
+    norm: norms_pb2.Norm, use: terms_pb2.UseDeclaration
 ) -> None:
     assert _odrl_breaks(norm, use) == norms.breaks(norm, use)
 
@@ -432,7 +432,7 @@ def test_odrl_breach_means_breaks_examples(
 @settings(max_examples=300, deadline=None)
 @given(norm_sets(), declarations())
 def test_odrl_breach_means_breaks(
-    norm_list: list[norms_pb2.Norm], use: norms_pb2.UseDeclaration
+    norm_list: list[norms_pb2.Norm], use: terms_pb2.UseDeclaration
 ) -> None:
     for norm in norm_list:
         assert _odrl_breaks(norm, use) == norms.breaks(norm, use), norm

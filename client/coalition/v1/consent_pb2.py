@@ -24,49 +24,50 @@ _sym_db = _symbol_database.Default()
 
 from coalition.v1 import envelope_pb2 as coalition_dot_v1_dot_envelope__pb2
 from coalition.v1 import ledger_pb2 as coalition_dot_v1_dot_ledger__pb2
+from coalition.v1 import norms_pb2 as coalition_dot_v1_dot_norms__pb2
 from coalition.v1 import terms_pb2 as coalition_dot_v1_dot_terms__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oalition/v1/consent.proto\x12\x0c\x63oalition.v1\x1a\x1b\x63oalition/v1/envelope.proto\x1a\x19\x63oalition/v1/ledger.proto\x1a\x18\x63oalition/v1/terms.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcf\x02\n\x0c\x43onsentToken\x12)\n\x05items\x18\x01 \x01(\x0b\x32\x1a.coalition.v1.ItemSelector\x12\'\n\x08purposes\x18\x02 \x03(\x0e\x32\x15.coalition.v1.Purpose\x12\'\n\x05\x66loor\x18\x03 \x01(\x0b\x32\x18.coalition.v1.FloorTerms\x12\x1c\n\x14\x65xcluded_lab_key_ids\x18\x04 \x03(\t\x12.\n\nnot_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x30\n\x0c\x63reated_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\t\x10\x10\"\xad\x01\n\nWithdrawal\x12\x14\n\nconsent_id\x18\x01 \x01(\tH\x00\x12)\n\x05items\x18\x02 \x01(\x0b\x32\x18.coalition.v1.ItemIdListH\x00\x12\x14\n\neverything\x18\x03 \x01(\x08H\x00\x12\x30\n\x0c\x63reated_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x42\x07\n\x05scope\"\xba\x01\n\rConsentRecord\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63ontributor_key_id\x18\x02 \x01(\t\x12%\n\x05token\x18\x03 \x01(\x0b\x32\x16.coalition.v1.Envelope\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.coalition.v1.ConsentState\x12\r\n\x05index\x18\x05 \x01(\x04\x12\x18\n\x10withdrawal_index\x18\x06 \x01(\x04\"Q\n\x13GrantConsentRequest\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.coalition.v1.Envelope\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"n\n\x14GrantConsentResponse\x12-\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x1b.coalition.v1.ConsentRecord\x12\'\n\x08receipts\x18\x02 \x03(\x0b\x32\x15.coalition.v1.Receipt\"<\n\x13ListConsentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListConsentsResponse\x12-\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x1b.coalition.v1.ConsentRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x16GetConsentStateRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"\xc9\x01\n\x17GetConsentStateResponse\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.coalition.v1.ConsentState\x12\x34\n\x0btoken_entry\x18\x02 \x01(\x0b\x32\x1f.coalition.v1.InclusionEvidence\x12\x39\n\x10withdrawal_entry\x18\x03 \x01(\x0b\x32\x1f.coalition.v1.InclusionEvidence\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"?\n\x11InclusionEvidence\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04leaf\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x03(\x0c\"Q\n\x0fWithdrawRequest\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.coalition.v1.Envelope\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"l\n\x10WithdrawResponse\x12&\n\x07receipt\x18\x01 \x01(\x0b\x32\x15.coalition.v1.Receipt\x12\x19\n\x11shredded_item_ids\x18\x02 \x03(\t\x12\x15\n\rnotified_labs\x18\x03 \x01(\r\"V\n\x14\x45xportConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.coalition.v1.ExportFormat\"=\n\x15\x45xportConsentResponse\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x10\n\x08\x64ocument\x18\x02 \x01(\t*\x9c\x01\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONSENT_STATE_GIVEN\x10\x01\x12\x1b\n\x17\x43ONSENT_STATE_WITHDRAWN\x10\x02\x12\x18\n\x14\x43ONSENT_STATE_LAPSED\x10\x03\x12\x1d\n\x19\x43ONSENT_STATE_INVALIDATED\x10\x04*\\\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_ODRL\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_RSL\x10\x02\x32\xc3\x03\n\x0e\x43onsentService\x12U\n\x0cGrantConsent\x12!.coalition.v1.GrantConsentRequest\x1a\".coalition.v1.GrantConsentResponse\x12U\n\x0cListConsents\x12!.coalition.v1.ListConsentsRequest\x1a\".coalition.v1.ListConsentsResponse\x12^\n\x0fGetConsentState\x12$.coalition.v1.GetConsentStateRequest\x1a%.coalition.v1.GetConsentStateResponse\x12I\n\x08Withdraw\x12\x1d.coalition.v1.WithdrawRequest\x1a\x1e.coalition.v1.WithdrawResponse\x12X\n\rExportConsent\x12\".coalition.v1.ExportConsentRequest\x1a#.coalition.v1.ExportConsentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oalition/v1/consent.proto\x12\x0c\x63oalition.v1\x1a\x1b\x63oalition/v1/envelope.proto\x1a\x19\x63oalition/v1/ledger.proto\x1a\x18\x63oalition/v1/norms.proto\x1a\x18\x63oalition/v1/terms.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x02\n\x0c\x43onsentToken\x12)\n\x05items\x18\x01 \x01(\x0b\x32\x1a.coalition.v1.ItemSelector\x12\'\n\x08purposes\x18\x02 \x03(\x0e\x32\x15.coalition.v1.Purpose\x12\'\n\x05\x66loor\x18\x03 \x01(\x0b\x32\x18.coalition.v1.FloorTerms\x12\x1c\n\x14\x65xcluded_lab_key_ids\x18\x04 \x03(\t\x12.\n\nnot_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x30\n\x0c\x63reated_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05norms\x18\t \x03(\x0b\x32\x12.coalition.v1.NormJ\x04\x08\n\x10\x10\"\xad\x01\n\nWithdrawal\x12\x14\n\nconsent_id\x18\x01 \x01(\tH\x00\x12)\n\x05items\x18\x02 \x01(\x0b\x32\x18.coalition.v1.ItemIdListH\x00\x12\x14\n\neverything\x18\x03 \x01(\x08H\x00\x12\x30\n\x0c\x63reated_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x42\x07\n\x05scope\"\xba\x01\n\rConsentRecord\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63ontributor_key_id\x18\x02 \x01(\t\x12%\n\x05token\x18\x03 \x01(\x0b\x32\x16.coalition.v1.Envelope\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.coalition.v1.ConsentState\x12\r\n\x05index\x18\x05 \x01(\x04\x12\x18\n\x10withdrawal_index\x18\x06 \x01(\x04\"Q\n\x13GrantConsentRequest\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.coalition.v1.Envelope\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"n\n\x14GrantConsentResponse\x12-\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x1b.coalition.v1.ConsentRecord\x12\'\n\x08receipts\x18\x02 \x03(\x0b\x32\x15.coalition.v1.Receipt\"<\n\x13ListConsentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListConsentsResponse\x12-\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x1b.coalition.v1.ConsentRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x16GetConsentStateRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"\xc9\x01\n\x17GetConsentStateResponse\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.coalition.v1.ConsentState\x12\x34\n\x0btoken_entry\x18\x02 \x01(\x0b\x32\x1f.coalition.v1.InclusionEvidence\x12\x39\n\x10withdrawal_entry\x18\x03 \x01(\x0b\x32\x1f.coalition.v1.InclusionEvidence\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"?\n\x11InclusionEvidence\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04leaf\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x03(\x0c\"Q\n\x0fWithdrawRequest\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.coalition.v1.Envelope\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"l\n\x10WithdrawResponse\x12&\n\x07receipt\x18\x01 \x01(\x0b\x32\x15.coalition.v1.Receipt\x12\x19\n\x11shredded_item_ids\x18\x02 \x03(\t\x12\x15\n\rnotified_labs\x18\x03 \x01(\r\"V\n\x14\x45xportConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.coalition.v1.ExportFormat\"=\n\x15\x45xportConsentResponse\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x10\n\x08\x64ocument\x18\x02 \x01(\t*\x9c\x01\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONSENT_STATE_GIVEN\x10\x01\x12\x1b\n\x17\x43ONSENT_STATE_WITHDRAWN\x10\x02\x12\x18\n\x14\x43ONSENT_STATE_LAPSED\x10\x03\x12\x1d\n\x19\x43ONSENT_STATE_INVALIDATED\x10\x04*\\\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_ODRL\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_RSL\x10\x02\x32\xc3\x03\n\x0e\x43onsentService\x12U\n\x0cGrantConsent\x12!.coalition.v1.GrantConsentRequest\x1a\".coalition.v1.GrantConsentResponse\x12U\n\x0cListConsents\x12!.coalition.v1.ListConsentsRequest\x1a\".coalition.v1.ListConsentsResponse\x12^\n\x0fGetConsentState\x12$.coalition.v1.GetConsentStateRequest\x1a%.coalition.v1.GetConsentStateResponse\x12I\n\x08Withdraw\x12\x1d.coalition.v1.WithdrawRequest\x1a\x1e.coalition.v1.WithdrawResponse\x12X\n\rExportConsent\x12\".coalition.v1.ExportConsentRequest\x1a#.coalition.v1.ExportConsentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coalition.v1.consent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTSTATE']._serialized_start=1875
-  _globals['_CONSENTSTATE']._serialized_end=2031
-  _globals['_EXPORTFORMAT']._serialized_start=2033
-  _globals['_EXPORTFORMAT']._serialized_end=2125
-  _globals['_CONSENTTOKEN']._serialized_start=160
-  _globals['_CONSENTTOKEN']._serialized_end=495
-  _globals['_WITHDRAWAL']._serialized_start=498
-  _globals['_WITHDRAWAL']._serialized_end=671
-  _globals['_CONSENTRECORD']._serialized_start=674
-  _globals['_CONSENTRECORD']._serialized_end=860
-  _globals['_GRANTCONSENTREQUEST']._serialized_start=862
-  _globals['_GRANTCONSENTREQUEST']._serialized_end=943
-  _globals['_GRANTCONSENTRESPONSE']._serialized_start=945
-  _globals['_GRANTCONSENTRESPONSE']._serialized_end=1055
-  _globals['_LISTCONSENTSREQUEST']._serialized_start=1057
-  _globals['_LISTCONSENTSREQUEST']._serialized_end=1117
-  _globals['_LISTCONSENTSRESPONSE']._serialized_start=1119
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=1213
-  _globals['_GETCONSENTSTATEREQUEST']._serialized_start=1215
-  _globals['_GETCONSENTSTATEREQUEST']._serialized_end=1259
-  _globals['_GETCONSENTSTATERESPONSE']._serialized_start=1262
-  _globals['_GETCONSENTSTATERESPONSE']._serialized_end=1463
-  _globals['_INCLUSIONEVIDENCE']._serialized_start=1465
-  _globals['_INCLUSIONEVIDENCE']._serialized_end=1528
-  _globals['_WITHDRAWREQUEST']._serialized_start=1530
-  _globals['_WITHDRAWREQUEST']._serialized_end=1611
-  _globals['_WITHDRAWRESPONSE']._serialized_start=1613
-  _globals['_WITHDRAWRESPONSE']._serialized_end=1721
-  _globals['_EXPORTCONSENTREQUEST']._serialized_start=1723
-  _globals['_EXPORTCONSENTREQUEST']._serialized_end=1809
-  _globals['_EXPORTCONSENTRESPONSE']._serialized_start=1811
-  _globals['_EXPORTCONSENTRESPONSE']._serialized_end=1872
-  _globals['_CONSENTSERVICE']._serialized_start=2128
-  _globals['_CONSENTSERVICE']._serialized_end=2579
+  _globals['_CONSENTSTATE']._serialized_start=1936
+  _globals['_CONSENTSTATE']._serialized_end=2092
+  _globals['_EXPORTFORMAT']._serialized_start=2094
+  _globals['_EXPORTFORMAT']._serialized_end=2186
+  _globals['_CONSENTTOKEN']._serialized_start=186
+  _globals['_CONSENTTOKEN']._serialized_end=556
+  _globals['_WITHDRAWAL']._serialized_start=559
+  _globals['_WITHDRAWAL']._serialized_end=732
+  _globals['_CONSENTRECORD']._serialized_start=735
+  _globals['_CONSENTRECORD']._serialized_end=921
+  _globals['_GRANTCONSENTREQUEST']._serialized_start=923
+  _globals['_GRANTCONSENTREQUEST']._serialized_end=1004
+  _globals['_GRANTCONSENTRESPONSE']._serialized_start=1006
+  _globals['_GRANTCONSENTRESPONSE']._serialized_end=1116
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=1118
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=1178
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=1180
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=1274
+  _globals['_GETCONSENTSTATEREQUEST']._serialized_start=1276
+  _globals['_GETCONSENTSTATEREQUEST']._serialized_end=1320
+  _globals['_GETCONSENTSTATERESPONSE']._serialized_start=1323
+  _globals['_GETCONSENTSTATERESPONSE']._serialized_end=1524
+  _globals['_INCLUSIONEVIDENCE']._serialized_start=1526
+  _globals['_INCLUSIONEVIDENCE']._serialized_end=1589
+  _globals['_WITHDRAWREQUEST']._serialized_start=1591
+  _globals['_WITHDRAWREQUEST']._serialized_end=1672
+  _globals['_WITHDRAWRESPONSE']._serialized_start=1674
+  _globals['_WITHDRAWRESPONSE']._serialized_end=1782
+  _globals['_EXPORTCONSENTREQUEST']._serialized_start=1784
+  _globals['_EXPORTCONSENTREQUEST']._serialized_end=1870
+  _globals['_EXPORTCONSENTRESPONSE']._serialized_start=1872
+  _globals['_EXPORTCONSENTRESPONSE']._serialized_end=1933
+  _globals['_CONSENTSERVICE']._serialized_start=2189
+  _globals['_CONSENTSERVICE']._serialized_end=2640
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from coalition.v1 import envelope_pb2 as _envelope_pb2
 from coalition.v1 import ledger_pb2 as _ledger_pb2
+from coalition.v1 import norms_pb2 as _norms_pb2
 from coalition.v1 import terms_pb2 as _terms_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -96,6 +97,7 @@ class ConsentToken(_message.Message):
     NOT_AFTER_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
     CREATED_TIME_FIELD_NUMBER: _builtins.int
+    NORMS_FIELD_NUMBER: _builtins.int
     nonce: _builtins.bytes
     """Random, 16..64 bytes."""
     @_builtins.property
@@ -126,6 +128,12 @@ class ConsentToken(_message.Message):
     def created_time(self) -> _timestamp_pb2.Timestamp:
         """When the member signed this."""
 
+    @_builtins.property
+    def norms(self) -> _containers.RepeatedCompositeFieldContainer[_norms_pb2.Norm]:
+        """The member's norms (members' values), from the versioned vocabulary: each hard (never
+        covered by a use that breaks it) or priced (waived for its premium over the floor).
+        """
+
     def __init__(
         self,
         *,
@@ -137,10 +145,11 @@ class ConsentToken(_message.Message):
         not_after: _timestamp_pb2.Timestamp | None = ...,
         nonce: _builtins.bytes = ...,
         created_time: _timestamp_pb2.Timestamp | None = ...,
+        norms: _abc.Iterable[_norms_pb2.Norm] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "floor", b"floor", "items", b"items", "not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "excluded_lab_key_ids", b"excluded_lab_key_ids", "floor", b"floor", "items", b"items", "nonce", b"nonce", "not_after", b"not_after", "not_before", b"not_before", "purposes", b"purposes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "excluded_lab_key_ids", b"excluded_lab_key_ids", "floor", b"floor", "items", b"items", "nonce", b"nonce", "norms", b"norms", "not_after", b"not_after", "not_before", b"not_before", "purposes", b"purposes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,19 +27,17 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63oalition/v1/norms.proto\x12\x0c\x63oalition.v1\x1a\x18\x63oalition/v1/terms.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\xcc\x01\n\tNormValue\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x05texts\x18\x02 \x01(\x0b\x32\x18.coalition.v1.StringListH\x00\x12\x0e\n\x04\x66lag\x18\x03 \x01(\x08H\x00\x12\x10\n\x06number\x18\x04 \x01(\x03H\x00\x12-\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12*\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x07\n\x05value\"E\n\rNormParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.coalition.v1.NormValue\"\xd0\x01\n\x04Norm\x12\x0f\n\x07norm_id\x18\x01 \x01(\t\x12/\n\nparameters\x18\x02 \x03(\x0b\x32\x1b.coalition.v1.NormParameter\x12(\n\x06stance\x18\x03 \x01(\x0e\x32\x18.coalition.v1.NormStance\x12-\n\x10premium_per_item\x18\x04 \x01(\x0b\x32\x13.coalition.v1.Money\x12-\n\x08protects\x18\x05 \x01(\x0e\x32\x1b.coalition.v1.EnduringValue\"\x86\x01\n\x15WithdrawalCommitments\x12&\n\x1e\x65xclude_from_next_training_run\x18\x01 \x01(\x08\x12\x45\n\"exclude_from_models_released_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xcf\x02\n\x0eUseDeclaration\x12\x31\n\rmodel_release\x18\x01 \x01(\x0e\x32\x1a.coalition.v1.ModelRelease\x12\x1b\n\x13\x61pplication_domains\x18\x02 \x03(\t\x12\x13\n\x0boccupations\x18\x03 \x03(\t\x12\x15\n\rjurisdictions\x18\x04 \x03(\t\x12)\n!public_benefit_share_basis_points\x18\x05 \x01(\r\x12\x1b\n\x13public_benefit_fund\x18\x06 \x01(\t\x12\x14\n\x0c\x64istillation\x18\x07 \x01(\x08\x12\x1e\n\x16third_party_fine_tunes\x18\x08 \x01(\x08\x12\x43\n\x16withdrawal_commitments\x18\t \x01(\x0b\x32#.coalition.v1.WithdrawalCommitments*\xdb\x01\n\rEnduringValue\x12\x1e\n\x1a\x45NDURING_VALUE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NDURING_VALUE_PRIVACY\x10\x01\x12\x1d\n\x19\x45NDURING_VALUE_LIVELIHOOD\x10\x02\x12\x19\n\x15\x45NDURING_VALUE_SAFETY\x10\x03\x12\x1b\n\x17\x45NDURING_VALUE_FAIRNESS\x10\x04\x12\x1b\n\x17\x45NDURING_VALUE_AUTONOMY\x10\x05\x12\x1a\n\x16\x45NDURING_VALUE_COMMONS\x10\x06*W\n\nNormStance\x12\x1b\n\x17NORM_STANCE_UNSPECIFIED\x10\x00\x12\x14\n\x10NORM_STANCE_HARD\x10\x01\x12\x16\n\x12NORM_STANCE_PRICED\x10\x02*g\n\x0cModelRelease\x12\x1d\n\x19MODEL_RELEASE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMODEL_RELEASE_OPEN_WEIGHTS\x10\x01\x12\x18\n\x14MODEL_RELEASE_CLOSED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63oalition/v1/norms.proto\x12\x0c\x63oalition.v1\x1a\x18\x63oalition/v1/terms.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\xcc\x01\n\tNormValue\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x05texts\x18\x02 \x01(\x0b\x32\x18.coalition.v1.StringListH\x00\x12\x0e\n\x04\x66lag\x18\x03 \x01(\x08H\x00\x12\x10\n\x06number\x18\x04 \x01(\x03H\x00\x12-\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12*\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x07\n\x05value\"E\n\rNormParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.coalition.v1.NormValue\"\xd0\x01\n\x04Norm\x12\x0f\n\x07norm_id\x18\x01 \x01(\t\x12/\n\nparameters\x18\x02 \x03(\x0b\x32\x1b.coalition.v1.NormParameter\x12(\n\x06stance\x18\x03 \x01(\x0e\x32\x18.coalition.v1.NormStance\x12-\n\x10premium_per_item\x18\x04 \x01(\x0b\x32\x13.coalition.v1.Money\x12-\n\x08protects\x18\x05 \x01(\x0e\x32\x1b.coalition.v1.EnduringValue*\xdb\x01\n\rEnduringValue\x12\x1e\n\x1a\x45NDURING_VALUE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NDURING_VALUE_PRIVACY\x10\x01\x12\x1d\n\x19\x45NDURING_VALUE_LIVELIHOOD\x10\x02\x12\x19\n\x15\x45NDURING_VALUE_SAFETY\x10\x03\x12\x1b\n\x17\x45NDURING_VALUE_FAIRNESS\x10\x04\x12\x1b\n\x17\x45NDURING_VALUE_AUTONOMY\x10\x05\x12\x1a\n\x16\x45NDURING_VALUE_COMMONS\x10\x06*W\n\nNormStance\x12\x1b\n\x17NORM_STANCE_UNSPECIFIED\x10\x00\x12\x14\n\x10NORM_STANCE_HARD\x10\x01\x12\x16\n\x12NORM_STANCE_PRICED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coalition.v1.norms_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENDURINGVALUE']._serialized_start=1128
-  _globals['_ENDURINGVALUE']._serialized_end=1347
-  _globals['_NORMSTANCE']._serialized_start=1349
-  _globals['_NORMSTANCE']._serialized_end=1436
-  _globals['_MODELRELEASE']._serialized_start=1438
-  _globals['_MODELRELEASE']._serialized_end=1541
+  _globals['_ENDURINGVALUE']._serialized_start=653
+  _globals['_ENDURINGVALUE']._serialized_end=872
+  _globals['_NORMSTANCE']._serialized_start=874
+  _globals['_NORMSTANCE']._serialized_end=961
   _globals['_STRINGLIST']._serialized_start=133
   _globals['_STRINGLIST']._serialized_end=161
   _globals['_NORMVALUE']._serialized_start=164
@@ -48,8 +46,4 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NORMPARAMETER']._serialized_end=439
   _globals['_NORM']._serialized_start=442
   _globals['_NORM']._serialized_end=650
-  _globals['_WITHDRAWALCOMMITMENTS']._serialized_start=653
-  _globals['_WITHDRAWALCOMMITMENTS']._serialized_end=787
-  _globals['_USEDECLARATION']._serialized_start=790
-  _globals['_USEDECLARATION']._serialized_end=1125
 # @@protoc_insertion_point(module_scope)

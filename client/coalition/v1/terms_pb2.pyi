@@ -90,6 +90,30 @@ PAYMENT_MODEL_PER_USE: PaymentModel.ValueType  # 3
 """A royalty per item per use."""
 Global___PaymentModel: _TypeAlias = PaymentModel  # noqa: Y015
 
+class _ModelRelease:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelReleaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelRelease.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_RELEASE_UNSPECIFIED: _ModelRelease.ValueType  # 0
+    """Not declared (refused)."""
+    MODEL_RELEASE_OPEN_WEIGHTS: _ModelRelease.ValueType  # 1
+    """Weights published for anyone to download."""
+    MODEL_RELEASE_CLOSED: _ModelRelease.ValueType  # 2
+    """Weights not published (API access, internal use, or no release)."""
+
+class ModelRelease(_ModelRelease, metaclass=_ModelReleaseEnumTypeWrapper):
+    """How a model trained on the data is released."""
+
+MODEL_RELEASE_UNSPECIFIED: ModelRelease.ValueType  # 0
+"""Not declared (refused)."""
+MODEL_RELEASE_OPEN_WEIGHTS: ModelRelease.ValueType  # 1
+"""Weights published for anyone to download."""
+MODEL_RELEASE_CLOSED: ModelRelease.ValueType  # 2
+"""Weights not published (API access, internal use, or no release)."""
+Global___ModelRelease: _TypeAlias = ModelRelease  # noqa: Y015
+
 @_typing.final
 class Money(_message.Message):
     """An amount of money: integer micros of a currency, never floating point."""
@@ -301,6 +325,7 @@ class LicenceTerms(_message.Message):
     ATTRIBUTION_FIELD_NUMBER: _builtins.int
     DELETION_DEADLINE_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    DECLARATION_FIELD_NUMBER: _builtins.int
     payment_model: Global___PaymentModel.ValueType
     """How the lab pays."""
     attribution: _builtins.bool
@@ -333,6 +358,12 @@ class LicenceTerms(_message.Message):
     def lease_duration(self) -> _duration_pb2.Duration:
         """Length of each access lease (renewal re-checks consent)."""
 
+    @_builtins.property
+    def declaration(self) -> Global___UseDeclaration:
+        """How the lab will use the data, in the norms vocabulary: judged against every member's
+        norms (a hard norm it breaks keeps the member's items out; a priced one adds its premium).
+        """
+
     def __init__(
         self,
         *,
@@ -345,11 +376,113 @@ class LicenceTerms(_message.Message):
         attribution: _builtins.bool = ...,
         deletion_deadline: _duration_pb2.Duration | None = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
+        declaration: Global___UseDeclaration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deletion_deadline", b"deletion_deadline", "lease_duration", b"lease_duration", "licence_duration", b"licence_duration", "price_per_item", b"price_per_item", "scope", b"scope", "subscription_period", b"subscription_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["declaration", b"declaration", "deletion_deadline", b"deletion_deadline", "lease_duration", b"lease_duration", "licence_duration", b"licence_duration", "price_per_item", b"price_per_item", "scope", b"scope", "subscription_period", b"subscription_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribution", b"attribution", "deletion_deadline", b"deletion_deadline", "lease_duration", b"lease_duration", "licence_duration", b"licence_duration", "payment_model", b"payment_model", "price_per_item", b"price_per_item", "purposes", b"purposes", "scope", b"scope", "subscription_period", b"subscription_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribution", b"attribution", "declaration", b"declaration", "deletion_deadline", b"deletion_deadline", "lease_duration", b"lease_duration", "licence_duration", b"licence_duration", "payment_model", b"payment_model", "price_per_item", b"price_per_item", "purposes", b"purposes", "scope", b"scope", "subscription_period", b"subscription_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LicenceTerms: _TypeAlias = LicenceTerms  # noqa: Y015
+
+@_typing.final
+class WithdrawalCommitments(_message.Message):
+    """What a lab commits to do when a member withdraws, beyond deleting the items."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCLUDE_FROM_NEXT_TRAINING_RUN_FIELD_NUMBER: _builtins.int
+    EXCLUDE_FROM_MODELS_RELEASED_AFTER_FIELD_NUMBER: _builtins.int
+    exclude_from_next_training_run: _builtins.bool
+    """The first training run started after the withdrawal notice excludes the data and
+    everything derived from it (tokenised shards, filtered corpora, synthetic data).
+    """
+    @_builtins.property
+    def exclude_from_models_released_after(self) -> _duration_pb2.Duration:
+        """No model version released later than this after the withdrawal notice was trained on
+        the data (retrained or unlearned). Unset: no such commitment.
+        """
+
+    def __init__(
+        self,
+        *,
+        exclude_from_next_training_run: _builtins.bool = ...,
+        exclude_from_models_released_after: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exclude_from_models_released_after", b"exclude_from_models_released_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_from_models_released_after", b"exclude_from_models_released_after", "exclude_from_next_training_run", b"exclude_from_next_training_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawalCommitments: _TypeAlias = WithdrawalCommitments  # noqa: Y015
+
+@_typing.final
+class UseDeclaration(_message.Message):
+    """A lab's declared use of the data, in the norm vocabulary: a negotiated term that the
+    agreement binds. Every field is judged against some norm (see norms-v<N>.json). List
+    fields are sorted and distinct.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_RELEASE_FIELD_NUMBER: _builtins.int
+    APPLICATION_DOMAINS_FIELD_NUMBER: _builtins.int
+    OCCUPATIONS_FIELD_NUMBER: _builtins.int
+    JURISDICTIONS_FIELD_NUMBER: _builtins.int
+    PUBLIC_BENEFIT_SHARE_BASIS_POINTS_FIELD_NUMBER: _builtins.int
+    PUBLIC_BENEFIT_FUND_FIELD_NUMBER: _builtins.int
+    DISTILLATION_FIELD_NUMBER: _builtins.int
+    THIRD_PARTY_FINE_TUNES_FIELD_NUMBER: _builtins.int
+    WITHDRAWAL_COMMITMENTS_FIELD_NUMBER: _builtins.int
+    model_release: Global___ModelRelease.ValueType
+    """How the model is released."""
+    public_benefit_share_basis_points: _builtins.int
+    """Share of the licence fee paid into a commons fund, in basis points (0 to 10000)."""
+    public_benefit_fund: _builtins.str
+    """Id of the commons fund it is paid into; set exactly when the share is above zero."""
+    distillation: _builtins.bool
+    """Whether the model or its outputs are used to train other models (distillation)."""
+    third_party_fine_tunes: _builtins.bool
+    """Whether the lab fine-tunes the model for third parties."""
+    @_builtins.property
+    def application_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The vocabulary's application domains in which the model may be used, by the lab or
+        under its terms of use; the lab commits to exclude every domain not listed.
+        """
+
+    @_builtins.property
+    def occupations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ISCO-08 codes (1 to 4 digits; a code includes every code it prefixes) of occupations
+        whose work the lab markets the model to automate.
+        """
+
+    @_builtins.property
+    def jurisdictions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where the data is processed: ISO 3166-1 alpha-2 or ISO 3166-2 codes (at least one)."""
+
+    @_builtins.property
+    def withdrawal_commitments(self) -> Global___WithdrawalCommitments:
+        """What a withdrawal obliges beyond deletion."""
+
+    def __init__(
+        self,
+        *,
+        model_release: Global___ModelRelease.ValueType = ...,
+        application_domains: _abc.Iterable[_builtins.str] | None = ...,
+        occupations: _abc.Iterable[_builtins.str] | None = ...,
+        jurisdictions: _abc.Iterable[_builtins.str] | None = ...,
+        public_benefit_share_basis_points: _builtins.int = ...,
+        public_benefit_fund: _builtins.str = ...,
+        distillation: _builtins.bool = ...,
+        third_party_fine_tunes: _builtins.bool = ...,
+        withdrawal_commitments: Global___WithdrawalCommitments | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdrawal_commitments", b"withdrawal_commitments"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_domains", b"application_domains", "distillation", b"distillation", "jurisdictions", b"jurisdictions", "model_release", b"model_release", "occupations", b"occupations", "public_benefit_fund", b"public_benefit_fund", "public_benefit_share_basis_points", b"public_benefit_share_basis_points", "third_party_fine_tunes", b"third_party_fine_tunes", "withdrawal_commitments", b"withdrawal_commitments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseDeclaration: _TypeAlias = UseDeclaration  # noqa: Y015

@@ -6,12 +6,14 @@ shredding and (later) the coalition's reservation all call it, so they can never
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
 
-from coalition.v1 import consent_pb2, terms_pb2
+from coalition import norms
+from coalition.v1 import consent_pb2, norms_pb2, terms_pb2
 from coalition_server.domain.errors import FailedPreconditionError, InvalidArgumentError
 from coalition_server.domain.statements import (
     check_fresh,
@@ -128,6 +130,7 @@ def check_token(statement: consent_pb2.ConsentToken, currency: str, now: datetim
     if len(set(purposes)) != len(purposes):
         raise InvalidArgumentError("BAD_PURPOSES", "a purpose appears twice")
     check_floor(statement.floor, currency)
+    check_norms(statement.norms, currency)
     if len(statement.excluded_lab_key_ids) > MAX_EXCLUDED_LABS:
         raise InvalidArgumentError("BAD_EXCLUDED_LABS", "too many excluded labs")
     for lab in statement.excluded_lab_key_ids:
@@ -148,6 +151,22 @@ def check_token(statement: consent_pb2.ConsentToken, currency: str, now: datetim
             raise FailedPreconditionError(
                 "TOKEN_NOT_YET_VALID", "the token's not_before is in the future"
             )
+
+
+def check_norms(values: Sequence[norms_pb2.Norm], currency: str) -> None:
+    """Norms from the vocabulary, well formed and not contradicting each other."""
+    try:
+        norms.validate_norms(values, currency)
+    except norms.NormError as exc:
+        raise InvalidArgumentError(exc.reason, exc.message, exc.metadata) from None
+
+
+def check_declaration(declaration: terms_pb2.UseDeclaration) -> None:
+    """A use declaration in the vocabulary with every required field."""
+    try:
+        norms.validate_declaration(declaration)
+    except norms.NormError as exc:
+        raise InvalidArgumentError(exc.reason, exc.message, exc.metadata) from None
 
 
 def check_money(money: terms_pb2.Money, currency: str, field: str) -> None:
@@ -182,13 +201,27 @@ def check_floor(floor: terms_pb2.FloorTerms, currency: str) -> None:
     duration(floor.max_deletion_deadline, "max_deletion_deadline")
 
 
-def meets_floor(floor: terms_pb2.FloorTerms, terms: terms_pb2.LicenceTerms) -> bool:
-    """Whether licence terms meet a member's floor terms (price, attribution, durations)."""
+def norms_premium(token: Token, terms: terms_pb2.LicenceTerms) -> int | None:
+    """The premium per item the terms' use declaration owes the token's priced norms, or
+    None when it breaks a hard norm (the token then never covers the use)."""
+    if not token.statement.norms:
+        return 0
+    assessment = norms.assess(token.statement.norms, terms.declaration)
+    return assessment.premium_micros if assessment.admissible else None
+
+
+def meets_floor(
+    floor: terms_pb2.FloorTerms, terms: terms_pb2.LicenceTerms, premium_micros: int = 0
+) -> bool:
+    """Whether licence terms meet a member's floor terms (price, attribution, durations).
+
+    ``premium_micros`` (owed to priced norms) is added to the floor, in the floor's units.
+    """
     price = next((p for p in floor.prices if p.payment_model == terms.payment_model), None)
     if price is None or price.minimum_per_item.currency_code != terms.price_per_item.currency_code:
         return False
     offered = terms.price_per_item.micros
-    minimum = price.minimum_per_item.micros
+    minimum = price.minimum_per_item.micros + premium_micros
     if terms.payment_model == terms_pb2.PAYMENT_MODEL_SUBSCRIPTION:
         # Compare prices per unit of time without rounding: a/p >= b/q  <=>  a*q >= b*p.
         offered_period = terms.subscription_period.seconds
@@ -212,14 +245,19 @@ def meets_floor(floor: terms_pb2.FloorTerms, terms: terms_pb2.LicenceTerms) -> b
 
 
 def permits(token: Token, terms: terms_pb2.LicenceTerms, lab_key_id: str, at: datetime) -> bool:
-    """Whether a GIVEN token lets ``lab_key_id`` use its items under ``terms`` at ``at``."""
-    return (
+    """Whether a GIVEN token lets ``lab_key_id`` use its items under ``terms`` at ``at``:
+    in force, lab not excluded, purposes permitted, no hard norm broken by the terms' use
+    declaration, and the price meeting the floor plus the premium of every priced norm it
+    breaks."""
+    if not (
         token.in_force(at)
         and lab_key_id not in token.statement.excluded_lab_key_ids
         and lab_key_id not in token.struck_labs
         and set(terms.purposes) <= token.purposes
-        and meets_floor(token.statement.floor, terms)
-    )
+    ):
+        return False
+    premium = norms_premium(token, terms)
+    return premium is not None and meets_floor(token.statement.floor, terms, premium)
 
 
 def covers_item(token: Token, item_id: str, item_tags: frozenset[str]) -> bool:

@@ -87,6 +87,8 @@ def check_terms(terms: terms_pb2.LicenceTerms, currency: str, max_price_micros: 
         raise InvalidArgumentError(
             "BAD_DURATION", "lease_duration must be positive, at most 7 days"
         )
+    if terms.HasField("declaration"):
+        rules.check_declaration(terms.declaration)
     scope = terms.scope
     if len(scope.tags) > MAX_SCOPE_TAGS or len(scope.media_types) > MAX_SCOPE_TAGS:
         raise InvalidArgumentError("BAD_SCOPE", "at most 32 tags and 32 media types")

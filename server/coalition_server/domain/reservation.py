@@ -22,7 +22,7 @@ from fractions import Fraction
 from typing import Protocol
 
 from coalition.v1 import items_pb2, terms_pb2
-from coalition_server.domain.consent import Token, covers_item, permits
+from coalition_server.domain.consent import Token, covers_item, norms_premium, permits
 
 ITEM_WITHDRAWN = items_pb2.ITEM_STATE_WITHDRAWN
 SUBSCRIPTION = terms_pb2.PAYMENT_MODEL_SUBSCRIPTION
@@ -78,7 +78,10 @@ def _floor_for_terms(token: Token, terms: terms_pb2.LicenceTerms) -> int | None:
     )
     if price is None:
         return None
-    minimum = price.minimum_per_item.micros
+    premium = norms_premium(token, terms)
+    if premium is None:
+        return None  # the use breaks one of the token's hard norms
+    minimum = price.minimum_per_item.micros + premium
     if terms.payment_model != SUBSCRIPTION:
         return minimum
     # Same units as meets_floor (whole seconds): p/T >= m/P  <=>  p >= m*T/P, p an integer.
