@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import BinaryIO, Final, Literal, NamedTuple, TypeVar
+from typing import Any, BinaryIO, Final, Literal, NamedTuple, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -865,6 +865,28 @@ class Client:
                 raise _server_error(exc) from None
             return response
 
+    async def paged(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[Message],
+        field: str,
+        *,
+        sign: bool,
+    ) -> AsyncIterator[Any]:
+        """Every element of a paginated listing (AIP-158): the request is sent again with
+        each ``next_page_token`` until there is none."""
+        while True:
+            response: Any = await self.call(method, request, response_type, sign=sign)
+            for element in getattr(response, field):
+                yield element
+            if not response.next_page_token:
+                return
+            following = type(request)()
+            following.CopyFrom(request)
+            following.page_token = response.next_page_token  # type: ignore[attr-defined]
+            request = following
+
     # --- ledger (public) -------------------------------------------------------------
 
     async def log_info(self) -> ledger_pb2.GetLogInfoResponse:
@@ -885,22 +907,17 @@ class Client:
             sign=False,
         )
 
-    async def entries(
+    def entries(
         self, start: int = 0, end: int = 0, page_size: int = 1000
     ) -> AsyncIterator[ledger_pb2.Entry]:
         """Entries from ``start`` to ``end`` (0 = the current tree size), page by page."""
-        request = ledger_pb2.ListEntriesRequest(start=start, end=end, page_size=page_size)
-        while True:
-            response = await self.call(
-                LEDGER + "ListEntries", request, ledger_pb2.ListEntriesResponse, sign=False
-            )
-            for entry in response.entries:
-                yield entry
-            if not response.next_page_token:
-                return
-            request = ledger_pb2.ListEntriesRequest(
-                end=end, page_size=page_size, page_token=response.next_page_token
-            )
+        return self.paged(
+            LEDGER + "ListEntries",
+            ledger_pb2.ListEntriesRequest(start=start, end=end, page_size=page_size),
+            ledger_pb2.ListEntriesResponse,
+            "entries",
+            sign=False,
+        )
 
     async def entry(self, index: int) -> ledger_pb2.Entry:
         """One entry by index."""
@@ -934,28 +951,19 @@ class Client:
             sign=False,
         )
 
-    async def entries_by_subject(
+    def entries_by_subject(
         self, subject_key_id: str = "", kind: str = "", page_size: int = 1000
     ) -> AsyncIterator[ledger_pb2.Entry]:
         """Entries about a party and/or of a kind, in index order."""
-        token = ""
-        while True:
-            response = await self.call(
-                LEDGER + "ListEntriesBySubject",
-                ledger_pb2.ListEntriesBySubjectRequest(
-                    subject_key_id=subject_key_id,
-                    kind=kind,
-                    page_size=page_size,
-                    page_token=token,
-                ),
-                ledger_pb2.ListEntriesBySubjectResponse,
-                sign=False,
-            )
-            for entry in response.entries:
-                yield entry
-            token = response.next_page_token
-            if not token:
-                return
+        return self.paged(
+            LEDGER + "ListEntriesBySubject",
+            ledger_pb2.ListEntriesBySubjectRequest(
+                subject_key_id=subject_key_id, kind=kind, page_size=page_size
+            ),
+            ledger_pb2.ListEntriesBySubjectResponse,
+            "entries",
+            sign=False,
+        )
 
     # --- parties ----------------------------------------------------------------------
 
@@ -1123,21 +1131,15 @@ class Client:
             raise _server_error(exc) from None
         return response
 
-    async def items(self, page_size: int = 0) -> AsyncIterator[items_pb2.Item]:
+    def items(self, page_size: int = 0) -> AsyncIterator[items_pb2.Item]:
         """This contributor's items, in registration order, page by page."""
-        token = ""
-        while True:
-            response = await self.call(
-                ITEMS + "ListItems",
-                items_pb2.ListItemsRequest(page_size=page_size, page_token=token),
-                items_pb2.ListItemsResponse,
-                sign=True,
-            )
-            for item in response.items:
-                yield item
-            token = response.next_page_token
-            if not token:
-                return
+        return self.paged(
+            ITEMS + "ListItems",
+            items_pb2.ListItemsRequest(page_size=page_size),
+            items_pb2.ListItemsResponse,
+            "items",
+            sign=True,
+        )
 
     async def item(self, item_id: str) -> items_pb2.Item:
         """One of this contributor's items."""
@@ -1208,21 +1210,15 @@ class Client:
             retry=bool(request_id),
         )
 
-    async def consents(self, page_size: int = 0) -> AsyncIterator[consent_pb2.ConsentRecord]:
+    def consents(self, page_size: int = 0) -> AsyncIterator[consent_pb2.ConsentRecord]:
         """This member's consent tokens with their states, in ledger order."""
-        token = ""
-        while True:
-            response = await self.call(
-                CONSENT + "ListConsents",
-                consent_pb2.ListConsentsRequest(page_size=page_size, page_token=token),
-                consent_pb2.ListConsentsResponse,
-                sign=True,
-            )
-            for record in response.consents:
-                yield record
-            token = response.next_page_token
-            if not token:
-                return
+        return self.paged(
+            CONSENT + "ListConsents",
+            consent_pb2.ListConsentsRequest(page_size=page_size),
+            consent_pb2.ListConsentsResponse,
+            "consents",
+            sign=True,
+        )
 
     async def consent_state(self, consent_id: str) -> consent_pb2.GetConsentStateResponse:
         """Public: a token's state with the evidence to check it offline
@@ -1302,21 +1298,15 @@ class Client:
 
     # --- access (labs) ----------------------------------------------------------------
 
-    async def agreements(self, page_size: int = 0) -> AsyncIterator[access_pb2.AgreementRecord]:
+    def agreements(self, page_size: int = 0) -> AsyncIterator[access_pb2.AgreementRecord]:
         """This lab's agreements, in ledger order."""
-        token = ""
-        while True:
-            response = await self.call(
-                ACCESS + "ListAgreements",
-                access_pb2.ListAgreementsRequest(page_size=page_size, page_token=token),
-                access_pb2.ListAgreementsResponse,
-                sign=True,
-            )
-            for record in response.agreements:
-                yield record
-            token = response.next_page_token
-            if not token:
-                return
+        return self.paged(
+            ACCESS + "ListAgreements",
+            access_pb2.ListAgreementsRequest(page_size=page_size),
+            access_pb2.ListAgreementsResponse,
+            "agreements",
+            sign=True,
+        )
 
     async def take_lease(
         self, agreement_id: str, *, request_id: str = ""
@@ -1761,21 +1751,15 @@ class Client:
         )
         return response.negotiation
 
-    async def negotiations(self, page_size: int = 0) -> AsyncIterator[negotiation_pb2.Negotiation]:
+    def negotiations(self, page_size: int = 0) -> AsyncIterator[negotiation_pb2.Negotiation]:
         """This lab's negotiations, in ledger order, page by page."""
-        token = ""
-        while True:
-            response = await self.call(
-                NEGOTIATION + "ListNegotiations",
-                negotiation_pb2.ListNegotiationsRequest(page_size=page_size, page_token=token),
-                negotiation_pb2.ListNegotiationsResponse,
-                sign=True,
-            )
-            for negotiation in response.negotiations:
-                yield negotiation
-            token = response.next_page_token
-            if not token:
-                return
+        return self.paged(
+            NEGOTIATION + "ListNegotiations",
+            negotiation_pb2.ListNegotiationsRequest(page_size=page_size),
+            negotiation_pb2.ListNegotiationsResponse,
+            "negotiations",
+            sign=True,
+        )
 
     async def watch_negotiation(
         self,
