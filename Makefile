@@ -20,6 +20,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # Pinned: `npm view @bufbuild/buf version`.
 BUF_VERSION := 1.75.0
 GENERATED_DIR := client/coalition/v1
+NODE_EXAMPLE := examples/node
 
 # Extra arguments: `make serve ARGS="--help"`, `make test PYTEST_ARGS="-x -k ledger"`.
 ARGS ?=
@@ -33,7 +34,7 @@ RUN_MYPY = $(BIN)/mypy
 RUN_PYTEST = $(BIN)/pytest
 
 .PHONY: help venv install generate generate-if-missing check-generated serve test test-fast \
-        pytest lint format typecheck buf-lint clean distclean
+        pytest lint format typecheck buf-lint node-deps bench clean distclean
 
 help:
 	@echo "Coalition — make targets"
@@ -46,6 +47,8 @@ help:
 	@echo "  make generate    regenerate $(GENERATED_DIR) from proto/"
 	@echo "  make check-generated  fail if $(GENERATED_DIR) is stale"
 	@echo "  make buf-lint    buf lint proto (npx @bufbuild/buf@$(BUF_VERSION); needs node)"
+	@echo "  make node-deps   npm ci in $(NODE_EXAMPLE) when npm is there (the tests run it)"
+	@echo "  make bench       benchmarks vs targets and baselines (ARGS=\"--scale smoke --db sqlite\")"
 	@echo "  make venv | install | clean | distclean"
 
 # --- set-up ---------------------------------------------------------------------------------
@@ -64,6 +67,15 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The Node.js lab example's packages, so its tests run rather than skip. Light: only when npm
+# is installed and the lock file is newer than what node_modules holds.
+node-deps:
+	@if ! command -v npm >/dev/null; then \
+	  echo "npm not found: the Node.js example's tests ($(NODE_EXAMPLE)) will skip"; \
+	elif [ ! $(NODE_EXAMPLE)/node_modules/.package-lock.json -nt $(NODE_EXAMPLE)/package-lock.json ]; then \
+	  npm ci --prefix $(NODE_EXAMPLE) --no-audit --no-fund; \
+	fi
+
 generate: install
 	$(PY) scripts/generate_protos.py
 
@@ -81,7 +93,7 @@ serve: generate
 	exec $(BIN)/coalition-server $(ARGS)
 
 # The WHOLE suite, slow tests included (no -m filter).
-test: generate-if-missing
+test: generate-if-missing node-deps
 	$(RUN_CHECK_GENERATED)
 	$(RUN_RUFF_CHECK)
 	$(RUN_RUFF_FORMAT_CHECK)
@@ -90,10 +102,10 @@ test: generate-if-missing
 
 # --- individual steps -----------------------------------------------------------------------
 
-test-fast: generate-if-missing
+test-fast: generate-if-missing node-deps
 	$(RUN_PYTEST) -m "not slow" $(PYTEST_ARGS)
 
-pytest: generate-if-missing
+pytest: generate-if-missing node-deps
 	$(RUN_PYTEST) $(PYTEST_ARGS)
 
 check-generated: install
@@ -114,6 +126,10 @@ buf-lint:
 	@command -v npx >/dev/null || { echo "buf-lint needs node/npm (npx)" >&2; exit 1; }
 	npx --yes @bufbuild/buf@$(BUF_VERSION) lint proto
 
+# The benchmark runner (docs/benchmarks.md): `make bench ARGS="--scale smoke --only ingest"`.
+bench: generate-if-missing
+	$(PY) -m bench $(ARGS)
+
 # --- cleaning -------------------------------------------------------------------------------
 
 # Caches and build output only; never the data directory of a local server.
@@ -124,4 +140,4 @@ clean:
 	rm -f $(STAMP)
 
 distclean: clean
-	rm -rf $(VENV) node_modules
+	rm -rf $(VENV) node_modules $(NODE_EXAMPLE)/node_modules

@@ -1,4 +1,4 @@
-"""Project-level checks: generated code, docker-compose, README/CI entry points, Makefile."""
+"""Project-level checks: generated code, README/CI entry points, Makefile."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,106 +33,7 @@ def test_generated_code_is_not_stale(monkeypatch: pytest.MonkeyPatch) -> None:
     assert stale == [], f"stale generated files {stale}: run `make generate` and commit the result"
 
 
-# --- docker-compose.yml ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-@pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, Any]:
-    found = compose.get("services")
-    assert isinstance(found, dict)
-    return found
-
-
-def _as_list(value: Any) -> list[str]:
-    """A compose command/test/entrypoint, list or string form, as a list of words."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return value.split()
-    assert isinstance(value, list)
-    return [str(v) for v in value]
-
-
-def _environment(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment", {})
-    if isinstance(env, list):
-        return dict(item.split("=", 1) for item in env)
-    assert isinstance(env, dict)
-    return {str(k): str(v) for k, v in env.items()}
-
-
-def _depends_on(service: dict[str, Any]) -> dict[str, Any]:
-    deps = service.get("depends_on", {})
-    assert isinstance(deps, dict), "depends_on must use the long form with conditions"
-    return deps
-
-
-def test_compose_has_the_three_services(services: dict[str, Any]) -> None:
-    assert {"postgres", "migrate", "server"} <= set(services)
-
-
-def test_compose_postgres(services: dict[str, Any]) -> None:
-    postgres = services["postgres"]
-    assert str(postgres["image"]).startswith("postgres:16")
-    assert "pg_isready" in " ".join(_as_list(postgres["healthcheck"]["test"]))
-    volumes = [str(v) for v in postgres.get("volumes", [])]
-    assert any(v.endswith(":/var/lib/postgresql/data") for v in volumes), volumes
-
-
-def test_compose_migrate(services: dict[str, Any]) -> None:
-    migrate = services["migrate"]
-    assert "build" in migrate or "image" in migrate
-    assert _depends_on(migrate)["postgres"]["condition"] == "service_healthy"
-    command = _as_list(migrate.get("command"))
-    assert "migrate" in command
-    db_url = command[command.index("--db") + 1]
-    assert db_url.startswith("postgresql+asyncpg://")
-    assert "@postgres:5432/" in db_url
-
-
-def test_compose_server(services: dict[str, Any]) -> None:
-    server = services["server"]
-    assert "build" in server
-    deps = _depends_on(server)
-    assert deps["migrate"]["condition"] == "service_completed_successfully"
-
-    command = _as_list(server.get("command"))
-    assert command[command.index("--listen") + 1] == "0.0.0.0:50051"
-    assert "--data-dir" in command
-    db_url = command[command.index("--db") + 1]
-    env = _environment(server)
-    assert env["COALITION_DB_URL"] == db_url
-    assert db_url.startswith("postgresql+asyncpg://")
-    assert "@postgres:5432/" in db_url, "the server must reach the compose postgres service"
-
-    ports = [str(p) for p in server.get("ports", [])]
-    assert any(p.split(":")[-1] == "50051" for p in ports), ports
-
-    health = " ".join(_as_list(server["healthcheck"]["test"]))
-    assert "grpc_health" in health or "health" in command
-    assert "127.0.0.1:50051" in health
-
-
-def test_compose_migrate_and_server_share_the_server_image(services: dict[str, Any]) -> None:
-    assert services["migrate"].get("image") == services["server"].get("image")
-
-
-def test_dockerfile_runs_coalition_server() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    lines = [line.strip() for line in dockerfile.splitlines()]
-    instructions = [line for line in lines if line and not line.startswith("#")]
-    assert instructions[0].startswith("FROM python:3.11")
-    entry = [line for line in instructions if line.startswith(("ENTRYPOINT", "CMD"))]
-    assert any("coalition-server" in line for line in entry), entry
-    assert any(line.startswith("USER ") and "root" not in line for line in instructions)
-    assert "EXPOSE 50051" in instructions
+# docker-compose.yml, the Dockerfile and deploy/: tests/test_compose.py
 
 
 # --- README, CI and Makefile -----------------------------------------------------------------

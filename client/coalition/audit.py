@@ -34,6 +34,10 @@ statement                                            signers
 ``Ballot``, ``StrikePledge``, ``PledgeRetraction``   one registered contributor
 ``RatificationCall``, ``RatificationResult``,        the coalition key, only
 ``PayoutStatement``, ``StrikeExecution``
+``Dispute``                                          one registered contributor whose items
+                                                     the disputed agreement covers
+``DisputeResponse``                                  one registered lab: the disputed
+                                                     agreement's
 ===================================================  =======================================
 
 "Registered" means by an entry *before* this one. A statement type without a rule fails, as
@@ -46,6 +50,14 @@ signed by the coalition key or by that negotiation's lab: never by another lab. 
 must name a negotiation that the coalition put to its members by a ``RatificationCall`` in
 an earlier entry. (Whether the voter's items are covered, double votes and windows are the
 server's to enforce; the replay checks only what the order of the log proves.)
+
+Dispute rules. An item's owner is the contributor who signed its ``ItemRegistration`` (its
+id is :func:`coalition.client.item_id` of that key and the commitment), and an agreement
+covers the owners of the items it lists (``covered_item_ids``), whatever happens to the items
+later. A ``Dispute`` must name an ``Agreement`` logged by an *earlier* entry and be signed by
+a member it covers; a ``DisputeResponse`` must answer a ``Dispute`` filed by an earlier entry
+and be signed by the lab of the disputed agreement, never by another lab. The log proves both:
+the agreement lists its items, and each item's registration names its owner.
 
 It folds the leaf hashes into a :class:`~coalition.merkle.CompactRange`, and
 :meth:`LedgerReplay.finish` compares the recomputed root with a signed checkpoint. A tree
@@ -63,6 +75,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -73,9 +86,18 @@ from google.protobuf.message import DecodeError, Message
 
 from coalition import dsse, merkle, statements
 from coalition.checkpoint import Checkpoint
+from coalition.client import item_id
 from coalition.errors import CoalitionError, EnvelopeError, KeyFormatError, SignatureError
 from coalition.keys import PublicKey, key_id
-from coalition.v1 import access_pb2, envelope_pb2, ledger_pb2, negotiation_pb2, party_pb2
+from coalition.v1 import (
+    access_pb2,
+    disputes_pb2,
+    envelope_pb2,
+    items_pb2,
+    ledger_pb2,
+    negotiation_pb2,
+    party_pb2,
+)
 
 __all__ = [
     "AuditError",
@@ -121,6 +143,10 @@ _SOLE_SIGNER: Final[Mapping[str, frozenset[party_pb2.Role.ValueType]]] = {
     "StrikePledge": frozenset((_CONTRIBUTOR,)),
     "PledgeRetraction": frozenset((_CONTRIBUTOR,)),
     "StrikeExecution": frozenset((_COALITION,)),
+    # Disputes (disputes.proto): a covered member files, the agreement's lab answers; the
+    # dispute rules below narrow these down to that member and that lab.
+    "Dispute": frozenset((_CONTRIBUTOR,)),
+    "DisputeResponse": frozenset((_LAB,)),
 }
 # How a rule names the one signer it wants.
 _WANTED: Final[Mapping[frozenset[party_pb2.Role.ValueType], str]] = {
@@ -259,6 +285,47 @@ class _NegotiationUpdate:
     """Set for a RatificationCall: the entry that puts the negotiation to a vote."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Agreement:
+    """An agreement logged in the ledger: where, its lab, and the members it covers."""
+
+    index: int
+    lab_key_id: str
+    members: frozenset[str]
+    items: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Dispute:
+    """A dispute filed in the ledger: where, and about which agreement."""
+
+    index: int
+    agreement_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _CoverageUpdate:
+    """What an entry adds to the item, agreement and dispute state (applied once every
+    check passed)."""
+
+    item: tuple[bytes, str] | None = None
+    """Set for an ItemRegistration: (the item id's bytes, its owner)."""
+    agreement: tuple[str, _Agreement] | None = None
+    """Set for an Agreement: its id and what it covers."""
+    dispute: tuple[str, _Dispute] | None = None
+    """Set for a Dispute: its id and agreement."""
+
+
+def _item_key(value: str) -> bytes | None:
+    """An item id as 16 bytes (compact for large ledgers), or None if it is not one."""
+    if len(value) != 32:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
+
+
 class LedgerReplay:
     """Checks a ledger leaf by leaf; see the module docstring for what is checked.
 
@@ -302,6 +369,10 @@ class LedgerReplay:
         self._negotiations: dict[str, _Negotiation] = {}
         # Negotiation id -> the entry of its first RatificationCall.
         self._ratifications: dict[str, int] = {}
+        # Item id (bytes) -> the contributor who registered it; agreements and disputes.
+        self._item_owners: dict[bytes, str] = {}
+        self._agreements: dict[str, _Agreement] = {}
+        self._disputes: dict[str, _Dispute] = {}
         self._expected = [
             ExpectedKey(e.source, bytes(e.public_key)) for e in expected_coalition_keys
         ]
@@ -383,6 +454,7 @@ class LedgerReplay:
         statement = _statement(index, envelope)
         keys, registered = self._signer_keys(index, envelope, statement)
         update = self._negotiation_rules(index, envelope, statement)
+        coverage = self._coverage_rules(index, envelope, statement)
         message = envelope.pae()
         checks: list[SignatureCheck] = []
         if self._defer:
@@ -412,6 +484,13 @@ class LedgerReplay:
                 self._negotiations.setdefault(update.negotiation_id, update.negotiation)
             if update.ratification_index is not None:
                 self._ratifications.setdefault(update.negotiation_id, update.ratification_index)
+        if coverage is not None:
+            if coverage.item is not None:
+                self._item_owners.setdefault(*coverage.item)
+            if coverage.agreement is not None:
+                self._agreements.setdefault(*coverage.agreement)
+            if coverage.dispute is not None:
+                self._disputes.setdefault(*coverage.dispute)
         self._deferred.extend(checks)
         self._kinds[statements.kind(envelope.payload_type)] += 1
         self._last_time = stamp
@@ -685,6 +764,83 @@ class LedgerReplay:
             f"{negotiation.index}), but its signer {signer} is {self._describe(signer)}",
             index=index,
         )
+
+    # --- dispute rules (sequential, no cryptography) -------------------------------------
+
+    def _coverage_rules(
+        self, index: int, envelope: dsse.Envelope, statement: Message
+    ) -> _CoverageUpdate | None:
+        """Who owns which item, what each agreement covers, and the dispute rules (module
+        docstring). Runs after the signer rules (one signature where the rule wants one);
+        returns what the entry adds, not applied here; raises AuditError on a broken rule."""
+        if isinstance(statement, items_pb2.ItemRegistration):
+            # The server derives ids the same way. The owner is interned: one string per
+            # member, not one per item, as ledgers hold millions of items.
+            owner = sys.intern(envelope.signatures[0].keyid)
+            key = _item_key(item_id(owner, bytes(statement.commitment)))
+            return _CoverageUpdate(item=(key, owner)) if key is not None else None
+        if isinstance(statement, access_pb2.Agreement):
+            members: set[str] = set()
+            for covered in statement.covered_item_ids:
+                key = _item_key(covered)
+                holder = self._item_owners.get(key) if key is not None else None
+                if holder is not None:
+                    members.add(holder)
+            agreement = _Agreement(
+                index, statement.lab_key_id, frozenset(members), len(statement.covered_item_ids)
+            )
+            return _CoverageUpdate(agreement=(statements.statement_id(envelope), agreement))
+        if isinstance(statement, disputes_pb2.Dispute):
+            return self._check_dispute(index, envelope, statement)
+        if isinstance(statement, disputes_pb2.DisputeResponse):
+            self._check_dispute_response(index, envelope, statement)
+        return None
+
+    def _check_dispute(
+        self, index: int, envelope: dsse.Envelope, dispute: disputes_pb2.Dispute
+    ) -> _CoverageUpdate:
+        """Rule: about an agreement logged earlier, by a member it covers."""
+        aid = dispute.agreement_id
+        agreement = self._agreements.get(aid)
+        if agreement is None:
+            raise AuditError(
+                f"entry {index}: a Dispute must be about an Agreement logged by an earlier "
+                f"entry, but agreement {_id_text(aid)} was not logged before this entry",
+                index=index,
+            )
+        signer = envelope.signatures[0].keyid
+        if signer not in agreement.members:
+            raise AuditError(
+                f"entry {index}: a Dispute about agreement {aid} (entry {agreement.index}) "
+                f"must be signed by a member whose items it covers, but its signer {signer} "
+                f"({self._describe(signer)}) owns none of the {agreement.items} items it "
+                "covers",
+                index=index,
+            )
+        return _CoverageUpdate(dispute=(statements.statement_id(envelope), _Dispute(index, aid)))
+
+    def _check_dispute_response(
+        self, index: int, envelope: dsse.Envelope, response: disputes_pb2.DisputeResponse
+    ) -> None:
+        """Rule: answers a dispute filed earlier; signed by the disputed agreement's lab."""
+        did = response.dispute_id
+        dispute = self._disputes.get(did)
+        if dispute is None:
+            raise AuditError(
+                f"entry {index}: a DisputeResponse must answer a Dispute filed by an earlier "
+                f"entry, but dispute {_id_text(did)} was not filed before this entry",
+                index=index,
+            )
+        agreement = self._agreements[dispute.agreement_id]
+        signer = envelope.signatures[0].keyid
+        if signer != agreement.lab_key_id:
+            raise AuditError(
+                f"entry {index}: a DisputeResponse to dispute {did} (entry {dispute.index}) "
+                f"must be signed by the lab of agreement {dispute.agreement_id} "
+                f"({agreement.lab_key_id}), but its signer {signer} is "
+                f"{self._describe(signer)}",
+                index=index,
+            )
 
     def _describe(self, key_id_: str) -> str:
         """What a key is, as of the entries fed so far (for messages)."""

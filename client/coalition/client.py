@@ -11,8 +11,11 @@ Contributors register items (:meth:`Client.register_files`), upload their conten
 (:meth:`Client.withdraw`); labs lease (:meth:`Client.take_lease`), fetch verified plaintext
 (:meth:`Client.fetch`), follow the withdrawal feed (:meth:`Client.watch_withdrawals`) and
 answer it (:meth:`Client.acknowledge`). Members may pledge to strike together
-(:meth:`Client.pledge`, :meth:`Client.strikes`). Mutations given a ``request_id`` are
-retried with the same bytes while the server is UNAVAILABLE.
+(:meth:`Client.pledge`, :meth:`Client.strikes`), vote with reasons
+(:meth:`Client.cast_ballot`) and dispute an agreement that covers them
+(:meth:`Client.file_dispute`), which its lab answers (:meth:`Client.respond_to_dispute`).
+Mutations given a ``request_id`` are retried with the same bytes while the server is
+UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from coalition.content import ContentError, SegmentDecryptor
 from coalition.errors import CoalitionError, VerificationError
 from coalition.keys import PublicKey, SigningKey
 from coalition.merkle import CompactRange, leaf_hash
+from coalition.norms import DeclarationLimits, canonical_norms, declaration_changes
 from coalition.note import NoteVerifier
 from coalition.receipts import verify_receipt
 from coalition.strategy import (
@@ -65,10 +69,12 @@ from coalition.strategy import (
 from coalition.v1 import (
     access_pb2,
     consent_pb2,
+    disputes_pb2,
     envelope_pb2,
     items_pb2,
     ledger_pb2,
     negotiation_pb2,
+    norms_pb2,
     party_pb2,
     strike_pb2,
     terms_pb2,
@@ -83,6 +89,7 @@ CONSENT = "/coalition.v1.ConsentService/"
 ACCESS = "/coalition.v1.AccessService/"
 NEGOTIATION = "/coalition.v1.NegotiationService/"
 STRIKE = "/coalition.v1.StrikeService/"
+DISPUTE = "/coalition.v1.DisputeService/"
 
 MAX_CHUNK: Final = 1 << 20
 """Largest chunk of content one upload message carries (the server's limit)."""
@@ -238,10 +245,12 @@ def consent_token(
     not_before: datetime | None = None,
     not_after: datetime | None = None,
     valid_for: timedelta = DEFAULT_VALIDITY,
+    norms: Iterable[norms_pb2.Norm] = (),
 ) -> consent_pb2.ConsentToken:
     """A fresh ConsentToken (created now, random nonce) naming exactly one item selector.
 
-    ``not_after`` defaults to ``valid_for`` after now (or after ``not_before``).
+    ``not_after`` defaults to ``valid_for`` after now (or after ``not_before``). ``norms``
+    (see coalition.norms) are put in the canonical order the server requires.
     """
     chosen = [item_ids is not None, tag is not None, all_items]
     if sum(chosen) != 1:
@@ -267,6 +276,7 @@ def consent_token(
         not_after=_timestamp(not_after or (not_before or now) + valid_for),
         nonce=os.urandom(16),
         created_time=_timestamp(now),
+        norms=canonical_norms(norms),
     )
     if not_before is not None:
         token.not_before.CopyFrom(_timestamp(not_before))
@@ -620,6 +630,9 @@ class NegotiationStep:
     """For terminations: why (e.g. ``DEADLINE``, ``OVER_BUDGET``)."""
     receipt: ledger_pb2.Receipt | None = None
     """For the lab's moves: the receipt of its logged statement."""
+    changes: tuple[str, ...] = ()
+    """For offers: how the offered use declaration differs from the lab's own, one line
+    per field (:func:`coalition.norms.declaration_changes`); empty when it does not."""
 
 
 _LAB_STATES: Final[Mapping[str, negotiation_pb2.NegotiationState.ValueType]] = {
@@ -646,10 +659,12 @@ def coalition_answer(
     answer: envelope_pb2.Envelope | None,
     negotiation: negotiation_pb2.Negotiation,
     coalition: PublicKey | None,
+    own: terms_pb2.UseDeclaration | None = None,
 ) -> NegotiationStep | None:
     """The coalition's answer in an OpenNegotiation or Move response, as a step; None when
     it did not answer. Checked to be a move about this negotiation and, given the
-    coalition's key, signed by it (VerificationError otherwise)."""
+    coalition's key, signed by it (VerificationError otherwise). Given the lab's ``own``
+    declaration, an offer's step lists how the coalition's differs (``changes``)."""
     if answer is None or not answer.payload:
         return None
     envelope = dsse.Envelope.from_proto(answer)
@@ -667,11 +682,16 @@ def coalition_answer(
     if kind is None:
         raise VerificationError("the coalition's answer is not an offer, accept or terminate")
     price: int | None = None
+    changes: tuple[str, ...] = ()
     if kind == "offer":
         price = move.terms.price_per_item.micros
+        if own is not None:
+            changes = tuple(declaration_changes(own, move.terms.declaration))
     elif kind == "accept":
         price = negotiation.current_terms.price_per_item.micros
-    return NegotiationStep("coalition", kind, move.round, price, negotiation.state, move.reason)
+    return NegotiationStep(
+        "coalition", kind, move.round, price, negotiation.state, move.reason, changes=changes
+    )
 
 
 def covered_items_root(item_ids: Iterable[str]) -> bytes:
@@ -1298,6 +1318,18 @@ class Client:
 
     # --- access (labs) ----------------------------------------------------------------
 
+    async def export_agreement(self, agreement_id: str) -> access_pb2.ExportAgreementResponse:
+        """An agreement as an ODRL 2.2 Agreement (JSON-LD) with the lab's use declaration.
+
+        Public: anyone may ask, as anyone may read the agreement in the ledger.
+        """
+        return await self.call(
+            ACCESS + "ExportAgreement",
+            access_pb2.ExportAgreementRequest(agreement_id=agreement_id),
+            access_pb2.ExportAgreementResponse,
+            sign=False,
+        )
+
     def agreements(self, page_size: int = 0) -> AsyncIterator[access_pb2.AgreementRecord]:
         """This lab's agreements, in ledger order."""
         return self.paged(
@@ -1626,6 +1658,19 @@ class Client:
             sign=False,
         )
 
+    async def estimate_supply(
+        self, terms: terms_pb2.LicenceTerms
+    ) -> negotiation_pb2.EstimateSupplyResponse:
+        """A lab's what-if for ``terms`` with a use declaration (their price is ignored):
+        the supply curve, the reservation and quorum the coalition would apply now, and
+        what keeping each norm the declaration breaks would bring in (k-anonymous)."""
+        return await self.call(
+            NEGOTIATION + "EstimateSupply",
+            negotiation_pb2.EstimateSupplyRequest(terms=terms),
+            negotiation_pb2.EstimateSupplyResponse,
+            sign=True,
+        )
+
     async def open_negotiation(
         self, terms: terms_pb2.LicenceTerms, *, request_id: str = ""
     ) -> negotiation_pb2.OpenNegotiationResponse:
@@ -1837,6 +1882,7 @@ class Client:
         *,
         on_step: Callable[[NegotiationStep], object] | None = None,
         sign: bool = True,
+        limits: DeclarationLimits | None = None,
     ) -> negotiation_pb2.Negotiation:
         """Negotiate ``terms`` automatically within a budget, by a buyer ``strategy``.
 
@@ -1851,10 +1897,15 @@ class Client:
         ``on_step`` is called with every move made or received. Returns the negotiation as
         it ends: FINALIZED, RATIFYING (members vote first), TERMINATED, or AGREED when not
         ``sign``. The coalition's answers must carry its signature.
+
+        The coalition may counter with changes to the terms' use declaration: they are
+        taken only within ``limits`` (what the lab may concede; default nothing), see
+        :meth:`~coalition.strategy.AutoNegotiator.decide_terms`.
         """
         key = self._require_key()
+        limits = limits or DeclarationLimits()
         try:
-            negotiator = AutoNegotiator(strategy)
+            negotiator = AutoNegotiator(strategy, limits)
         except ValueError as exc:
             raise CoalitionError(str(exc)) from None
         coalition = PublicKey(bytes((await self.log_info()).coalition_public_key))
@@ -1866,7 +1917,7 @@ class Client:
         def answered(
             answer: envelope_pb2.Envelope | None, negotiation: negotiation_pb2.Negotiation
         ) -> None:
-            step = coalition_answer(answer, negotiation, coalition)
+            step = coalition_answer(answer, negotiation, coalition, terms.declaration)
             if step is not None:
                 report(step)
 
@@ -1885,18 +1936,22 @@ class Client:
             )
         )
         answered(opened.coalition_move if opened.HasField("coalition_move") else None, negotiation)
-        negotiator = AutoNegotiator(_fit_strategy(strategy, negotiation, opened_at))
+        negotiator = AutoNegotiator(_fit_strategy(strategy, negotiation, opened_at), limits)
         while negotiation.state == OFFERED:
             round_ = negotiation.round + 1
             elapsed = (datetime.now(UTC) - opened_at).total_seconds()
-            price = negotiation.current_terms.price_per_item.micros
-            decision: AutoMove = negotiator.decide(price, round_, elapsed)
+            decision: AutoMove = negotiator.decide_terms(
+                opening, negotiation.current_terms, round_, elapsed
+            )
             nid = negotiation.negotiation_id
             if decision.kind == "accept":
                 response = await self.accept(nid, round_)
             elif decision.kind == "counter":
                 assert decision.price_micros is not None
-                response = await self.offer(nid, round_, _copy_terms(terms, decision.price_micros))
+                counter = _copy_terms(terms, decision.price_micros)
+                if decision.declaration is not None:
+                    counter.declaration.CopyFrom(decision.declaration)
+                response = await self.offer(nid, round_, counter)
             else:
                 response = await self.terminate(nid, round_, reason=decision.reason)
             negotiation = response.negotiation
@@ -1935,14 +1990,25 @@ class Client:
     # --- ratification and payouts (members) -------------------------------------------
 
     async def cast_ballot(
-        self, negotiation_id: str, approve: bool, *, request_id: str = ""
+        self,
+        negotiation_id: str,
+        approve: bool,
+        *,
+        reasons: Iterable[str] = (),
+        request_id: str = "",
     ) -> negotiation_pb2.CastBallotResponse:
-        """Vote on an agreement being ratified that covers some of this member's items."""
+        """Vote on an agreement being ratified that covers some of this member's items.
+
+        ``reasons``: why, as norm ids of the vocabulary (``coalition.norms``), e.g.
+        ``["prohibited-use"]``; sent in their one canonical order. The result tallies them,
+        k-anonymously.
+        """
         statement = negotiation_pb2.Ballot(
             negotiation_id=negotiation_id,
             approve=approve,
             created_time=_timestamp(datetime.now(UTC)),
             nonce=os.urandom(16),
+            reasons=sorted(set(reasons)),
         )
         envelope = _sign_any(statement, self._require_key())
         return await self.call(
@@ -2096,6 +2162,92 @@ class Client:
             sign=True,
         )
         return list(response.pledges)
+
+    # --- disputes (members file, labs answer; anyone reads) --------------------------
+
+    async def file_dispute(
+        self,
+        agreement_id: str,
+        *,
+        norm_ids: Iterable[str] = (),
+        declaration_fields: Iterable[str] = (),
+        text: str = "",
+        request_id: str = "",
+    ) -> disputes_pb2.FileDisputeResponse:
+        """Allege that an agreement covering your items is broken: name the norms
+        (``norm_ids``) and/or the use-declaration fields (``declaration_fields``, e.g.
+        ``"jurisdictions"``) its lab breaks, and optionally say what happened (``text``, at
+        most 1000 characters). Signed and logged; the response carries the dispute id."""
+        statement = disputes_pb2.Dispute(
+            agreement_id=agreement_id,
+            norm_ids=sorted(set(norm_ids)),
+            declaration_fields=sorted(set(declaration_fields)),
+            text=text,
+            created_time=_timestamp(datetime.now(UTC)),
+            nonce=os.urandom(16),
+        )
+        envelope = statements.sign_statement(statement, self._require_key())
+        return await self.call(
+            DISPUTE + "FileDispute",
+            disputes_pb2.FileDisputeRequest(dispute=envelope.to_proto(), request_id=request_id),
+            disputes_pb2.FileDisputeResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    async def respond_to_dispute(
+        self, dispute_id: str, text: str, *, request_id: str = ""
+    ) -> disputes_pb2.RespondToDisputeResponse:
+        """As the disputed agreement's lab, answer a dispute (once; signed and logged)."""
+        statement = disputes_pb2.DisputeResponse(
+            dispute_id=dispute_id,
+            text=text,
+            created_time=_timestamp(datetime.now(UTC)),
+            nonce=os.urandom(16),
+        )
+        envelope = statements.sign_statement(statement, self._require_key())
+        return await self.call(
+            DISPUTE + "RespondToDispute",
+            disputes_pb2.RespondToDisputeRequest(
+                response=envelope.to_proto(), request_id=request_id
+            ),
+            disputes_pb2.RespondToDisputeResponse,
+            sign=True,
+            retry=bool(request_id),
+        )
+
+    def disputes(
+        self,
+        *,
+        agreement_id: str = "",
+        lab_key_id: str = "",
+        member_key_id: str = "",
+        page_size: int = 0,
+    ) -> AsyncIterator[disputes_pb2.DisputeRecord]:
+        """Public: disputes in ledger order, each with its response if answered; every
+        filter given must match."""
+        return self.paged(
+            DISPUTE + "ListDisputes",
+            disputes_pb2.ListDisputesRequest(
+                agreement_id=agreement_id,
+                lab_key_id=lab_key_id,
+                member_key_id=member_key_id,
+                page_size=page_size,
+            ),
+            disputes_pb2.ListDisputesResponse,
+            "disputes",
+            sign=False,
+        )
+
+    async def dispute(self, dispute_id: str) -> disputes_pb2.DisputeRecord:
+        """Public: one dispute and its response, if any."""
+        response = await self.call(
+            DISPUTE + "GetDispute",
+            disputes_pb2.GetDisputeRequest(dispute_id=dispute_id),
+            disputes_pb2.GetDisputeResponse,
+            sign=False,
+        )
+        return response.dispute
 
     def _require_key(self) -> SigningKey:
         if self.key is None:

@@ -29,6 +29,16 @@ Releases after a withdrawal (must be zero)
       all items): consent given anew.
 
     Every (release, item) pair with a bar in force at the release's index is a violation.
+
+Disputes and responses (reported, not violations)
+    A ``Dispute`` is signed by a member the named agreement covers (the owner, per its
+    ``ItemRegistration``, of an item the ``Agreement`` lists), after that agreement; others
+    are ignored. The agreement's lab answers with a ``DisputeResponse`` naming the dispute's
+    statement id; the first one the lab signs counts, anyone else's is ignored. A dispute is
+    *answered* once it has such a response, *open* before. Ages come from the log's
+    integration times: how long an open dispute has been open at ``now``, and how long an
+    answered one waited for its answer. An allegation is not a finding, so disputes are
+    shown beside the violations, never counted among them.
 """
 
 from __future__ import annotations
@@ -44,10 +54,20 @@ from google.protobuf.message import DecodeError
 from coalition import dsse, statements
 from coalition.client import item_id
 from coalition.errors import CoalitionError
-from coalition.v1 import access_pb2, consent_pb2, items_pb2, ledger_pb2, party_pb2
+from coalition.v1 import (
+    access_pb2,
+    consent_pb2,
+    disputes_pb2,
+    items_pb2,
+    ledger_pb2,
+    party_pb2,
+)
 
 __all__ = [
+    "AgreementDisputes",
     "ComplianceReport",
+    "DisputeState",
+    "DisputeStatus",
     "LabCompliance",
     "NoticeState",
     "NoticeStatus",
@@ -84,6 +104,49 @@ class NoticeStatus:
     receipt_time: datetime | None = None
 
 
+class DisputeState(enum.StrEnum):
+    """Whether the lab answered a dispute."""
+
+    OPEN = "open"
+    ANSWERED = "answered"
+
+
+@dataclass(frozen=True)
+class DisputeStatus:
+    """One dispute, what it alleges, and its answer."""
+
+    dispute_id: str
+    index: int
+    agreement_id: str
+    lab_key_id: str
+    member_key_id: str
+    norm_ids: tuple[str, ...]
+    declaration_fields: tuple[str, ...]
+    filed_time: datetime
+    state: DisputeState
+    response_index: int | None = None
+    response_time: datetime | None = None
+    open_for: timedelta | None = None
+    """OPEN: how long it has been open at the report's ``now`` (None without a ``now``)."""
+    answered_after: timedelta | None = None
+    """ANSWERED: how long the lab took to answer."""
+
+
+@dataclass(frozen=True)
+class AgreementDisputes:
+    """The disputes about one agreement."""
+
+    agreement_id: str
+    lab_key_id: str
+    disputes: int
+    open: int
+    answered: int
+    longest_open: timedelta | None
+    """The age of its oldest open dispute (None: none open, or no ``now``)."""
+    slowest_answer: timedelta | None
+    """The longest a lab took to answer one (None: none answered)."""
+
+
 @dataclass(frozen=True)
 class ReleaseViolation:
     """A key released for an item after a withdrawal barred it."""
@@ -113,6 +176,10 @@ class LabCompliance:
     missing: int
     pending: int
     releases_after_withdrawal: int
+    disputes: int = 0
+    """Disputes about its agreements (allegations: not violations)."""
+    disputes_open: int = 0
+    """Of those, not answered yet."""
 
     @property
     def violations(self) -> int:
@@ -134,6 +201,9 @@ class ComplianceReport:
     labs: tuple[LabCompliance, ...]
     notices: tuple[NoticeStatus, ...]
     violations: tuple[ReleaseViolation, ...]
+    disputes: tuple[DisputeStatus, ...] = ()
+    agreement_disputes: tuple[AgreementDisputes, ...] = ()
+    """Per disputed agreement, in order of agreement id."""
 
     @property
     def ok(self) -> bool:
@@ -162,6 +232,8 @@ class ComplianceReport:
                     "missing": lab.missing,
                     "pending": lab.pending,
                     "releases_after_withdrawal": lab.releases_after_withdrawal,
+                    "disputes": lab.disputes,
+                    "disputes_open": lab.disputes_open,
                     "violations": lab.violations,
                     "ok": lab.ok,
                 }
@@ -195,6 +267,36 @@ class ComplianceReport:
                     "rule": v.rule,
                 }
                 for v in self.violations
+            ],
+            "disputes": [
+                {
+                    "dispute_id": d.dispute_id,
+                    "index": d.index,
+                    "agreement_id": d.agreement_id,
+                    "lab_key_id": d.lab_key_id,
+                    "member_key_id": d.member_key_id,
+                    "norm_ids": list(d.norm_ids),
+                    "declaration_fields": list(d.declaration_fields),
+                    "filed_time": _iso(d.filed_time),
+                    "state": d.state.value,
+                    "response_index": d.response_index,
+                    "response_time": _iso(d.response_time),
+                    "open_for_seconds": _seconds(d.open_for),
+                    "answered_after_seconds": _seconds(d.answered_after),
+                }
+                for d in self.disputes
+            ],
+            "agreement_disputes": [
+                {
+                    "agreement_id": a.agreement_id,
+                    "lab_key_id": a.lab_key_id,
+                    "disputes": a.disputes,
+                    "open": a.open,
+                    "answered": a.answered,
+                    "longest_open_seconds": _seconds(a.longest_open),
+                    "slowest_answer_seconds": _seconds(a.slowest_answer),
+                }
+                for a in self.agreement_disputes
             ],
         }
 
@@ -245,6 +347,23 @@ class _Grant:
 
 
 @dataclass(frozen=True)
+class _Filed:
+    dispute_id: str
+    index: int
+    time: datetime
+    member: str
+    statement: disputes_pb2.Dispute
+
+
+@dataclass(frozen=True)
+class _Answer:
+    index: int
+    time: datetime
+    signer: str
+    statement: disputes_pb2.DisputeResponse
+
+
+@dataclass(frozen=True)
 class _Bar:
     start: int
     agreement_id: str | None  # None: every lab, every agreement
@@ -259,6 +378,8 @@ class _Ledger:
     last_time: datetime | None = None
     lab_names: dict[str, str] = field(default_factory=dict)
     agreements: dict[str, str] = field(default_factory=dict)  # agreement id -> lab
+    # agreement id -> the members it covers (owners of its items registered before it)
+    covered_members: dict[str, frozenset[str]] = field(default_factory=dict)
     items: dict[str, _Item] = field(default_factory=dict)
     withdrawals: dict[str, _Withdrawal] = field(default_factory=dict)
     shreddings: list[tuple[int, access_pb2.ShreddingRecord]] = field(default_factory=list)
@@ -266,6 +387,8 @@ class _Ledger:
     receipts: list[_Receipt] = field(default_factory=list)
     releases: list[_Release] = field(default_factory=list)
     grants: list[_Grant] = field(default_factory=list)
+    disputes: list[_Filed] = field(default_factory=list)
+    answers: list[_Answer] = field(default_factory=list)
 
 
 def compliance_report(
@@ -287,6 +410,7 @@ def compliance_report(
     when = now if now is not None else ledger.last_time
     notices = _notice_statuses(ledger, when)
     violations = _release_violations(ledger)
+    disputes = _dispute_statuses(ledger, when)
 
     labs = set(ledger.lab_names) | set(ledger.agreements.values())
     labs |= {n.lab_key_id for n in notices}
@@ -306,6 +430,10 @@ def compliance_report(
                 missing=sum(1 for n in mine if n.state is NoticeState.MISSING),
                 pending=sum(1 for n in mine if n.state is NoticeState.PENDING),
                 releases_after_withdrawal=sum(1 for v in violations if v.lab_key_id == lab),
+                disputes=sum(1 for d in disputes if d.lab_key_id == lab),
+                disputes_open=sum(
+                    1 for d in disputes if d.lab_key_id == lab and d.state is DisputeState.OPEN
+                ),
             )
         )
     return ComplianceReport(
@@ -314,6 +442,8 @@ def compliance_report(
         labs=tuple(rows),
         notices=tuple(notices),
         violations=tuple(violations),
+        disputes=tuple(disputes),
+        agreement_disputes=_by_agreement(disputes),
     )
 
 
@@ -353,7 +483,22 @@ def _collect(
                 index, signer, statement
             )
         elif isinstance(statement, access_pb2.Agreement):
-            ledger.agreements[statements.statement_id(envelope)] = statement.lab_key_id
+            agreement_id = statements.statement_id(envelope)
+            ledger.agreements[agreement_id] = statement.lab_key_id
+            ledger.covered_members[agreement_id] = frozenset(
+                known.owner
+                for known in (ledger.items.get(i) for i in statement.covered_item_ids)
+                if known is not None
+            )
+        elif isinstance(statement, disputes_pb2.Dispute):
+            members = ledger.covered_members.get(statement.agreement_id, frozenset())
+            # Only a member the (earlier) agreement covers may dispute it.
+            if signer in members:
+                ledger.disputes.append(
+                    _Filed(statements.statement_id(envelope), index, time, signer, statement)
+                )
+        elif isinstance(statement, disputes_pb2.DisputeResponse):
+            ledger.answers.append(_Answer(index, time, signer, statement))
         elif isinstance(statement, access_pb2.KeyRelease) and by_coalition:
             ledger.releases.append(_Release(index, statement))
         elif isinstance(statement, access_pb2.ShreddingRecord) and by_coalition:
@@ -403,6 +548,65 @@ def _notice_statuses(ledger: _Ledger, now: datetime | None) -> list[NoticeStatus
             )
         )
     return out
+
+
+def _dispute_statuses(ledger: _Ledger, now: datetime | None) -> list[DisputeStatus]:
+    filed_at = {d.dispute_id: d.index for d in ledger.disputes}
+    lab_of = {d.dispute_id: ledger.agreements[d.statement.agreement_id] for d in ledger.disputes}
+    answers: dict[str, _Answer] = {}
+    for reply in ledger.answers:
+        dispute_id = reply.statement.dispute_id
+        # Only the disputed agreement's lab answers, after the dispute; its first answer counts.
+        after = reply.index > filed_at.get(dispute_id, reply.index)
+        if after and lab_of.get(dispute_id) == reply.signer and dispute_id not in answers:
+            answers[dispute_id] = reply
+    out = []
+    for filed in ledger.disputes:
+        answer = answers.get(filed.dispute_id)
+        open_for = None
+        if answer is None and now is not None:
+            open_for = max(now - filed.time, timedelta(0))
+        out.append(
+            DisputeStatus(
+                dispute_id=filed.dispute_id,
+                index=filed.index,
+                agreement_id=filed.statement.agreement_id,
+                lab_key_id=lab_of[filed.dispute_id],
+                member_key_id=filed.member,
+                norm_ids=tuple(filed.statement.norm_ids),
+                declaration_fields=tuple(filed.statement.declaration_fields),
+                filed_time=filed.time,
+                state=DisputeState.OPEN if answer is None else DisputeState.ANSWERED,
+                response_index=answer.index if answer is not None else None,
+                response_time=answer.time if answer is not None else None,
+                open_for=open_for,
+                answered_after=answer.time - filed.time if answer is not None else None,
+            )
+        )
+    return out
+
+
+def _by_agreement(disputes: list[DisputeStatus]) -> tuple[AgreementDisputes, ...]:
+    grouped: dict[str, list[DisputeStatus]] = {}
+    for d in disputes:
+        grouped.setdefault(d.agreement_id, []).append(d)
+    rows = []
+    for agreement_id in sorted(grouped):
+        mine = grouped[agreement_id]
+        ages = [d.open_for for d in mine if d.open_for is not None]
+        waits = [d.answered_after for d in mine if d.answered_after is not None]
+        rows.append(
+            AgreementDisputes(
+                agreement_id=agreement_id,
+                lab_key_id=mine[0].lab_key_id,
+                disputes=len(mine),
+                open=sum(1 for d in mine if d.state is DisputeState.OPEN),
+                answered=sum(1 for d in mine if d.state is DisputeState.ANSWERED),
+                longest_open=max(ages) if ages else None,
+                slowest_answer=max(waits) if waits else None,
+            )
+        )
+    return tuple(rows)
 
 
 def _release_violations(ledger: _Ledger) -> list[ReleaseViolation]:
@@ -490,6 +694,10 @@ def _leaf(index: int, raw: ledger_pb2.LedgerLeaf | bytes) -> ledger_pb2.LedgerLe
 
 def _to_datetime(seconds: int, nanos: int) -> datetime:
     return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+
+
+def _seconds(value: timedelta | None) -> int | None:
+    return None if value is None else int(value.total_seconds())
 
 
 def _iso(value: datetime | None) -> str | None:

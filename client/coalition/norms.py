@@ -12,7 +12,9 @@ else asks: *does this use break this norm?*
 * :func:`breaks` judges one norm against a declaration; :func:`assess` judges a token's norms
   and sums the premium a deal must add over the member's floor.
 * :func:`norm_to_odrl` and :func:`declaration_to_odrl` give ODRL 2.2 fragments in the
-  ``coalition:`` profile, for the exports.
+  ``coalition:`` profile, for the exports; :func:`odrl_profile` is the profile document itself.
+* :func:`parse_norm_option` and :func:`format_norm_option` read and write a norm as one
+  command-line word (``prohibited-use:hard:domains=military``).
 
 Decisions in short:
 
@@ -25,6 +27,10 @@ Decisions in short:
   jurisdiction norm, a withdrawal commitment not made breaks a norm that asks for it.
 * **Declarations list what the lab will do.** Domains, occupations and jurisdictions it does
   not list it commits not to touch; so a longer list can only break more norms.
+* **Norms on a token are in canonical order** (:func:`norm_order_key`: by id, then stance,
+  premium and protected value), refused otherwise (``UNSORTED_NORMS``): the token is signed,
+  so the server cannot sort it, and one order per set keeps one encoding per meaning.
+  :func:`canonical_norms` sorts a list before signing.
 * **Repeats.** A norm with ``repeat.disjoint_on`` (prohibited-use, occupation, derivatives)
   may appear more than once on a token, e.g. military hard and targeted advertising priced,
   if the instances share no value (codes overlap through the hierarchy) and differ in stance,
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +52,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 from coalition.errors import CoalitionError
@@ -54,6 +62,8 @@ __all__ = [
     "NORM_REASONS",
     "Assessment",
     "DeclarationFieldSpec",
+    "DeclarationFile",
+    "DeclarationLimits",
     "EnduringValueSpec",
     "NormError",
     "NormSpec",
@@ -61,19 +71,31 @@ __all__ = [
     "ParameterSpec",
     "Vocabulary",
     "VocabularyError",
+    "amend_to_keep",
     "assess",
     "breaks",
+    "canonical_norms",
+    "declaration_changes",
+    "declaration_from_json",
+    "declaration_to_json",
     "declaration_to_odrl",
+    "format_norm_option",
     "judged_norm_ids",
+    "load_declaration",
     "make_norm",
+    "norm_order_key",
     "norm_to_odrl",
     "norm_value",
+    "odrl_profile",
+    "parse_norm_option",
+    "read_declaration",
     "validate_declaration",
     "validate_norm",
     "validate_norms",
 ]
 
 DEFAULT_VERSION: Final = "1"
+ODRL_CONTEXT: Final = "http://www.w3.org/ns/odrl.jsonld"
 # At most this many norms on one consent token.
 MAX_NORMS: Final = 32
 # Same ceiling as price floors: 10^9 currency units per item.
@@ -98,6 +120,7 @@ BAD_PARAMETER: Final = "BAD_PARAMETER"
 MISSING_PARAMETER: Final = "MISSING_PARAMETER"
 UNSORTED_PARAMETERS: Final = "UNSORTED_PARAMETERS"
 CONTRADICTORY_NORMS: Final = "CONTRADICTORY_NORMS"
+UNSORTED_NORMS: Final = "UNSORTED_NORMS"
 BAD_STANCE: Final = "BAD_STANCE"
 MISSING_PREMIUM: Final = "MISSING_PREMIUM"
 BAD_PREMIUM: Final = "BAD_PREMIUM"
@@ -113,6 +136,7 @@ NORM_REASONS: Final = (
     MISSING_PARAMETER,
     UNSORTED_PARAMETERS,
     CONTRADICTORY_NORMS,
+    UNSORTED_NORMS,
     BAD_STANCE,
     MISSING_PREMIUM,
     BAD_PREMIUM,
@@ -285,6 +309,12 @@ class Vocabulary:
     """By EnduringValue number."""
     declaration: Mapping[str, DeclarationFieldSpec]
     """By UseDeclaration field name."""
+    description: str = ""
+    """What the vocabulary is, in words (the data file's ``description``)."""
+    hard_description: str = ""
+    """How a hard norm reads in ODRL, in words."""
+    priced_description: str = ""
+    """How a priced norm reads in ODRL, in words."""
 
     @classmethod
     def load(cls, version: str = DEFAULT_VERSION) -> Vocabulary:
@@ -558,6 +588,9 @@ def _parse(document: Mapping[str, Any], version: str) -> Vocabulary:
         norms=norms,
         enduring_values=values,
         declaration=declaration,
+        description=_str(document, "description"),
+        hard_description=_str(hard, "description"),
+        priced_description=_str(priced, "description"),
     )
 
 
@@ -778,6 +811,18 @@ def _stance_key(norm: norms_pb2.Norm) -> tuple[int, str, int, int]:
     return (norm.stance, premium.currency_code, premium.micros, norm.protects)
 
 
+def norm_order_key(norm: norms_pb2.Norm) -> tuple[str, int, int, int]:
+    """Where a norm goes on a token: by norm id (code-point order), then stance (hard before
+    priced), premium micros and protected value (enum numbers). On a valid token no two norms
+    share a key (they would be contradictory), so the keys strictly increase."""
+    return (norm.norm_id, norm.stance, norm.premium_per_item.micros, norm.protects)
+
+
+def canonical_norms(values: Iterable[norms_pb2.Norm]) -> list[norms_pb2.Norm]:
+    """Norms in the order :func:`validate_norms` requires: sort them before signing a token."""
+    return sorted(values, key=norm_order_key)
+
+
 def validate_norms(
     norms: Sequence[norms_pb2.Norm],
     currency: str,
@@ -785,7 +830,8 @@ def validate_norms(
 ) -> None:
     """Refuse a token's norms with a NormError unless each is well formed and together they
     are consistent: at most MAX_NORMS; a norm without repeats at most once; repeats of a
-    repeatable norm share no value and differ in stance, premium or protected value."""
+    repeatable norm share no value and differ in stance, premium or protected value; and
+    in canonical order (:func:`norm_order_key`, else UNSORTED_NORMS)."""
     vocab = vocabulary or Vocabulary.load()
     if len(norms) > MAX_NORMS:
         raise NormError(TOO_MANY_NORMS, f"at most {MAX_NORMS} norms on a token")
@@ -819,6 +865,15 @@ def validate_norms(
                     metadata,
                 )
         earlier.append((index, norm))
+    # Checked last: a contradiction is the more useful answer than "out of order", and once
+    # there is none, no two keys are equal.
+    for index, (before, after) in enumerate(itertools.pairwise(norms), start=1):
+        if norm_order_key(before) >= norm_order_key(after):
+            raise NormError(
+                UNSORTED_NORMS,
+                "norms must be sorted by id, then stance (hard first), premium and value",
+                {**_where(index, after.norm_id), "other_norm_index": str(index - 1)},
+            )
 
 
 def _field_error(reason: str, field: str, message: str) -> NormError:
@@ -1072,6 +1127,465 @@ def assess(
     return Assessment(hard_broken=hard, priced_broken=priced, premium_micros=premium)
 
 
+# --- norms on the command line ----------------------------------------------------------------
+
+NORM_OPTION_SYNTAX: Final = "ID:hard|priced[:NAME=VALUE]...[:premium=AMOUNT][:protects=VALUE]"
+# Keys of a norm option that are not parameters; no parameter may be named so.
+OPTION_KEYS: Final = ("premium", "protects")
+STANCE_NAMES: Final[Mapping[str, norms_pb2.NormStance.ValueType]] = {
+    "hard": HARD,
+    "priced": PRICED,
+}
+# A field starts at a colon followed by ``name=``: so values may hold colons (times do).
+_OPTION_FIELD: Final = re.compile(r":(?=[a-z][a-z0-9_]*=)")
+_OPTION_NUMBER: Final = re.compile(r"-?[0-9]{1,19}")
+_OPTION_DURATION: Final = re.compile(r"([0-9]{1,12})([wdhms])")
+_OPTION_AMOUNT: Final = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
+_DURATION_UNITS: Final[Mapping[str, int]] = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def _option_value(
+    spec: ParameterSpec, raw: str, fail: Callable[[str, str, str | None], NormError]
+) -> norms_pb2.NormValue:
+    """One parameter's value from its command-line text (type checks only; validate_norm
+    does the rest)."""
+    value = norms_pb2.NormValue()
+    if spec.type == "text":
+        value.text = raw
+    elif spec.type == "texts":
+        terms = raw.split(",")
+        if any(not term for term in terms):
+            raise fail(BAD_PARAMETER, f"{spec.name}: an empty value in {raw!r}", spec.name)
+        # Sorted and distinct, as the encoding requires: the order typed carries no meaning.
+        value.texts.values.extend(sorted(set(terms)))
+    elif spec.type == "flag":
+        if raw not in ("true", "false"):
+            raise fail(BAD_PARAMETER, f"{spec.name} is true or false, not {raw!r}", spec.name)
+        value.flag = raw == "true"
+    elif spec.type == "number":
+        if _OPTION_NUMBER.fullmatch(raw) is None:
+            raise fail(BAD_PARAMETER, f"{spec.name} is a whole number, not {raw!r}", spec.name)
+        value.number = int(raw)
+    elif spec.type == "duration":
+        match = _OPTION_DURATION.fullmatch(raw)
+        if match is None:
+            raise fail(
+                BAD_PARAMETER,
+                f"{spec.name} is a duration such as 90d, 2w, 12h, 30m or 0s, not {raw!r}",
+                spec.name,
+            )
+        value.duration.seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        try:
+            value.time.FromJsonString(raw)
+        except ValueError:
+            raise fail(
+                BAD_PARAMETER,
+                f"{spec.name} is an RFC 3339 time such as 2026-01-01T00:00:00Z, not {raw!r}",
+                spec.name,
+            ) from None
+    return value
+
+
+def parse_norm_option(
+    text: str, currency: str, vocabulary: Vocabulary | None = None
+) -> norms_pb2.Norm:
+    """A norm from its command-line form (:data:`NORM_OPTION_SYNTAX`), canonical and
+    checked by :func:`validate_norm`; NormError (with the usual reasons) otherwise.
+
+    ``prohibited-use:hard:domains=military,mass-surveillance``,
+    ``model-release:priced:release=open-weights:premium=3.00:protects=commons``. Fields are
+    separated by colons; list values by commas (in any order: they are sorted); a premium
+    is an amount per item in ``currency``; ``protects`` names an enduring value. Flags are
+    ``true``/``false``, numbers whole, durations ``<n>w|d|h|m|s``, times RFC 3339."""
+    vocab = vocabulary or Vocabulary.load()
+    head, *fields = _OPTION_FIELD.split(text.strip())
+    parts = head.split(":")
+    norm_id = parts[0]
+
+    def fail(reason: str, message: str, parameter: str | None = None) -> NormError:
+        return NormError(reason, f"norm {text!r}: {message}", _where(None, norm_id, parameter))
+
+    try:
+        spec = vocab.norm(norm_id)
+    except NormError:
+        raise fail(
+            UNKNOWN_NORM, f"no norm {norm_id!r}: use one of {', '.join(vocab.norms)}"
+        ) from None
+    if len(parts) < 2 or parts[1] not in STANCE_NAMES:
+        raise fail(BAD_STANCE, f"say {norm_id}:hard or {norm_id}:priced ({NORM_OPTION_SYNTAX})")
+    if len(parts) > 2:
+        raise fail(
+            BAD_PARAMETER, f"{':'.join(parts[2:])!r} is not NAME=VALUE ({NORM_OPTION_SYNTAX})"
+        )
+    stance = STANCE_NAMES[parts[1]]
+    norm = norms_pb2.Norm(norm_id=norm_id, stance=stance)
+    values: dict[str, norms_pb2.NormValue] = {}
+    seen: set[str] = set()
+    for field in fields:
+        name, _, raw = field.partition("=")
+        if name in seen:
+            raise fail(UNSORTED_PARAMETERS, f"{name} given twice", name)
+        seen.add(name)
+        if name == "premium":
+            if _OPTION_AMOUNT.fullmatch(raw) is None:
+                raise fail(
+                    BAD_PREMIUM,
+                    f"the premium is an amount such as 3.00 (in {currency}), not {raw!r}",
+                )
+            micros = int(Decimal(raw).scaleb(_MICROS))
+            norm.premium_per_item.CopyFrom(terms_pb2.Money(currency_code=currency, micros=micros))
+        elif name == "protects":
+            found = next((v for v in vocab.enduring_values.values() if v.id == raw), None)
+            if found is None:
+                ids = ", ".join(v.id for v in vocab.enduring_values.values())
+                raise fail(UNKNOWN_ENDURING_VALUE, f"no enduring value {raw!r}: use one of {ids}")
+            norm.protects = cast(norms_pb2.EnduringValue.ValueType, found.enum)
+        else:
+            parameter = spec.parameter(name)
+            if parameter is None:
+                names = ", ".join(p.name for p in spec.parameters)
+                raise fail(UNKNOWN_PARAMETER, f"{spec.id} has no {name!r}: it has {names}", name)
+            values[name] = _option_value(parameter, raw, fail)
+    for name in sorted(values):
+        norm.parameters.add(name=name, value=values[name])
+    if stance == PRICED and not norm.HasField("premium_per_item"):
+        raise fail(MISSING_PREMIUM, f"a priced norm needs :premium=AMOUNT (in {currency})")
+    if stance == HARD and norm.HasField("premium_per_item"):
+        raise fail(BAD_PREMIUM, "a hard norm has no premium: drop it, or make the norm priced")
+    try:
+        validate_norm(norm, currency, vocab)
+    except NormError as exc:
+        raise NormError(exc.reason, f"norm {text!r}: {exc.message}", exc.metadata) from None
+    return norm
+
+
+def _option_text(value: norms_pb2.NormValue) -> str:
+    kind = value.WhichOneof("value")
+    if kind == "text":
+        return value.text
+    if kind == "texts":
+        return ",".join(value.texts.values)
+    if kind == "flag":
+        return "true" if value.flag else "false"
+    if kind == "number":
+        return str(value.number)
+    if kind == "duration":
+        seconds = value.duration.seconds
+        if value.duration.nanos:
+            raise NormError(BAD_PARAMETER, "durations are whole seconds")
+        unit = next((u for u, size in _DURATION_UNITS.items() if seconds % size == 0), "s")
+        if seconds == 0:
+            unit = "s"
+        return f"{seconds // _DURATION_UNITS[unit]}{unit}"
+    if kind == "time":
+        return value.time.ToJsonString()
+    raise NormError(BAD_PARAMETER, "a parameter without a value")
+
+
+def format_norm_option(norm: norms_pb2.Norm, vocabulary: Vocabulary | None = None) -> str:
+    """A valid norm in its command-line form: :func:`parse_norm_option` reads it back as
+    the same norm (premium in the token's currency)."""
+    vocab = vocabulary or Vocabulary.load()
+    stance = next((name for name, value in STANCE_NAMES.items() if value == norm.stance), None)
+    if stance is None:
+        raise NormError(BAD_STANCE, "a norm is hard or priced", {"norm_id": norm.norm_id})
+    parts = [norm.norm_id, stance]
+    parts += [f"{p.name}={_option_text(p.value)}" for p in norm.parameters]
+    if norm.HasField("premium_per_item"):
+        parts.append(f"premium={_decimal_string(norm.premium_per_item.micros)}")
+    if norm.protects:
+        value = vocab.enduring_values.get(norm.protects)
+        if value is None:
+            raise NormError(UNKNOWN_ENDURING_VALUE, f"no enduring value {norm.protects}")
+        parts.append(f"protects={value.id}")
+    return ":".join(parts)
+
+
+# --- the ODRL profile document ----------------------------------------------------------------
+
+# The exports' own terms (coalition_server.domain.exports), described here so that the client
+# alone publishes the whole profile. tests/domain/test_exports.py checks that every
+# ``coalition:`` IRI an export writes is defined by the profile. (local name, type, label,
+# definition)
+_EXPORT_TERMS: Final[tuple[tuple[str, str, str, str], ...]] = (
+    ("train-ai", "RightOperand", "Train AI", "Purpose: training AI models."),
+    (
+        "train-genai",
+        "RightOperand",
+        "Train generative AI",
+        "Purpose: training generative AI models.",
+    ),
+    (
+        "ai-input",
+        "RightOperand",
+        "AI input",
+        "Purpose: input to AI at inference time, e.g. retrieval-augmented generation.",
+    ),
+    (
+        "ai-index",
+        "RightOperand",
+        "AI index",
+        "Purpose: indexing for AI-powered search and answers.",
+    ),
+    ("search", "RightOperand", "Search", "Purpose: classic search indexing."),
+    ("evaluation", "RightOperand", "Evaluation", "Purpose: benchmarks and evaluation of models."),
+    (
+        "paymentModel",
+        "LeftOperand",
+        "Payment model",
+        "How a deal pays for the items: coalition:purchase, coalition:subscription or "
+        "coalition:per-use.",
+    ),
+    ("purchase", "RightOperand", "Purchase", "A one-off price per item for the licence duration."),
+    (
+        "subscription",
+        "RightOperand",
+        "Subscription",
+        "A price per item per period (timeInterval); the period is part of the price.",
+    ),
+    ("per-use", "RightOperand", "Per use", "A royalty per item per use."),
+    (
+        "tags",
+        "LeftOperand",
+        "Item tags",
+        "The tags a member gave an item: hasPart <tag> refines a member's items to those "
+        "with the tag.",
+    ),
+    (
+        "leaseDuration",
+        "LeftOperand",
+        "Lease duration",
+        "How long one lease of access lasts; renewing it re-checks consent.",
+    ),
+    ("item", "RightOperand", "Item", "Unit of count: one registered data item."),
+    (
+        "withdrawal-notice",
+        "RightOperand",
+        "Withdrawal notice",
+        "The event: the coalition notifies a licensee that consent for items it holds was "
+        "withdrawn.",
+    ),
+    (
+        "coveredItemsRoot",
+        "rdf:Property",
+        "Covered items root",
+        "RFC 6962 Merkle root over the ids of the items an agreement covers (sorted; leaf = "
+        "the id's ASCII bytes), as xsd:hexBinary.",
+    ),
+    (
+        "coveredItemCount",
+        "rdf:Property",
+        "Covered item count",
+        "How many items an agreement covers.",
+    ),
+    ("negotiation", "rdf:Property", "Negotiation", "The negotiation that concluded an agreement."),
+    (
+        "useDeclaration",
+        "rdf:Property",
+        "Use declaration",
+        "The lab's signed use declaration that an agreement binds (a coalition:UseDeclaration): "
+        "the values of the left operands that members' norms constrain.",
+    ),
+    (
+        "norm",
+        "rdf:Property",
+        "Norm",
+        "The member's norm a rule expresses (a coalition:Norm).",
+    ),
+    (
+        "protects",
+        "rdf:Property",
+        "Protects",
+        "The enduring value a member's norm protects (a coalition:EnduringValue).",
+    ),
+    (
+        "Norm",
+        "rdfs:Class",
+        "Norm",
+        "An entry of the norm vocabulary: how members' data may be used.",
+    ),
+    (
+        "EnduringValue",
+        "rdfs:Class",
+        "Enduring value",
+        "A lasting value a norm protects, as opposed to a momentary price.",
+    ),
+    (
+        "UseDeclaration",
+        "rdfs:Class",
+        "Use declaration",
+        "A lab's statement, in the norm vocabulary, of how it will use licensed data. What it "
+        "does not list, the lab commits not to do.",
+    ),
+)
+# Open code sets: (scheme, label, definition).
+_OPEN_SCHEMES: Final[tuple[tuple[str, str, str], ...]] = (
+    (
+        "currency/",
+        "Currencies",
+        "coalition:currency/<code> is the currency with that ISO 4217 code (ODRL has no "
+        "currency IRIs).",
+    ),
+)
+_UNIT_DEFINITIONS: Final[Mapping[str, str]] = {
+    "basis-point": "One hundredth of a percent: 10000 basis points are the whole.",
+}
+_READING_RULES: Final = (
+    "Policies in this profile declare conflict prohibit: a prohibition wins over a permission.",
+    "List-valued left operands hold every declared value: isAnyOf holds when some value "
+    "matches a right operand; isNoneOf holds when some value matches none of them, or when "
+    "no value is declared.",
+    "Codes match through their hierarchies: an ISCO-08 code matches a code it prefixes or "
+    "that prefixes it; a processing location matches an allowed ISO 3166 code that includes "
+    "it (a country includes its subdivisions).",
+    "Absent values fail closed: an absent value differs from every right operand (neq holds) "
+    "and an absent duration is longer than any (gt holds).",
+)
+_PROFILE_CONTEXT: Final[JsonObject] = {"vann": "http://purl.org/vocab/vann/"}
+
+
+def _parameter_summary(spec: ParameterSpec) -> str:
+    need = "required" if spec.required else "optional"
+    text = f"{spec.name} ({spec.type}, {need}): {spec.description}"
+    if spec.allowed is not None:
+        text += f" One of: {', '.join(spec.allowed)}."
+    elif spec.pattern is not None:
+        text += f" Matching {spec.pattern.pattern}."
+    return text
+
+
+def odrl_profile(vocabulary: Vocabulary | None = None) -> JsonObject:
+    """The vocabulary as an ODRL 2.2 profile document (JSON-LD, ready for ``json.dumps``):
+    an ``owl:Ontology`` at the profile IRI, and every ``coalition:`` term policies use
+    (left operands, right operands and their schemes, norms, enduring values, properties,
+    classes), each with a label and a definition. Built from the data file, plus the
+    exports' own terms; publish it at the profile IRI."""
+    vocab = vocabulary or Vocabulary.load()
+    p = vocab.prefix
+    defined_by = _ref(vocab.profile)
+    graph: list[JsonObject] = []
+    seen: set[str] = set()
+
+    def add(iri: str, types: Sequence[str], label: str, definition: str, **extra: Any) -> None:
+        if iri in seen:
+            raise VocabularyError(f"the profile defines {iri} twice")
+        seen.add(iri)
+        node: JsonObject = {
+            "@id": iri,
+            "@type": list(types),
+            "rdfs:label": label,
+            "skos:definition": definition,
+            "rdfs:isDefinedBy": defined_by,
+        }
+        # An empty list would vanish in JSON-LD: leave such a property out.
+        node.update({key.replace("__", ":"): v for key, v in extra.items() if v != []})
+        graph.append(node)
+
+    graph.append(
+        {
+            "@id": vocab.profile,
+            "@type": "owl:Ontology",
+            "rdfs:label": vocab.title,
+            "dct:title": vocab.title,
+            "dct:description": vocab.description,
+            "owl:versionInfo": vocab.version,
+            "vann:preferredNamespacePrefix": p,
+            "vann:preferredNamespaceUri": vocab.namespace,
+            "skos:note": [vocab.hard_description, vocab.priced_description, *_READING_RULES],
+            "rdfs:seeAlso": _ref("https://www.w3.org/TR/odrl-model/"),
+        }
+    )
+    for name, kind, label, definition in _EXPORT_TERMS:
+        add(f"{p}:{name}", [kind], label, definition)
+    for scheme, label, definition in _OPEN_SCHEMES:
+        add(f"{p}:{scheme}", ["skos:ConceptScheme"], label, definition)
+
+    # Left operands: what a UseDeclaration field gives values to.
+    fields_of: dict[str, list[DeclarationFieldSpec]] = {}
+    for field_spec in vocab.declaration.values():
+        for operand in field_spec.left_operands:
+            fields_of.setdefault(operand, []).append(field_spec)
+    breaches = [(spec, b) for spec in vocab.norms.values() for b in spec.odrl_breach]
+    for operand, field_specs in fields_of.items():
+        local = operand.removeprefix(p + ":")
+        meaning = [
+            f"{f.description} (UseDeclaration.{f.field})"
+            if f.iri is None
+            else f"Holds {f.iri} when the declaration says yes to {f.field}: {f.description}"
+            for f in field_specs
+        ]
+        add(
+            operand,
+            ["LeftOperand"],
+            re.sub(r"(?<!^)(?=[A-Z])", " ", local).lower().capitalize(),
+            " ".join(meaning),
+        )
+    # Right operands: one scheme per IRI template; closed sets list their terms.
+    for spec, breach in breaches:
+        if breach.unit is not None and breach.unit not in seen:
+            local = breach.unit.removeprefix(p + ":")
+            add(
+                breach.unit,
+                ["skos:Concept"],
+                local.replace("-", " ").capitalize(),
+                _UNIT_DEFINITIONS.get(local, f"A unit of {breach.left_operand}."),
+            )
+        if breach.iri is None:
+            continue
+        parameter = spec.parameter(breach.parameter)
+        assert parameter is not None  # checked at load
+        scheme = breach.iri.removesuffix("{}")
+        note = [] if parameter.pattern is None else [f"Codes match {parameter.pattern.pattern}."]
+        add(
+            scheme,
+            ["skos:ConceptScheme"],
+            f"{spec.title}: {parameter.name}",
+            f"{breach.iri.replace('{}', '<term>')}: {parameter.description}",
+            skos__note=note,
+        )
+        descriptions = parameter.allowed_descriptions or {}
+        for term in parameter.allowed or ():
+            add(
+                breach.iri.format(term),
+                ["RightOperand", "skos:Concept"],
+                term,
+                descriptions.get(term, f"{spec.title}: {term}."),
+                skos__inScheme=_ref(scheme),
+            )
+    # The norms and the enduring values themselves.
+    norm_scheme = vocab.norm_iri.removesuffix("{}")
+    add(norm_scheme, ["skos:ConceptScheme"], "Norms", vocab.title)
+    for spec in vocab.norms.values():
+        notes = [f"Broken when {spec.breach}."]
+        notes += [f"Parameter {_parameter_summary(parameter)}" for parameter in spec.parameters]
+        if spec.disjoint_on is not None:
+            notes.append(
+                f"May appear more than once on a token, with no {spec.disjoint_on} in common."
+            )
+        add(
+            vocab.norm_iri.format(spec.id),
+            [f"{p}:Norm", "skos:Concept"],
+            spec.title,
+            spec.description,
+            skos__inScheme=_ref(norm_scheme),
+            skos__notation=spec.id,
+            skos__note=notes,
+        )
+    value_scheme = vocab.value_iri.removesuffix("{}")
+    add(value_scheme, ["skos:ConceptScheme"], "Enduring values", "Values a norm may protect.")
+    for value in vocab.enduring_values.values():
+        add(
+            vocab.value_iri.format(value.id),
+            [f"{p}:EnduringValue", "skos:Concept"],
+            value.title,
+            value.description,
+            skos__inScheme=_ref(value_scheme),
+            skos__notation=value.id,
+        )
+    return {"@context": [ODRL_CONTEXT, {p: vocab.namespace, **_PROFILE_CONTEXT}], "@graph": graph}
+
+
 # --- ODRL -------------------------------------------------------------------------------------
 
 
@@ -1255,3 +1769,445 @@ def declaration_to_odrl(
         released = commitments.exclude_from_models_released_after
         node[delay] = _literal(_iso_duration(released.seconds, released.nanos), "xsd:duration")
     return node
+
+
+# --- amending a declaration to keep a norm ----------------------------------------------------
+
+
+def _copy_declaration(declaration: terms_pb2.UseDeclaration) -> terms_pb2.UseDeclaration:
+    out = terms_pb2.UseDeclaration()
+    out.CopyFrom(declaration)
+    return out
+
+
+def _replace_list(field: Any, values: Iterable[str]) -> None:
+    chosen = sorted(set(values))  # before clearing: ``values`` may read ``field`` itself
+    del field[:]
+    field.extend(chosen)
+
+
+def _keep_model_release(case: _Case, amended: terms_pb2.UseDeclaration) -> bool:
+    enum = case.vocabulary.declaration["model_release"].enum or {}
+    wanted = next((number for number, term in enum.items() if term == case.text("release")), None)
+    if wanted is None:
+        return False
+    amended.model_release = terms_pb2.ModelRelease.ValueType(wanted)
+    return True
+
+
+def _keep_prohibited_use(case: _Case, amended: terms_pb2.UseDeclaration) -> bool:
+    forbidden = set(case.texts("domains"))
+    _replace_list(
+        amended.application_domains, (d for d in amended.application_domains if d not in forbidden)
+    )
+    return True
+
+
+def _keep_occupation(case: _Case, amended: terms_pb2.UseDeclaration) -> bool:
+    # Drop every targeted code that overlaps a protected one; a wider code is dropped whole
+    # rather than split into invented narrower codes.
+    codes = case.parameter("isco08")
+    protected = case.texts("isco08")
+    _replace_list(
+        amended.occupations,
+        (c for c in amended.occupations if not any(codes.overlaps(p, c) for p in protected)),
+    )
+    return True
+
+
+def _keep_public_benefit(case: _Case, amended: terms_pb2.UseDeclaration) -> bool:
+    minimum = case.number("min_share_basis_points")
+    amended.public_benefit_share_basis_points = max(
+        amended.public_benefit_share_basis_points, minimum
+    )
+    if case.has("fund"):
+        amended.public_benefit_fund = case.text("fund")
+    # A share needs a fund; a norm naming none gives nothing to name.
+    return bool(amended.public_benefit_fund)
+
+
+def _keep_jurisdiction(case: _Case, amended: terms_pb2.UseDeclaration) -> bool:
+    places = case.parameter("allowed")
+    allowed = case.texts("allowed")
+    declared = list(amended.jurisdictions)
+    # Narrow first: keep the declared places the norm allows, and narrow a declared country
+    # to the allowed subdivisions inside it; only if nothing is left, move to the allowed ones.
+    kept = {d for d in declared if any(places.covers(a, d) for a in allowed)}
+    kept |= {a for a in allowed if any(places.covers(d, a) for d in declared)}
+    _replace_list(amended.jurisdictions, kept or allowed)
+    return True
+
+
+def _keep_derivatives(case: _Case, amended: terms_pb2.UseDeclaration) -> bool:
+    for use in case.texts("forbidden"):
+        field = DERIVATIVE_FIELDS.get(use)
+        if field is None:
+            return False
+        setattr(amended, field, False)
+    return True
+
+
+def _keep_withdrawal_effect(case: _Case, amended: terms_pb2.UseDeclaration) -> bool:
+    commitments = amended.withdrawal_commitments
+    if case.has("exclude_from_next_training_run") and case.flag("exclude_from_next_training_run"):
+        commitments.exclude_from_next_training_run = True
+    if case.has("exclude_from_models_released_after"):
+        longest = case.nanos("exclude_from_models_released_after")
+        delay = commitments.exclude_from_models_released_after
+        if (
+            not commitments.HasField("exclude_from_models_released_after")
+            or delay.seconds * 10**9 + delay.nanos > longest
+        ):
+            commitments.exclude_from_models_released_after.CopyFrom(
+                case.parameters["exclude_from_models_released_after"].duration
+            )
+    return True
+
+
+_AMENDERS: Final[Mapping[str, Callable[[_Case, terms_pb2.UseDeclaration], bool]]] = {
+    "model-release": _keep_model_release,
+    "prohibited-use": _keep_prohibited_use,
+    "occupation": _keep_occupation,
+    "public-benefit": _keep_public_benefit,
+    "jurisdiction": _keep_jurisdiction,
+    "derivatives": _keep_derivatives,
+    "withdrawal-effect": _keep_withdrawal_effect,
+}
+
+
+def amend_to_keep(
+    declaration: terms_pb2.UseDeclaration,
+    norm: norms_pb2.Norm,
+    vocabulary: Vocabulary | None = None,
+) -> terms_pb2.UseDeclaration | None:
+    """The least change to ``declaration`` that keeps ``norm`` (a copy; the declaration
+    itself when it already keeps it), touching only the fields the norm is judged against.
+    None when no valid declaration of that kind keeps it (a ``public-benefit`` norm without
+    a fund against a declaration paying into none, a derivative use the judgement does not
+    know).
+
+    The changes, per norm: ``model-release`` switches the release; ``prohibited-use`` drops
+    the forbidden domains; ``occupation`` drops every targeted code overlapping a protected
+    one (a wider code whole); ``public-benefit`` raises the share to the minimum and names
+    the norm's fund; ``jurisdiction`` keeps the allowed places (narrowing a country to the
+    allowed subdivisions in it), or moves to the allowed places if none is left;
+    ``derivatives`` says no to the forbidden uses; ``withdrawal-effect`` commits to what the
+    norm asks (the shorter delay)."""
+    vocab = vocabulary or Vocabulary.load()
+    spec = vocab.norm(norm.norm_id)
+    amended = _copy_declaration(declaration)
+    if not breaks(norm, declaration, vocab):
+        return amended
+    parameters = {p.name: p.value for p in norm.parameters}
+    if not _AMENDERS[spec.id](_Case(vocab, spec, parameters, amended), amended):
+        return None
+    return None if breaks(norm, amended, vocab) else amended
+
+
+def _release_term(value: int, vocabulary: Vocabulary) -> str:
+    enum = vocabulary.declaration["model_release"].enum or {}
+    return enum.get(value, "undeclared")
+
+
+def _delay_text(commitments: terms_pb2.WithdrawalCommitments) -> str:
+    if not commitments.HasField("exclude_from_models_released_after"):
+        return "never"
+    delay = commitments.exclude_from_models_released_after
+    return _iso_duration(delay.seconds, delay.nanos)
+
+
+def declaration_changes(
+    before: terms_pb2.UseDeclaration,
+    after: terms_pb2.UseDeclaration,
+    vocabulary: Vocabulary | None = None,
+) -> list[str]:
+    """What changed between two declarations, one short line per field, in field order:
+    ``model_release: closed -> open-weights``, ``application_domains: -military``, ...
+    Empty when they are the same."""
+    vocab = vocabulary or Vocabulary.load()
+    lines: list[str] = []
+    if before.model_release != after.model_release:
+        lines.append(
+            f"model_release: {_release_term(before.model_release, vocab)} -> "
+            f"{_release_term(after.model_release, vocab)}"
+        )
+    for field in ("application_domains", "occupations", "jurisdictions"):
+        old, new = set(getattr(before, field)), set(getattr(after, field))
+        if old != new:
+            parts = [f"-{v}" for v in sorted(old - new)] + [f"+{v}" for v in sorted(new - old)]
+            lines.append(f"{field}: {' '.join(parts)}")
+    if (before.public_benefit_share_basis_points, before.public_benefit_fund) != (
+        after.public_benefit_share_basis_points,
+        after.public_benefit_fund,
+    ):
+        lines.append(
+            f"public_benefit: {before.public_benefit_share_basis_points} bp "
+            f"{before.public_benefit_fund or '-'} -> {after.public_benefit_share_basis_points} bp "
+            f"{after.public_benefit_fund or '-'}"
+        )
+    for field in ("distillation", "third_party_fine_tunes"):
+        if getattr(before, field) != getattr(after, field):
+            lines.append(f"{field}: {getattr(before, field)} -> {getattr(after, field)}".lower())
+    old_c, new_c = before.withdrawal_commitments, after.withdrawal_commitments
+    if old_c.exclude_from_next_training_run != new_c.exclude_from_next_training_run:
+        lines.append(
+            f"exclude_from_next_training_run: {old_c.exclude_from_next_training_run} -> "
+            f"{new_c.exclude_from_next_training_run}".lower()
+        )
+    if _delay_text(old_c) != _delay_text(new_c):
+        lines.append(
+            f"exclude_from_models_released_after: {_delay_text(old_c)} -> {_delay_text(new_c)}"
+        )
+    return lines
+
+
+# --- what a lab may concede, and the declaration file -----------------------------------------
+
+
+@dataclass(frozen=True)
+class DeclarationLimits:
+    """What a lab may concede on its own use declaration when the coalition proposes a
+    change (see :meth:`refusal`). Everything not named here the lab does not concede; the
+    default concedes nothing."""
+
+    model_releases: frozenset[int] = frozenset()
+    """Other model releases the lab may switch to (ModelRelease numbers)."""
+    application_domains: frozenset[str] = frozenset()
+    """Declared domains the lab may give up."""
+    occupations: frozenset[str] = frozenset()
+    """Declared ISCO-08 codes the lab may stop targeting."""
+    jurisdictions: frozenset[str] = frozenset()
+    """Declared places the lab may stop processing in (or narrow to a subdivision)."""
+    more_jurisdictions: frozenset[str] = frozenset()
+    """Places the lab may move processing to (their subdivisions included)."""
+    max_public_benefit_share_basis_points: int = 0
+    """The most the lab may pay into a commons fund, in basis points."""
+    public_benefit_funds: frozenset[str] = frozenset()
+    """Funds the lab may pay into besides its own."""
+    distillation: bool = False
+    """Whether the lab may give up distillation."""
+    third_party_fine_tunes: bool = False
+    """Whether the lab may give up fine-tuning for third parties."""
+    exclude_from_next_training_run: bool = False
+    """Whether the lab may commit to exclude withdrawn data from its next training run."""
+    min_models_released_after: timedelta | None = None
+    """The shortest exclusion delay for released models the lab may commit to (None: it
+    commits to no delay shorter than its own)."""
+
+    def refusal(
+        self,
+        own: terms_pb2.UseDeclaration,
+        proposed: terms_pb2.UseDeclaration,
+        vocabulary: Vocabulary | None = None,
+    ) -> str | None:
+        """Why the lab cannot take ``proposed`` instead of its ``own`` declaration (the
+        first field it may not concede, in words), or None when it can. Changes that give
+        the lab more room than it asked for (a domain added, a commitment dropped) are no
+        concession and always acceptable."""
+        vocab = vocabulary or Vocabulary.load()
+        if proposed.model_release != own.model_release and (
+            proposed.model_release not in self.model_releases
+        ):
+            return f"model_release {_release_term(proposed.model_release, vocab)}"
+        kept_domains = set(proposed.application_domains)
+        for domain in own.application_domains:
+            if domain not in kept_domains and domain not in self.application_domains:
+                return f"application_domains without {domain}"
+        codes = vocab.values_of("occupations")
+        for code in own.occupations:
+            kept = any(codes.covers(p, code) for p in proposed.occupations)
+            if not kept and code not in self.occupations:
+                return f"occupations without {code}"
+        places = vocab.values_of("jurisdictions")
+        possible = [*own.jurisdictions, *self.more_jurisdictions]
+        for place in proposed.jurisdictions:
+            if not any(places.covers(p, place) for p in possible):
+                return f"processing in {place}"
+        for place in own.jurisdictions:
+            if place not in proposed.jurisdictions and place not in self.jurisdictions:
+                return f"jurisdictions without {place}"
+        share = proposed.public_benefit_share_basis_points
+        if share > own.public_benefit_share_basis_points and (
+            share > self.max_public_benefit_share_basis_points
+        ):
+            return f"a public-benefit share of {share} basis points"
+        if (
+            share > 0
+            and proposed.public_benefit_fund != own.public_benefit_fund
+            and proposed.public_benefit_fund not in self.public_benefit_funds
+        ):
+            return f"paying into {proposed.public_benefit_fund}"
+        for field in ("distillation", "third_party_fine_tunes"):
+            if getattr(own, field) and not getattr(proposed, field) and not getattr(self, field):
+                return f"no {field}"
+        old, new = own.withdrawal_commitments, proposed.withdrawal_commitments
+        if (
+            new.exclude_from_next_training_run
+            and not old.exclude_from_next_training_run
+            and not self.exclude_from_next_training_run
+        ):
+            return "exclusion from the next training run"
+        if new.HasField("exclude_from_models_released_after"):
+            wanted = new.exclude_from_models_released_after.ToTimedelta()
+            current = (
+                old.exclude_from_models_released_after.ToTimedelta()
+                if old.HasField("exclude_from_models_released_after")
+                else None
+            )
+            shortest = self.min_models_released_after
+            if (current is None or wanted < current) and (shortest is None or wanted < shortest):
+                return f"exclusion from models released after {_delay_text(new)}"
+        return None
+
+
+@dataclass(frozen=True)
+class DeclarationFile:
+    """A lab's use declaration file, read by :func:`declaration_from_json`."""
+
+    declaration: terms_pb2.UseDeclaration
+    """The declaration, validated."""
+    limits: DeclarationLimits
+    """What the lab may concede (``mayConcede``); nothing when the file names nothing."""
+
+
+# The keys of ``mayConcede`` and the DeclarationLimits field each sets.
+_LIMIT_KEYS: Final[Mapping[str, str]] = {
+    "modelRelease": "model_releases",
+    "applicationDomains": "application_domains",
+    "occupations": "occupations",
+    "jurisdictions": "jurisdictions",
+    "moreJurisdictions": "more_jurisdictions",
+    "publicBenefitShareBasisPoints": "max_public_benefit_share_basis_points",
+    "publicBenefitFunds": "public_benefit_funds",
+    "distillation": "distillation",
+    "thirdPartyFineTunes": "third_party_fine_tunes",
+    "excludeFromNextTrainingRun": "exclude_from_next_training_run",
+    "excludeFromModelsReleasedAfter": "min_models_released_after",
+}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _file_error(message: str, field: str = "file") -> NormError:
+    return NormError(BAD_DECLARATION_FIELD, message, {"field": field})
+
+
+def _release_number(value: Any, vocabulary: Vocabulary) -> int:
+    """A model release given as a term (``closed``), an enum name or its number."""
+    enum = vocabulary.declaration["model_release"].enum or {}
+    for number, term in enum.items():
+        if value in (term, terms_pb2.ModelRelease.Name(terms_pb2.ModelRelease.ValueType(number))):
+            return number
+        if value == number and not isinstance(value, bool):
+            return number
+    raise _file_error(f"unknown model release {value!r}", "model_release")
+
+
+def _duration_value(value: Any, field: str) -> timedelta:
+    """``"7776000s"`` (protobuf JSON) or a whole number of seconds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+s", value):
+        return timedelta(seconds=int(value[:-1]))
+    raise _file_error(f'{field}: give a duration such as "7776000s"', field)
+
+
+def _limits(raw: Any, vocabulary: Vocabulary) -> DeclarationLimits:
+    if not isinstance(raw, Mapping):
+        raise _file_error("mayConcede must be an object", "mayConcede")
+    values: dict[str, Any] = {}
+    for key, value in cast("Mapping[str, Any]", raw).items():
+        name = _LIMIT_KEYS.get(_camel(str(key)))
+        if name is None:
+            raise _file_error(f"mayConcede has no {key!r}", f"mayConcede.{key}")
+        where = f"mayConcede.{key}"
+        if name == "model_releases":
+            listed = value if isinstance(value, list) else [value]
+            values[name] = frozenset(_release_number(v, vocabulary) for v in listed)
+        elif name == "max_public_benefit_share_basis_points":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+                raise _file_error(f"{where} is 0 to 10000", where)
+            values[name] = value
+        elif name == "min_models_released_after":
+            values[name] = _duration_value(value, where)
+        elif name in ("distillation", "third_party_fine_tunes", "exclude_from_next_training_run"):
+            if not isinstance(value, bool):
+                raise _file_error(f"{where} is true or false", where)
+            values[name] = value
+        else:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise _file_error(f"{where} must list strings", where)
+            values[name] = frozenset(cast("list[str]", value))
+    return DeclarationLimits(**values)
+
+
+def declaration_from_json(document: Any, vocabulary: Vocabulary | None = None) -> DeclarationFile:
+    """A lab's use declaration file, parsed and validated (NormError otherwise).
+
+    The file is the protobuf JSON form of a UseDeclaration (field names in lowerCamelCase
+    or as in the proto), where ``modelRelease`` may also be the vocabulary's term
+    (``closed``, ``open-weights``), plus an optional ``mayConcede`` object saying what the
+    lab may concede when the coalition proposes a change (:class:`DeclarationLimits`):
+    ``modelRelease`` (releases it may switch to), ``applicationDomains``, ``occupations``
+    and ``jurisdictions`` (declared values it may give up), ``moreJurisdictions`` (places
+    it may move to), ``publicBenefitShareBasisPoints`` (the most it pays),
+    ``publicBenefitFunds``, ``distillation`` and ``thirdPartyFineTunes`` (true: it may give
+    them up), ``excludeFromNextTrainingRun`` (true: it may commit) and
+    ``excludeFromModelsReleasedAfter`` (the shortest delay it may commit to)."""
+    from google.protobuf import json_format
+
+    vocab = vocabulary or Vocabulary.load()
+    if not isinstance(document, Mapping):
+        raise _file_error("a declaration file holds one object")
+    body = dict(document)
+    raw_limits = body.pop("mayConcede", body.pop("may_concede", None))
+    for key in ("modelRelease", "model_release"):
+        if key in body:
+            body[key] = terms_pb2.ModelRelease.Name(
+                terms_pb2.ModelRelease.ValueType(_release_number(body[key], vocab))
+            )
+    declaration = terms_pb2.UseDeclaration()
+    try:
+        json_format.ParseDict(body, declaration)
+    except json_format.ParseError as exc:
+        raise _file_error(f"not a use declaration: {exc}") from None
+    validate_declaration(declaration, vocab)
+    limits = DeclarationLimits() if raw_limits is None else _limits(raw_limits, vocab)
+    return DeclarationFile(declaration, limits)
+
+
+def read_declaration(text: str, vocabulary: Vocabulary | None = None) -> DeclarationFile:
+    """:func:`declaration_from_json` of a file's text: JSON, or YAML when PyYAML is
+    installed (YAML is a superset of JSON, so either parses)."""
+    try:
+        document: Any = json.loads(text)
+    except ValueError:
+        try:
+            import yaml  # optional: the client package does not depend on it
+        except ImportError:
+            raise _file_error("the file is not JSON (install PyYAML to read YAML)") from None
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise _file_error(f"the file is neither JSON nor YAML: {exc}") from None
+    return declaration_from_json(document, vocabulary)
+
+
+def load_declaration(path: str | os.PathLike[str]) -> DeclarationFile:
+    """:func:`read_declaration` of the file at ``path`` (NormError if unreadable)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _file_error(f"cannot read {path}: {exc}") from None
+    return read_declaration(text)
+
+
+def declaration_to_json(declaration: terms_pb2.UseDeclaration) -> dict[str, Any]:
+    """A declaration in the file format :func:`declaration_from_json` reads (protobuf JSON,
+    lowerCamelCase; fields at their defaults left out)."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(declaration)

@@ -18,6 +18,7 @@ from coalition.keys import SigningKey
 from coalition.v1 import (
     access_pb2,
     consent_pb2,
+    disputes_pb2,
     items_pb2,
     negotiation_pb2,
     party_pb2,
@@ -50,6 +51,8 @@ STATEMENT_TYPES: Final[dict[str, type[Message]]] = {
         strike_pb2.StrikePledge,
         strike_pb2.PledgeRetraction,
         strike_pb2.StrikeExecution,
+        disputes_pb2.Dispute,
+        disputes_pb2.DisputeResponse,
     )
 }
 

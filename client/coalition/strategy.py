@@ -17,15 +17,25 @@ interest, so a target never passes the reservation and equals it exactly at the 
 
 Everything here is pure and deterministic: no clocks, no I/O. Callers pass the round and the
 elapsed time.
+
+The coalition may also counter on the lab's use declaration ("open weights instead of
+closed"); :meth:`AutoNegotiator.decide_terms` takes such a counter only within the lab's own
+:class:`~coalition.norms.DeclarationLimits`, and otherwise counters back with the lab's
+own declaration.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Literal
 
+from coalition.norms import DeclarationLimits
+from coalition.v1 import terms_pb2
+
+# Why a lab ends a negotiation whose offered terms it cannot take at its deadline.
+DECLARATION_REFUSED = "DECLARATION_REFUSED"
 BOULWARE_BETA = 0.2
 LINEAR_BETA = 1.0
 CONCEDER_BETA = 5.0
@@ -203,13 +213,19 @@ class AutoMove:
     price_micros: int | None
     """The accepted price (accept), the counter-offer (counter), None (terminate)."""
     reason: str = ""
-    """For terminations: ``OVER_BUDGET`` (the deadline came with the price above budget)."""
+    """For terminations: ``OVER_BUDGET`` (the deadline came with the price above budget) or
+    ``DECLARATION_REFUSED`` (with terms the lab cannot take)."""
+    declaration: terms_pb2.UseDeclaration | None = None
+    """For counters: the use declaration to counter with (the coalition's proposal, taken
+    within the lab's limits); None: the lab's own."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("accept", "counter", "terminate"):
             raise ValueError(f"unknown move kind {self.kind!r}")
         if (self.price_micros is None) != (self.kind == "terminate"):
             raise ValueError("accept and counter carry a price; terminate does not")
+        if self.declaration is not None and self.kind != "counter":
+            raise ValueError("only a counter carries a declaration")
 
 
 @dataclass(frozen=True)
@@ -233,9 +249,13 @@ class AutoNegotiator:
     lab can only take the price or leave, and ``decide`` never counters there. A Conceder
     beta brings the lab's counters close to its budget before the last rounds; a Boulware
     one keeps them low and risks the coalition's own deadline.
+
+    The coalition's offers may change the lab's use declaration too: :meth:`decide_terms`
+    judges whole terms against ``limits`` (what the lab may concede; by default nothing).
     """
 
     strategy: ConcessionStrategy
+    limits: DeclarationLimits = field(default_factory=DeclarationLimits)
 
     def __post_init__(self) -> None:
         if self.strategy.initial_micros > self.strategy.reservation_micros:
@@ -262,3 +282,53 @@ class AutoNegotiator:
         if self.strategy.deadline_reached(round, elapsed_seconds):
             return AutoMove("terminate", None, "OVER_BUDGET")
         return AutoMove("counter", own)
+
+    def refusal(self, own: terms_pb2.LicenceTerms, offered: terms_pb2.LicenceTerms) -> str | None:
+        """Why the lab cannot take the coalition's ``offered`` terms whatever their price,
+        given its ``own`` (the terms it opened with): another term than price and
+        declaration changed, or the declaration changed beyond :attr:`limits`. None when it
+        can."""
+        mine, theirs = _without_price_or_use(own), _without_price_or_use(offered)
+        if mine.SerializeToString(deterministic=True) != theirs.SerializeToString(
+            deterministic=True
+        ):
+            return "the coalition changed terms other than price and use"
+        if _same_use(own.declaration, offered.declaration):
+            return None
+        return self.limits.refusal(own.declaration, offered.declaration)
+
+    def decide_terms(
+        self,
+        own: terms_pb2.LicenceTerms,
+        offered: terms_pb2.LicenceTerms,
+        round: int,
+        elapsed_seconds: float,
+    ) -> AutoMove:
+        """The lab's next move in answer to the coalition's ``offered`` terms, ``own`` being
+        the terms the lab opened with.
+
+        Terms the lab can take (:meth:`refusal` is None) are decided on price as by
+        :meth:`decide`; a counter then keeps the coalition's declaration, so a concession
+        made is not taken back. Terms it cannot take are never accepted: it counters with
+        its own declaration at its bid, or, at the deadline, terminates
+        (``DECLARATION_REFUSED``)."""
+        if self.refusal(own, offered) is None:
+            move = self.decide(offered.price_per_item.micros, round, elapsed_seconds)
+            if move.kind == "counter" and not _same_use(own.declaration, offered.declaration):
+                return replace(move, declaration=offered.declaration)
+            return move
+        if self.strategy.deadline_reached(round, elapsed_seconds):
+            return AutoMove("terminate", None, DECLARATION_REFUSED)
+        return AutoMove("counter", self.bid(round, elapsed_seconds))
+
+
+def _without_price_or_use(terms: terms_pb2.LicenceTerms) -> terms_pb2.LicenceTerms:
+    out = terms_pb2.LicenceTerms()
+    out.CopyFrom(terms)
+    out.price_per_item.micros = 0
+    out.ClearField("declaration")
+    return out
+
+
+def _same_use(a: terms_pb2.UseDeclaration, b: terms_pb2.UseDeclaration) -> bool:
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)

@@ -1,20 +1,36 @@
-"""``coalition-server``: run the server, or migrate its database."""
+"""``coalition-server``: serve, migrate the database, create keys, probe health.
+
+Settings come from flags, ``COALITION_*`` environment variables and a TOML file named by
+``--config`` (or ``COALITION_CONFIG``), in that order of precedence; see
+:mod:`coalition_server.config` and docs/operator.md. The top-level options are the settings,
+so they go before the subcommand: ``coalition-server --db URL migrate``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import os
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import grpc
 import typer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coalition_server.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, Settings
-from coalition_server.server import CoalitionServer, NotMigratedError
-from coalition_server.store import migrate as migrations
-from coalition_server.store.database import Database
+from coalition_server import logs
+from coalition_server.config import (
+    BY_FIELD,
+    CONFIG_ENV,
+    ConfigError,
+    Resolved,
+    Settings,
+    format_default,
+    render,
+    resolve,
+)
+from coalition_server.keys.server_keys import COALITION_KEY_FILE, LOG_KEY_FILE, ServerKeys
 
 app = typer.Typer(
     add_completion=False,
@@ -22,24 +38,30 @@ app = typer.Typer(
     help="Coalition server: the ledger and the gRPC API.",
 )
 
-ListenOpt = Annotated[
-    str, typer.Option("--listen", envvar="COALITION_LISTEN", help="HOST:PORT to serve on.")
-]
-DataDirOpt = Annotated[
-    Path,
-    typer.Option(
-        "--data-dir", envvar="COALITION_DATA_DIR", help="Keys and the SQLite file live here."
-    ),
-]
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--db", envvar="COALITION_DB_URL", help="Database URL (default: SQLite in --data-dir)."
-    ),
-]
+# Exit codes: 2 is a usage or configuration error (as for a bad flag), 1 a failed probe.
+EXIT_CONFIG = 2
+EXIT_UNHEALTHY = 1
+
+
+def _flag(field: str, *names: str) -> Any:
+    """The typer option for a setting: its flag, and help naming its env var and key."""
+    option = BY_FIELD[field]
+    shown = "" if option.default is None else f" Default: {format_default(option)}."
+    return typer.Option(
+        *(names or (option.flag,)),
+        help=f"{option.help}{shown} [env {option.env}; config key {option.key}]",
+        show_default=False,
+    )
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    typer.echo(f"coalition-server: error: {message}", err=True)
+    return typer.Exit(code)
 
 
 async def _serve(settings: Settings) -> None:
+    from coalition_server.server import CoalitionServer
+
     server = CoalitionServer(settings)
     await server.start()
     stop = asyncio.Event()
@@ -55,53 +77,76 @@ async def _serve(settings: Settings) -> None:
 @app.callback(invoke_without_command=True)
 def main_command(
     ctx: typer.Context,
-    listen: ListenOpt = DEFAULT_LISTEN,
-    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
-    db: DbOpt = None,
-    origin: Annotated[
-        str | None,
-        typer.Option(envvar="COALITION_ORIGIN", help="Checkpoint origin (log name)."),
-    ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option(envvar="COALITION_TLS_CERT", help="Server certificate (PEM).")
-    ] = None,
-    tls_key: Annotated[
-        Path | None, typer.Option(envvar="COALITION_TLS_KEY", help="Server private key (PEM).")
-    ] = None,
-    policy: Annotated[
+    config: Annotated[
         Path | None,
-        typer.Option(envvar="COALITION_POLICY", help="The coalition's bargaining policy (YAML)."),
+        typer.Option(
+            "--config",
+            help=f"TOML file of settings (keys as `show-config` prints). [env {CONFIG_ENV}]",
+            show_default=False,
+        ),
     ] = None,
-    log_level: Annotated[str, typer.Option(envvar="COALITION_LOG_LEVEL")] = "INFO",
+    # Every parameter below is named exactly as its Settings field: the callback hands
+    # ctx.params to config.resolve, and tests/test_config.py checks none is missing.
+    listen: Annotated[str | None, _flag("listen")] = None,
+    data_dir: Annotated[Path | None, _flag("data_dir")] = None,
+    db_url: Annotated[str | None, _flag("db_url")] = None,
+    origin: Annotated[str | None, _flag("origin")] = None,
+    tls_cert: Annotated[Path | None, _flag("tls_cert")] = None,
+    tls_key: Annotated[Path | None, _flag("tls_key")] = None,
+    max_batch: Annotated[int | None, _flag("max_batch")] = None,
+    auth_window_seconds: Annotated[float | None, _flag("auth_window_seconds")] = None,
+    max_message_bytes: Annotated[int | None, _flag("max_message_bytes")] = None,
+    policy_file: Annotated[Path | None, _flag("policy_file")] = None,
+    negotiation_sweep_seconds: Annotated[float | None, _flag("negotiation_sweep_seconds")] = None,
+    currency: Annotated[str | None, _flag("currency")] = None,
+    kek_dir: Annotated[Path | None, _flag("kek_dir")] = None,
+    # Durations are parsed by config (90d, 12h, 30m, 45s), like their env and file forms.
+    kek_max_age: Annotated[str | None, _flag("kek_max_age")] = None,
+    kek_retention: Annotated[str | None, _flag("kek_retention")] = None,
+    retention_check_seconds: Annotated[float | None, _flag("retention_check_seconds")] = None,
+    auto_migrate: Annotated[
+        bool | None, _flag("auto_migrate", "--auto-migrate/--no-auto-migrate")
+    ] = None,
+    metrics_listen: Annotated[str | None, _flag("metrics_listen")] = None,
+    metrics_refresh_seconds: Annotated[float | None, _flag("metrics_refresh_seconds")] = None,
+    log_level: Annotated[str | None, _flag("log_level")] = None,
+    log_format: Annotated[str | None, _flag("log_format")] = None,
 ) -> None:
-    """Serve the ledger (the default command)."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    ctx.obj = Settings(
-        listen=listen,
-        data_dir=data_dir,
-        db_url=db,
-        origin=origin,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        policy_file=policy,
-    )
-    if ctx.invoked_subcommand is not None:
-        return
-    if bool(tls_cert) != bool(tls_key):
-        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    """Resolve the settings for every subcommand; without a subcommand, serve."""
+    flags = {name: value for name, value in ctx.params.items() if name in BY_FIELD}
     try:
-        asyncio.run(_serve(ctx.obj))
+        resolved = resolve(flags, os.environ, config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    ctx.obj = resolved
+    logs.configure(resolved.settings.log_level.upper(), resolved.settings.log_format)
+    if ctx.invoked_subcommand is None:
+        serve(ctx)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    resolved: Resolved = ctx.obj
+    return resolved.settings
+
+
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """Serve the ledger until SIGTERM or SIGINT (what no subcommand does too)."""
+    from coalition_server.server import NotMigratedError
+
+    try:
+        asyncio.run(_serve(_settings(ctx)))
     except NotMigratedError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(exc)) from None
 
 
 @app.command()
 def migrate(ctx: typer.Context) -> None:
     """Create or upgrade the database schema, then exit."""
-    settings: Settings = ctx.obj
+    from coalition_server.store import migrate as migrations
+    from coalition_server.store.database import Database
+
+    settings = _settings(ctx)
 
     async def run() -> None:
         db = Database.connect(settings.database_url())
@@ -113,6 +158,90 @@ def migrate(ctx: typer.Context) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     asyncio.run(run())
     typer.echo(f"database at revision {migrations.head_revision()}")
+
+
+@app.command("init-keys")
+def init_keys(ctx: typer.Context) -> None:
+    """Create the server's signing keys in --data-dir if missing, and print the public parts.
+
+    Every replica of one ledger must use the same two key files: run this once (compose's
+    migrate step does) and share the directory, instead of letting replicas create keys.
+    """
+    settings = _settings(ctx)
+    names = (LOG_KEY_FILE, COALITION_KEY_FILE)
+    existed = {name for name in names if (settings.data_dir / name).exists()}
+    try:
+        keys = ServerKeys.load(settings.data_dir, settings.origin)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot create or read the keys in {settings.data_dir}: {exc}") from None
+    for name in names:
+        state = "kept" if name in existed else "created"
+        typer.echo(f"{state} {settings.data_dir / name}")
+    # What auditors need to verify checkpoints, and the coalition's identity.
+    typer.echo(f"log verifier key: {keys.log_signer.verifier.verifier_key}")
+    typer.echo(f"coalition key id: {keys.coalition_key.key_id}")
+
+
+@app.command()
+def health(
+    ctx: typer.Context,
+    target: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT to probe; default: --listen, with 0.0.0.0 as 127.0.0.1."),
+    ] = None,
+    service: Annotated[
+        str, typer.Option(help="Service to ask about; default: the server as a whole.")
+    ] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 3.0,
+    ca: Annotated[
+        Path | None,
+        typer.Option(help="Root certificate (PEM) to talk TLS; default: plaintext."),
+    ] = None,
+) -> None:
+    """Ask a server's grpc.health.v1 Check; exit 0 only when it is SERVING.
+
+    For container health checks: it needs no client key and no database.
+    """
+    address = target or _local_address(_settings(ctx).listen)
+    try:
+        status = check_health(address, service=service, timeout=timeout, ca=ca)
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise _fail(f"{address}: no service {service!r} there", EXIT_UNHEALTHY) from None
+        raise _fail(f"{address}: {code.name if code else exc}", EXIT_UNHEALTHY) from None
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    typer.echo(f"{address}: {name}")
+    if status != health_pb2.HealthCheckResponse.SERVING:
+        raise typer.Exit(EXIT_UNHEALTHY)
+
+
+def check_health(target: str, *, service: str = "", timeout: float = 3.0, ca: Path | None) -> int:
+    """The serving status a server reports for ``service`` ("" = overall)."""
+    if ca is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        channel = grpc.secure_channel(target, credentials)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+    return int(reply.status)
+
+
+def _local_address(listen: str) -> str:
+    """The address a probe on the same host uses for ``listen`` (wildcards are not dialable)."""
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):  # noqa: S104 (comparing, not binding)
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+@app.command("show-config")
+def show_config(ctx: typer.Context) -> None:
+    """Print the effective settings as TOML, each with where it came from."""
+    resolved: Resolved = ctx.obj
+    typer.echo(render(resolved), nl=False)
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -20,7 +22,7 @@ from coalition import dsse, statements
 from coalition.v1 import access_pb2, envelope_pb2, negotiation_pb2, terms_pb2
 from coalition_server.agreements import AgreementEffect
 from coalition_server.context import ServerContext
-from coalition_server.domain import bargaining, reservation
+from coalition_server.domain import bargaining, disputes, reservation
 from coalition_server.domain import negotiation as machine
 from coalition_server.domain.errors import (
     AlreadyExistsError,
@@ -273,6 +275,11 @@ def decide(
     return None
 
 
+def check_ballot(ballot: negotiation_pb2.Ballot) -> None:
+    """Refuse a ballot whose reasons are not norm ids of the vocabulary, in order, once."""
+    disputes.check_ballot_reasons(ballot.reasons)
+
+
 @dataclass
 class CountBallot:
     """A covered member's ballot; when it decides the vote, the outcome follows it."""
@@ -301,15 +308,9 @@ class CountBallot:
         votes = await store.ballots(ctx.conn, entry.negotiation_id)
         if self.member in votes:
             raise AlreadyExistsError("ALREADY_VOTED", "you voted on this agreement already")
-        await store.record_ballot(
-            ctx.conn,
-            entry.negotiation_id,
-            self.member,
-            self.ballot.approve,
-            covered[self.member],
-            ctx.index,
-        )
-        votes[self.member] = (self.ballot.approve, covered[self.member])
+        vote = store.Vote(self.ballot.approve, covered[self.member], tuple(self.ballot.reasons))
+        await store.record_ballot(ctx.conn, entry.negotiation_id, self.member, vote, ctx.index)
+        votes[self.member] = vote
         self.state = machine.RATIFYING
         outcome = decide(self.context, _tally(votes), covered, closed=False)
         if outcome is None:
@@ -318,18 +319,56 @@ class CountBallot:
         return follow_ups
 
 
-def _tally(votes: dict[str, tuple[bool, int]]) -> Tally:
+def _tally(votes: Mapping[str, store.Vote]) -> Tally:
     tally = Tally()
-    for approve, count in votes.values():
-        tally.add(approve, count)
+    for vote in votes.values():
+        tally.add(vote.approve, vote.items)
     return tally
 
 
+def reason_counts(
+    votes: Iterable[store.Vote], minimum_group_size: int
+) -> tuple[list[negotiation_pb2.ReasonCount], int]:
+    """The reasons of one side's ``votes`` that at least ``minimum_group_size`` members gave
+    (by norm id, ascending), and how many members gave some reason too rare to publish.
+
+    k-anonymity, as in the catalogue: a published count always stands for at least k
+    members, so no one's reason can be read off the result; a rarer reason is only counted,
+    by its members, in the "other reasons" total, which names no reason.
+    """
+    members: Counter[str] = Counter()
+    items: Counter[str] = Counter()
+    side = list(votes)
+    for vote in side:
+        for reason in vote.reasons:
+            members[reason] += 1
+            items[reason] += vote.items
+    shown = {reason for reason, count in members.items() if count >= minimum_group_size}
+    counts = [
+        negotiation_pb2.ReasonCount(norm_id=reason, members=members[reason], items=items[reason])
+        for reason in sorted(shown)
+    ]
+    other = sum(1 for vote in side if any(reason not in shown for reason in vote.reasons))
+    return counts, other
+
+
 def result_of(
-    negotiation_id: str, votes: dict[str, tuple[bool, int]], approved: bool
+    context: ServerContext,
+    negotiation_id: str,
+    votes: Mapping[str, store.Vote],
+    approved: bool,
 ) -> negotiation_pb2.RatificationResult:
-    """The RatificationResult statement for these votes."""
+    """The RatificationResult statement for these votes, with the tally by reason.
+
+    Both the deciding ballot and the sweep of closed ballots draw the result here, so the
+    two paths publish the same tally for the same votes.
+    """
     tally = _tally(votes)
+    minimum = context.policy.catalogue.minimum_group_size
+    approving, approving_other = reason_counts((v for v in votes.values() if v.approve), minimum)
+    rejecting, rejecting_other = reason_counts(
+        (v for v in votes.values() if not v.approve), minimum
+    )
     return negotiation_pb2.RatificationResult(
         negotiation_id=negotiation_id,
         approved=approved,
@@ -337,6 +376,11 @@ def result_of(
         rejecting_items=tally.rejecting_items,
         approving_members=tally.approving_members,
         rejecting_members=tally.rejecting_members,
+        approving_reasons=approving,
+        rejecting_reasons=rejecting,
+        approving_members_other_reasons=approving_other,
+        rejecting_members_other_reasons=rejecting_other,
+        minimum_group_size=minimum,
     )
 
 
@@ -344,7 +388,7 @@ async def conclude(
     context: ServerContext,
     ctx: EffectContext,
     entry: store.NegotiationEntry,
-    votes: dict[str, tuple[bool, int]],
+    votes: Mapping[str, store.Vote],
     approved: bool,
     *,
     with_result: bool = True,
@@ -355,7 +399,7 @@ async def conclude(
         follow_ups.append(
             coalition_submission(
                 context,
-                result_of(entry.negotiation_id, votes, approved),
+                result_of(context, entry.negotiation_id, votes, approved),
                 (entry.negotiation_id, entry.lab_key_id),
             )
         )
@@ -404,7 +448,7 @@ class CloseRatification:
 
     context: ServerContext
     negotiation_id: str
-    votes: dict[str, tuple[bool, int]]
+    votes: dict[str, store.Vote]
     approved: bool
 
     async def __call__(self, ctx: EffectContext) -> list[Submission]:
@@ -426,7 +470,7 @@ class CloseRatification:
 
 async def close_outcome(
     context: ServerContext, conn: AsyncConnection, entry: store.NegotiationEntry
-) -> tuple[dict[str, tuple[bool, int]], bool]:
+) -> tuple[dict[str, store.Vote], bool]:
     """(votes, approved) of a closed ballot, read outside the transaction."""
     assert entry.agreement_draft is not None
     draft = access_pb2.Agreement.FromString(entry.agreement_draft)

@@ -8,6 +8,7 @@
       beta: 0.5                   # < 1 Boulware (concede late), > 1 Conceder
       max_rounds: 20
       deadline_seconds: 86400
+      max_declaration_changes: 2  # changes to a lab's use declaration per counter (0: none)
     catalogue:
       minimum_group_size: 5       # k-anonymity: smaller groups are not shown
     ratification:
@@ -126,6 +127,7 @@ class CoalitionPolicy:
                 "beta",
                 "max_rounds",
                 "deadline_seconds",
+                "max_declaration_changes",
             },
             "negotiation",
         )
@@ -141,6 +143,7 @@ class CoalitionPolicy:
                     beta=float(negotiation.get("beta", 0.5)),
                     max_rounds=int(negotiation.get("max_rounds", 20)),
                     deadline=timedelta(seconds=float(negotiation.get("deadline_seconds", 86400))),
+                    max_declaration_changes=int(negotiation.get("max_declaration_changes", 2)),
                 ),
                 catalogue=CataloguePolicy(int(catalogue.get("minimum_group_size", 5))),
                 ratification=RatificationPolicy(

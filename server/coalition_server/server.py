@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from coalition.v1 import (
     access_pb2,
     consent_pb2,
+    disputes_pb2,
     items_pb2,
     ledger_pb2,
     negotiation_pb2,
@@ -25,6 +26,7 @@ from coalition_server.api.access import AccessServicer
 from coalition_server.api.auth import Authenticator
 from coalition_server.api.consent import ConsentServicer
 from coalition_server.api.dispatch import Dispatcher
+from coalition_server.api.disputes import DisputeServicer
 from coalition_server.api.items import ItemServicer
 from coalition_server.api.ledger import LedgerServicer
 from coalition_server.api.negotiation import NegotiationServicer
@@ -34,6 +36,7 @@ from coalition_server.config import Settings
 from coalition_server.context import ServerContext
 from coalition_server.keys.provider import FileKeyProvider
 from coalition_server.keys.server_keys import ServerKeys
+from coalition_server.metrics import ServerMetrics
 from coalition_server.policy import CoalitionPolicy
 from coalition_server.store import migrate
 from coalition_server.store.database import Database
@@ -53,8 +56,8 @@ SERVICES = (
     access_pb2.DESCRIPTOR.services_by_name["AccessService"],
     negotiation_pb2.DESCRIPTOR.services_by_name["NegotiationService"],
     strike_pb2.DESCRIPTOR.services_by_name["StrikeService"],
+    disputes_pb2.DESCRIPTOR.services_by_name["DisputeService"],
 )
-KEK_DIRECTORY = "keks"
 
 
 class NotMigratedError(Exception):
@@ -69,6 +72,9 @@ class CoalitionServer:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
+        # Prometheus metrics, only when served (--metrics-listen); metrics_port is the bound port.
+        self.metrics: ServerMetrics | None = None
+        self.metrics_port: int | None = None
         self._db: Database | None = None
         self._sequencer: Sequencer | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -94,15 +100,20 @@ class CoalitionServer:
             ),
             keys.log_signer,
         )
-        sequencer = self._sequencer = Sequencer(db, keys.log_signer, max_batch=settings.max_batch)
+        metrics = self.metrics = ServerMetrics() if settings.metrics_listen else None
+        sequencer = self._sequencer = Sequencer(
+            db, keys.log_signer, max_batch=settings.max_batch, metrics=metrics
+        )
         sequencer.start()
         parties = self.parties = PartyStore(db)
-        dispatcher = Dispatcher(Authenticator(parties, settings.auth_window_seconds))
+        dispatcher = Dispatcher(
+            Authenticator(parties, settings.auth_window_seconds), observer=metrics
+        )
         self.context = ServerContext(
             database=db,
             sequencer=sequencer,
             coalition_key=keys.coalition_key,
-            key_provider=FileKeyProvider(settings.data_dir / KEK_DIRECTORY),
+            key_provider=FileKeyProvider(settings.kek_directory()),
             currency=settings.currency,
             policy=CoalitionPolicy.load(settings.policy_file),
         )
@@ -119,6 +130,14 @@ class CoalitionServer:
                 name="negotiation-deadlines",
             ),
         ]
+        if metrics is not None:
+            metrics.declare_methods(SERVICES)
+            self._background.append(
+                loop.create_task(
+                    _every(settings.metrics_refresh_seconds, self.refresh_metrics),
+                    name="metrics-refresh",
+                )
+            )
 
         server = self._server = grpc.aio.server(
             options=[
@@ -135,6 +154,7 @@ class CoalitionServer:
             AccessServicer(self.context),
             self.negotiations,
             StrikeServicer(self.context, parties),
+            DisputeServicer(self.context),
         )
         server.add_generic_rpc_handlers(
             tuple(
@@ -149,6 +169,8 @@ class CoalitionServer:
             server,
         )
         self.port = self._bind(server)
+        if metrics is not None and settings.metrics_listen:
+            self.metrics_port = metrics.serve(settings.metrics_listen)
         await server.start()
         for service in SERVICES:
             await self._health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)
@@ -193,6 +215,11 @@ class CoalitionServer:
                 conn, context.key_provider, now - self.settings.kek_retention, now
             )
 
+    async def refresh_metrics(self) -> None:
+        """Re-read the database-backed gauges (tree size, open withdrawal notices)."""
+        if self.metrics is not None and self._db is not None:
+            await self.metrics.refresh(self._db)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Go NOT_SERVING, let in-flight calls finish within ``grace``, then close."""
         await self._health.enter_graceful_shutdown()
@@ -202,6 +229,9 @@ class CoalitionServer:
             await self._server.stop(grace)
         if self._sequencer is not None:
             await self._sequencer.stop()
+        if self.metrics is not None:
+            # The exporter's shutdown waits for its poll loop: not on the event loop.
+            await asyncio.to_thread(self.metrics.close)
         if self._db is not None:
             await self._db.dispose()
 

@@ -20,10 +20,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from coalition import dsse, merkle, statements
 from coalition.audit import AuditError, ExpectedKey, LedgerReplay, ReplayResult
 from coalition.checkpoint import Checkpoint
+from coalition.client import item_id
 from coalition.keys import SigningKey
 from coalition.v1 import (
     access_pb2,
     consent_pb2,
+    disputes_pb2,
     items_pb2,
     ledger_pb2,
     negotiation_pb2,
@@ -34,6 +36,8 @@ from coalition.v1 import (
 ORIGIN: Final = "coalition.test/audit"
 T0: Final = 1_750_000_000
 ITEM_ID: Final = "0123456789abcdef0123456789abcdef"
+ITEM_COMMITMENT: Final = bytes(range(32))
+"""The commitment of the member's item in the honest ledger (so its id is known)."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,9 @@ def leaf(envelope: dsse.Envelope, seconds: int) -> bytes:
     ).SerializeToString(deterministic=True)
 
 
-def item_registration() -> items_pb2.ItemRegistration:
+def item_registration(commitment: bytes | None = None) -> items_pb2.ItemRegistration:
     return items_pb2.ItemRegistration(
-        commitment=os.urandom(32),
+        commitment=os.urandom(32) if commitment is None else commitment,
         size_bytes=3,
         media_type="text/plain",
         created_time=Timestamp(seconds=T0),
@@ -111,7 +115,9 @@ def withdrawal() -> consent_pb2.Withdrawal:
     )
 
 
-def agreement(lab_key_id: str) -> access_pb2.Agreement:
+def agreement(
+    lab_key_id: str, item_ids: tuple[str, ...] = (ITEM_ID,), nonce: bytes | None = None
+) -> access_pb2.Agreement:
     return access_pb2.Agreement(
         lab_key_id=lab_key_id,
         terms=terms_pb2.LicenceTerms(
@@ -119,9 +125,52 @@ def agreement(lab_key_id: str) -> access_pb2.Agreement:
             deletion_deadline=Duration(seconds=86_400),
             lease_duration=Duration(seconds=3_600),
         ),
-        covered_items_root=merkle.leaf_hash(ITEM_ID.encode()),
-        covered_item_count=1,
-        covered_item_ids=[ITEM_ID],
+        covered_items_root=merkle.leaf_hash(item_ids[0].encode()),
+        covered_item_count=len(item_ids),
+        covered_item_ids=list(item_ids),
+        created_time=Timestamp(seconds=T0),
+        nonce=os.urandom(16) if nonce is None else nonce,
+    )
+
+
+def statement_id_of(statement: Message) -> str:
+    """A statement's id, known before anyone signs it (signatures are not part of it)."""
+    payload_type = statements.payload_type(type(statement))
+    return hashlib.sha256(dsse.pae(payload_type, statement.SerializeToString())).hexdigest()[:32]
+
+
+def member_item_id(p: Parties) -> str:
+    """The id of the member's item in the honest ledger."""
+    return item_id(p.member.key_id, ITEM_COMMITMENT)
+
+
+def honest_agreement(p: Parties) -> access_pb2.Agreement:
+    """The honest ledger's agreement: the lab's, covering the member's item."""
+    return agreement(p.lab.key_id, (member_item_id(p),), nonce=b"agreement-000001")
+
+
+def dispute(agreement_id: str, nonce: bytes = b"dispute-00000001") -> disputes_pb2.Dispute:
+    """A member's dispute about ``agreement_id``."""
+    return disputes_pb2.Dispute(
+        agreement_id=agreement_id,
+        norm_ids=["prohibited-use"],
+        declaration_fields=["application_domains"],
+        text="The model is marketed for surveillance.",
+        created_time=Timestamp(seconds=T0),
+        nonce=nonce,
+    )
+
+
+def honest_dispute(p: Parties) -> disputes_pb2.Dispute:
+    """The honest ledger's dispute: the member's, about the honest agreement."""
+    return dispute(statement_id_of(honest_agreement(p)))
+
+
+def dispute_response(dispute_id: str) -> disputes_pb2.DisputeResponse:
+    """A lab's answer to ``dispute_id``."""
+    return disputes_pb2.DisputeResponse(
+        dispute_id=dispute_id,
+        text="We do not sell to surveillance customers.",
         created_time=Timestamp(seconds=T0),
         nonce=os.urandom(16),
     )
@@ -224,8 +273,9 @@ CONTRIBUTOR_SIGNED: Final = (
     "Ballot",
     "StrikePledge",
     "PledgeRetraction",
+    "Dispute",
 )
-LAB_SIGNED: Final = ("LeaseRequest", "DeletionReceipt", "NegotiationRequest")
+LAB_SIGNED: Final = ("LeaseRequest", "DeletionReceipt", "NegotiationRequest", "DisputeResponse")
 COALITION_SIGNED: Final = (
     "KeyRelease",
     "WithdrawalNotice",
@@ -244,7 +294,7 @@ def statement(kind: str, p: Parties) -> Message:
         "ItemRegistration": item_registration,
         "ConsentToken": consent_token,
         "Withdrawal": withdrawal,
-        "Agreement": lambda: agreement(p.lab.key_id),
+        "Agreement": lambda: honest_agreement(p),
         "LeaseRequest": lease_request,
         "KeyRelease": lambda: key_release(p.lab.key_id),
         "WithdrawalNotice": lambda: withdrawal_notice(p.lab.key_id),
@@ -256,6 +306,9 @@ def statement(kind: str, p: Parties) -> Message:
         "RatificationCall": ratification_call,
         "Ballot": ballot,
         "RatificationResult": ratification_result,
+        # Disputes are about the honest ledger's agreement.
+        "Dispute": lambda: honest_dispute(p),
+        "DisputeResponse": lambda: dispute_response(statement_id_of(honest_dispute(p))),
     }
     if kind in made:
         return made[kind]()
@@ -302,7 +355,7 @@ def honest_ledger(p: Parties) -> Ledger:
     ledger.add("lab", signed(registration(p.lab, party_pb2.ROLE_LAB), p.lab))
     ledger.add("other_lab", signed(registration(p.other_lab, party_pb2.ROLE_LAB), p.other_lab))
     ledger.add("auditor", signed(registration(p.auditor, party_pb2.ROLE_AUDITOR), p.auditor))
-    ledger.add("ItemRegistration", signed(item_registration(), p.member))
+    ledger.add("ItemRegistration", signed(item_registration(ITEM_COMMITMENT), p.member))
     ledger.add("ConsentToken", signed(consent_token(), p.member))
     # The lab opens negotiation NEGOTIATION_ID; the coalition and that lab move in it.
     ledger.add("NegotiationRequest", signed(negotiation_request(), p.lab))
@@ -312,8 +365,11 @@ def honest_ledger(p: Parties) -> Ledger:
     ledger.add("Ballot", signed(ballot(), p.member))
     ledger.add("RatificationResult", signed(ratification_result(), p.coalition))
     # The lab signs first and the coalition countersigns, as the server does.
-    ledger.add("Agreement", signed(agreement(p.lab.key_id), p.lab, p.coalition))
+    ledger.add("Agreement", signed(honest_agreement(p), p.lab, p.coalition))
     ledger.add("PayoutStatement", signed(statement("PayoutStatement", p), p.coalition))
+    # A member the agreement covers disputes it; the agreement's lab answers.
+    ledger.add("Dispute", signed(honest_dispute(p), p.member))
+    ledger.add("DisputeResponse", signed(statement("DisputeResponse", p), p.lab))
     ledger.add("LeaseRequest", signed(lease_request(), p.lab))
     ledger.add("KeyRelease", signed(key_release(p.lab.key_id), p.coalition))
     ledger.add("StrikePledge", signed(statement("StrikePledge", p), p.member))

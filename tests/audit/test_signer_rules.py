@@ -570,7 +570,7 @@ def test_an_agreement_is_signed_by_its_lab_and_the_coalition(
 
 
 def test_an_agreement_signed_in_either_order_passes(run: Run, p: Parties, honest: Ledger) -> None:
-    swapped = signed(L.agreement(p.lab.key_id), p.coalition, p.lab)
+    swapped = signed(L.honest_agreement(p), p.coalition, p.lab)
     assert run(honest.replace("Agreement", swapped)).kinds["Agreement"] == 1
 
 

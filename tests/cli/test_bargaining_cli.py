@@ -84,7 +84,13 @@ def terms(price: int) -> terms_pb2.LicenceTerms:
 async def test_catalogue(cli: Cli, make_client: Callable[..., Client], tmp_path: Path) -> None:
     empty = await cli("lab", "catalogue", "--json")
     assert empty.exit_code == 0, empty.output
-    assert json_out(empty) == {"currency_code": "USD", "minimum_group_size": 5, "rows": []}
+    assert json_out(empty) == {
+        "currency_code": "USD",
+        "minimum_group_size": 5,
+        "rows": [],
+        "norm_vocabulary_version": "1",
+        "norm_shares": [],
+    }
     await pool(make_client, tmp_path, [1, 2, 3, 4, 5, 6])
     shown = await cli("lab", "catalogue", "--json")
     assert shown.exit_code == 0, shown.output

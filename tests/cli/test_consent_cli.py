@@ -155,3 +155,76 @@ async def test_grant_and_withdraw_refuse_bad_input(cli: Cli, tmp_path: Path) -> 
     not_found = await cli("consent", "state", "0" * 32)
     assert not_found.exit_code == 1
     assert "NOT_FOUND" in not_found.stderr
+
+
+async def test_grant_with_norms(cli: Cli, tmp_path: Path) -> None:
+    key_path, _ = await joined(cli, tmp_path, "contributor", "Ada")
+    await add_items(cli, key_path, files(tmp_path / "src", {"a.txt": b"a"}))
+    result = await cli(
+        "consent", "grant", "--all", "--purpose", "train-ai", "--floor", "purchase=1.00",
+        # In any order: the CLI signs them in canonical order.
+        "--norm", "withdrawal-effect:hard:exclude_from_models_released_after=90d",
+        "--norm", "prohibited-use:hard:domains=military,mass-surveillance:protects=safety",
+        "--norm", "model-release:priced:release=open-weights:premium=3.00",
+        "--json", key=key_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    granted = json_out(result)
+    token_norms = granted["token"]["norms"]
+    assert [(n["norm_id"], n["stance"]) for n in token_norms] == [
+        ("model-release", "NORM_STANCE_PRICED"),
+        ("prohibited-use", "NORM_STANCE_HARD"),
+        ("withdrawal-effect", "NORM_STANCE_HARD"),
+    ]
+    assert token_norms[0]["premium_per_item"] == {"currency_code": "USD", "micros": "3000000"}
+    assert token_norms[1]["protects"] == "ENDURING_VALUE_SAFETY"
+    assert token_norms[1]["parameters"][0]["value"]["texts"]["values"] == [
+        "mass-surveillance",
+        "military",
+    ]
+
+    text = await cli(
+        "consent", "grant", "--all", "--purpose", "search", "--floor", "purchase=1.00",
+        "--norm", "jurisdiction:hard:allowed=DE,FR", key=key_path,
+    )  # fmt: skip
+    assert text.exit_code == 0, text.output
+    assert "jurisdiction:hard:allowed=DE,FR" in text.stdout
+
+    # The export carries them: a hard norm as a prohibition, a priced one as a premium duty.
+    odrl = await cli("consent", "export", granted["consent_id"], key=key_path)
+    assert odrl.exit_code == 0, odrl.output
+    policy = json.loads(odrl.stdout)
+    assert [p["coalition:norm"]["@id"] for p in policy["prohibition"]] == [
+        "coalition:norm/prohibited-use",
+        "coalition:norm/withdrawal-effect",
+    ]
+    (permission,) = policy["permission"]
+    premiums = [d for d in permission["duty"] if "coalition:norm" in d]
+    assert [d["coalition:norm"]["@id"] for d in premiums] == ["coalition:norm/model-release"]
+
+
+async def test_grant_refuses_bad_norms_before_signing(cli: Cli, tmp_path: Path) -> None:
+    key_path, _ = await joined(cli, tmp_path, "contributor", "Ada")
+    await add_items(cli, key_path, files(tmp_path / "src", {"a.txt": b"a"}))
+    base = ("consent", "grant", "--all", "--purpose", "train-ai", "--floor", "purchase=1")
+    cases = [
+        (["--norm", "no-such-norm:hard"], "no norm 'no-such-norm'"),
+        (["--norm", "model-release:priced:release=closed"], "premium=AMOUNT"),
+        (["--norm", "model-release:hard:release=closed:premium=1"], "has no premium"),
+        (["--norm", "prohibited-use:hard:domains=gambling"], "'gambling' is not one of"),
+        (
+            [
+                "--norm",
+                "model-release:hard:release=closed",
+                "--norm",
+                "model-release:hard:release=open-weights",
+            ],
+            "at most one model-release",
+        ),
+    ]
+    for extra, message in cases:
+        result = await cli(*base, *extra, key=key_path)
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.stderr, (extra, result.stderr)
+    listed = await cli("consent", "list", "--json", key=key_path)
+    assert json_out(listed) == []

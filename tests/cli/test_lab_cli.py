@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
+from typer.testing import Result
+
+from coalition import norms
+from coalition.cli import app
+from coalition.client import Client, consent_token, price_floor
+from coalition.keys import SigningKey
+from coalition.v1 import norms_pb2, party_pb2, terms_pb2
+from coalition_server.config import Settings
 from coalition_server.server import CoalitionServer
 from tests.access_helpers import licence_terms, make_agreement
 from tests.cli.access_cli_helpers import add_items, files, grant, joined
-from tests.cli.helpers import Cli, json_out
+from tests.cli.helpers import Cli, json_out, runner
 
 CONTENTS = {
     "poem.txt": b"so much depends upon a red wheel barrow\n" * 50,
@@ -142,3 +155,184 @@ async def test_lab_commands_refuse_what_is_not_theirs(
     by_member = await cli("lab", "agreements", key=member)
     assert by_member.exit_code == 1
     assert "ROLE_NOT_ALLOWED" in by_member.stderr
+
+
+# --- the catalogue's norm shares, the what-if and negotiating a declared use -------------------
+
+USD = 1_000_000
+NO_MILITARY = norms.make_norm(
+    "prohibited-use", norms_pb2.NORM_STANCE_HARD, {"domains": ["military"]}
+)
+OPEN_OR_PAY = norms.make_norm(
+    "model-release",
+    norms_pb2.NORM_STANCE_PRICED,
+    {"release": "open-weights"},
+    premium=terms_pb2.Money(currency_code="USD", micros=2 * USD),
+)
+MILITARY_CLOSED: dict[str, Any] = {
+    "modelRelease": "closed",
+    "applicationDomains": ["military"],
+    "jurisdictions": ["DE"],
+}
+
+
+@pytest.fixture
+async def small_groups(settings: Settings, tmp_path: Path) -> AsyncIterator[Cli]:
+    """A server showing groups of two members and opening at its reservation."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "catalogue:\n  minimum_group_size: 2\nnegotiation:\n  aspiration_multiplier: 1.0\n"
+    )
+    server = CoalitionServer(dataclasses.replace(settings, policy_file=policy))
+    port = await server.start()
+    try:
+        yield Cli(f"127.0.0.1:{port}")
+    finally:
+        await server.stop(grace=1.0)
+
+
+async def holding(cli: Cli, name: str, count: int, *held: norms_pb2.Norm) -> None:
+    """``count`` members with two items each, consented for training at 1 USD, holding
+    ``held``."""
+    for n in range(count):
+        async with Client(cli.target, key=SigningKey.generate()) as client:
+            await client.register(party_pb2.ROLE_CONTRIBUTOR, f"{name} {n}")
+            contents = [f"{name} {n} {i}".encode() for i in range(2)]
+            registered = await client.register_items(
+                [(hashlib.sha256(c).digest(), len(c), "text/plain", []) for c in contents]
+            )
+            token = consent_token(
+                item_ids=[item.item_id for item in registered.items],
+                purposes=["train-ai"],
+                floors=[price_floor("purchase", USD)],
+            )
+            token.norms.extend(held)
+            await client.grant_consent(token)
+
+
+def declaration_file(tmp_path: Path, name: str, content: dict[str, Any]) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(content))
+    return path
+
+
+async def test_catalogue_shows_norm_shares_and_the_what_if(
+    small_groups: Cli, tmp_path: Path
+) -> None:
+    cli = small_groups
+    await holding(cli, "plain", 3)
+    await holding(cli, "pacifist", 2, NO_MILITARY)
+    await holding(cli, "open", 2, OPEN_OR_PAY)
+    lab_path, _ = await joined(cli, tmp_path, "lab", "Acme")
+
+    public = await cli("lab", "catalogue", "--json")
+    assert public.exit_code == 0, public.output
+    shares = {s["norm_id"]: s for s in json_out(public)["norm_shares"]}
+    assert shares["prohibited-use"] == {
+        "norm_id": "prohibited-use",
+        "hard": {"member_count": 2, "item_count": 4},
+        "priced": {"member_count": 0, "item_count": 0},
+        "unheld": {"member_count": 5, "item_count": 10},
+    }
+    assert "what_if" not in json_out(public)
+
+    declared = declaration_file(tmp_path, "use.json", MILITARY_CLOSED)
+    what_if = await cli("lab", "catalogue", "--declare", str(declared), "--json", key=lab_path)
+    assert what_if.exit_code == 0, what_if.output
+    report = json_out(what_if)["what_if"]
+    assert report["declaration"] == {
+        "modelRelease": "MODEL_RELEASE_CLOSED",
+        "applicationDomains": ["military"],
+        "jurisdictions": ["DE"],
+    }
+    assert report["supply"] == [
+        {"price_micros": USD, "item_count": 6, "member_count": 3},
+        {"price_micros": 3 * USD, "item_count": 10, "member_count": 5},
+    ]
+    assert (report["reservation_price_micros"], report["covered_at_reservation"]) == (USD, 6)
+    assert report["quorum_items"] == 5
+    assert [(c["norm_id"], c["changes"], c["more_items_at_reservation"]) for c in
+            report["changes"]] == [
+        ("prohibited-use", ["application_domains: -military"], 4),
+        ("model-release", ["model_release: closed -> open-weights"], 4),
+    ]  # fmt: skip
+
+    yaml_file = tmp_path / "use.yaml"
+    yaml_file.write_text(
+        "modelRelease: closed\napplicationDomains: [military]\njurisdictions: [DE]\n"
+    )
+    text = await cli("lab", "catalogue", "--declare", str(yaml_file), key=lab_path)
+    assert text.exit_code == 0, text.output
+    assert "Members' norms" in text.stdout
+    assert "the coalition would take 1.00 USD per item now, covering 6 items" in text.stdout
+    row = next(
+        line for line in text.stdout.splitlines() if "prohibited-use" in line and "+4" in line
+    )
+    assert "application_domains: -military" in row
+
+
+async def test_catalogue_refuses_a_bad_declaration(cli: Cli, tmp_path: Path) -> None:
+    lab_path, _ = await joined(cli, tmp_path, "lab", "Acme")
+    incomplete = declaration_file(tmp_path, "bad.json", {"jurisdictions": ["DE"]})
+    refused = await cli("lab", "catalogue", "--declare", str(incomplete), key=lab_path)
+    assert refused.exit_code == 2
+    assert "model_release" in refused.stderr
+    missing = await cli("lab", "catalogue", "--declare", str(tmp_path / "nope.json"), key=lab_path)
+    assert missing.exit_code == 2
+    assert "cannot read" in missing.stderr
+    ok = declaration_file(tmp_path, "ok.json", MILITARY_CLOSED)
+    keyless = await cli("lab", "catalogue", "--declare", str(ok))
+    assert keyless.exit_code == 2
+    assert "needs a key" in keyless.stderr
+
+
+NEGOTIATE = ("lab", "negotiate", "--purpose", "train-ai", "--model", "purchase")
+
+
+async def test_negotiate_a_declared_use_auto_conceding_what_the_file_allows(
+    small_groups: Cli, tmp_path: Path
+) -> None:
+    cli = small_groups
+    await holding(cli, "plain", 3)
+    await holding(cli, "open", 3, OPEN_OR_PAY)
+    lab_path, _ = await joined(cli, tmp_path, "lab", "Acme")
+    closed = {"modelRelease": "closed", "jurisdictions": ["DE"]}
+    willing = declaration_file(
+        tmp_path, "willing.json", {**closed, "mayConcede": {"modelRelease": ["open-weights"]}}
+    )
+    auto = ("--price", "0.50", "--auto", "--budget", "3", "--json")
+    took = await cli(*NEGOTIATE, *auto, "--declare", str(willing), key=lab_path)
+    assert took.exit_code == 0, took.output
+    report = json_out(took)
+    assert report["state"] == "finalized"
+    assert report["current_terms"]["declaration"]["modelRelease"] == "MODEL_RELEASE_OPEN_WEIGHTS"
+    assert report["agreement_draft"]["covered_item_count"] == 12
+    assert "[use: model_release: closed -> open-weights]" in took.stderr
+
+    unwilling = declaration_file(tmp_path, "unwilling.json", closed)
+    kept = await cli(*NEGOTIATE, *auto, "--declare", str(unwilling), key=lab_path)
+    assert kept.exit_code == 0, kept.output
+    report = json_out(kept)
+    assert report["state"] == "finalized"
+    assert report["current_terms"]["declaration"]["modelRelease"] == "MODEL_RELEASE_CLOSED"
+    assert report["agreement_draft"]["covered_item_count"] == 6
+
+
+async def test_negotiate_interactively_shows_the_proposed_use(
+    small_groups: Cli, tmp_path: Path
+) -> None:
+    cli = small_groups
+    await holding(cli, "pacifist", 3, NO_MILITARY)
+    lab_path, _ = await joined(cli, tmp_path, "lab", "Acme")
+    declared = declaration_file(tmp_path, "use.json", MILITARY_CLOSED)
+    argv = ["--server", cli.target, "--key", str(lab_path), *NEGOTIATE, "--price", "2",
+            "--declare", str(declared)]  # fmt: skip
+    result: Result = await asyncio.to_thread(
+        runner.invoke, app, argv, input="a\n", catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    assert "Accepting takes its change to your use: application_domains: -military." in (
+        result.stdout
+    )
+    assert "finalized" in result.stdout
+    assert "6 items" in result.stdout

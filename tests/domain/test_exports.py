@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyld import jsonld  # type: ignore[import-untyped]
 
-from coalition.v1 import access_pb2, consent_pb2, terms_pb2
+from coalition import norms
+from coalition.v1 import access_pb2, consent_pb2, norms_pb2, terms_pb2
 from coalition_server.domain import exports
+from tests.norms.test_judgement import declarations, norm_sets
 
 DATA = Path(__file__).resolve().parent / "data"
 ODRL_CONTEXT_URLS = {"http://www.w3.org/ns/odrl.jsonld", "https://www.w3.org/ns/odrl.jsonld"}
@@ -33,6 +37,7 @@ ODRL = "http://www.w3.org/ns/odrl/2/"
 XSD = "http://www.w3.org/2001/XMLSchema#"
 RDF_VALUE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#value"
 DCT_ISSUED = "http://purl.org/dc/terms/issued"
+SKOS = "http://www.w3.org/2004/02/skos/core#"
 V = exports.VOCABULARY
 RSL = "{https://rslstandard.org/rsl}"
 EXT = "{" + exports.VOCABULARY + "}"
@@ -108,15 +113,22 @@ def action(rule: dict[str, Any]) -> str:
 
 
 def constraints(node: dict[str, Any], prop: str = ODRL + "constraint") -> list[Any]:
-    """(left operand IRI, operator IRI, right operand values) of each constraint."""
-    return [
-        (
-            iri(c, ODRL + "leftOperand"),
-            iri(c, ODRL + "operator"),
-            [v.get("@id", v) for v in nodes(c, ODRL + "rightOperand")],
+    """(left operand IRI, operator IRI, right operand values) of each constraint; a logical
+    ``or`` constraint is (odrl:or, None, [its parts, read the same way])."""
+    found: list[Any] = []
+    for c in nodes(node, prop):
+        if ODRL + "or" in c:
+            (parts,) = nodes(c, ODRL + "or")
+            found.append((ODRL + "or", None, constraints({"parts": parts["@list"]}, "parts")))
+            continue
+        found.append(
+            (
+                iri(c, ODRL + "leftOperand"),
+                iri(c, ODRL + "operator"),
+                [v.get("@id", v) for v in nodes(c, ODRL + "rightOperand")],
+            )
         )
-        for c in nodes(node, prop)
-    ]
+    return found
 
 
 def constraint(
@@ -804,3 +816,476 @@ def test_any_valid_token_exports_and_expands(
     assert amounts == {micros for micros in floors.values() if micros}
     for element in root.iter(RSL + "amount"):
         assert element.get("currency") == token.floor.prices[0].minimum_per_item.currency_code
+
+
+# --- JSON-LD losses ---------------------------------------------------------------------------
+
+KEYWORD_ALIASES = {
+    k for k, v in ODRL_CONTEXT_DOCUMENT["@context"].items() if isinstance(v, str) and v[:1] == "@"
+}
+ABSOLUTE_IRI = re.compile(r"(https?|urn):\S+")
+# No base IRI: pyld would otherwise resolve an undefined term against a made-up base.
+NO_BASE: dict[str, Any] = {**OPTIONS, "base": None}
+
+
+def _input_keys(value: Any, found: Counter[str], empty: list[str]) -> None:
+    if isinstance(value, list):
+        for element in value:
+            _input_keys(element, found, empty)
+    elif isinstance(value, dict):
+        for key, element in value.items():
+            if key == "@context":
+                continue
+            if not key.startswith("@") and key not in KEYWORD_ALIASES:
+                found[key] += 1
+            if element in ([], None, {}):
+                empty.append(key)
+            _input_keys(element, found, empty)
+
+
+def _expanded_iris(value: Any, properties: list[str], iris_found: list[str]) -> None:
+    if isinstance(value, list):
+        for element in value:
+            _expanded_iris(element, properties, iris_found)
+    elif isinstance(value, dict):
+        for key, element in value.items():
+            if key == "@id":
+                iris_found.append(element)
+            elif key == "@type" and "@value" not in value:
+                iris_found.extend(element)
+            elif not key.startswith("@"):
+                properties.append(key)
+            _expanded_iris(element, properties, iris_found)
+
+
+def dropped_terms(document: dict[str, Any]) -> list[str]:
+    """What JSON-LD silently loses or leaves unresolved in ``document``: keys no context
+    defines (expansion drops them with their values), keys with nothing in them (no triple),
+    and IRIs left relative or under an undefined prefix (``use`` when ``use`` is not a term;
+    ``coalition:x`` without the prefix). Empty when every key survives expansion."""
+    context = document["@context"]
+    given: Counter[str] = Counter()
+    empty: list[str] = []
+    _input_keys(document, given, empty)
+    problems = [f"empty value of {key!r}" for key in empty]
+    for key in sorted(given):
+        # Each key on its own: a key no context defines expands to nothing.
+        probe = {"@context": context, key: {"@id": "urn:x:probe"}}
+        if not jsonld.expand(probe, NO_BASE):
+            problems.append(f"undefined key {key!r}")
+    properties: list[str] = []
+    found_iris: list[str] = []
+    expanded = jsonld.expand(json.loads(json.dumps(document)), NO_BASE)
+    _expanded_iris(expanded, properties, found_iris)
+    if len(properties) != sum(given.values()):
+        problems.append(f"{sum(given.values())} properties given, {len(properties)} expanded")
+    for value in [*properties, *found_iris]:
+        if ABSOLUTE_IRI.fullmatch(value) is None:
+            problems.append(f"unresolved IRI {value!r}")
+    return problems
+
+
+def assert_lossless_json_ld(document: dict[str, Any]) -> str:
+    """Expansion, compaction and RDF all succeed and lose nothing; returns the N-Quads."""
+    assert dropped_terms(document) == []
+    expanded = expand(document)
+    compacted = jsonld.compact(expanded, {"@context": document["@context"]}, OPTIONS)
+    assert jsonld.expand(compacted, OPTIONS) == expanded
+    # Every key of the compacted output survives expansion too.
+    assert dropped_terms(compacted) == []
+    nquads: str = jsonld.to_rdf(document, {**OPTIONS, "format": "application/n-quads"})
+    assert nquads
+    assert "<coalition:" not in nquads  # an IRI under an undefined prefix
+    return nquads
+
+
+def test_dropped_terms_finds_what_json_ld_loses() -> None:
+    document = exports.consent_to_odrl(CONSENT_ID, MEMBER, make_token())
+    assert dropped_terms(document) == []
+    broken = copy.deepcopy(document)
+    broken["permission"][0]["paymentModel"] = "coalition:purchase"  # not a term
+    broken["permission"][0]["action"] = "frobnicate"  # not an ODRL action
+    broken["permission"][0]["constraint"][0]["nope:x"] = 1  # undefined prefix
+    broken["permission"][1]["constraint"] = []  # vanishes
+    problems = dropped_terms(broken)
+    assert "undefined key 'paymentModel'" in problems
+    assert "unresolved IRI 'frobnicate'" in problems
+    assert "unresolved IRI 'nope:x'" in problems
+    assert "empty value of 'constraint'" in problems
+    assert any("properties given" in p for p in problems)
+
+
+# --- members' norms and use declarations ------------------------------------------------------
+
+VOCAB = norms.Vocabulary.load()
+HARD = norms_pb2.NORM_STANCE_HARD
+PRICED = norms_pb2.NORM_STANCE_PRICED
+# One instance of every norm of the vocabulary (the examples of docs/norms.md).
+NORM_PARAMETERS: dict[str, dict[str, Any]] = {
+    "model-release": {"release": "open-weights"},
+    "prohibited-use": {"domains": ["mass-surveillance", "military"]},
+    "occupation": {"isco08": ["2166"]},
+    "public-benefit": {"fund": "open-knowledge", "min_share_basis_points": 250},
+    "jurisdiction": {"allowed": ["CA", "DE", "FR"]},
+    "derivatives": {"forbidden": ["distillation"]},
+    "withdrawal-effect": {
+        "exclude_from_models_released_after": timedelta(days=90),
+        "exclude_from_next_training_run": True,
+    },
+}
+VALUES = [norms_pb2.EnduringValue.ValueType(v) for v in sorted(VOCAB.enduring_values)]
+
+
+def example_norms(*stances: norms_pb2.NormStance.ValueType) -> list[norms_pb2.Norm]:
+    """Every norm of the vocabulary, the i-th with stance ``stances[i % len]``, premium
+    (i + 1) * 0.25 when priced, protecting the i-th enduring value (or none)."""
+    result = []
+    for i, (norm_id, parameters) in enumerate(NORM_PARAMETERS.items()):
+        stance = stances[i % len(stances)]
+        result.append(
+            norms.make_norm(
+                norm_id,
+                stance,
+                parameters,
+                premium=_money((i + 1) * 250_000) if stance == PRICED else None,
+                protects=([norms_pb2.ENDURING_VALUE_UNSPECIFIED, *VALUES])[i % (len(VALUES) + 1)],
+            )
+        )
+    return norms.canonical_norms(result)
+
+
+def token_with(norm_list: list[norms_pb2.Norm]) -> consent_pb2.ConsentToken:
+    token = make_token()
+    token.norms.extend(norm_list)
+    norms.validate_norms(token.norms, "USD")
+    return token
+
+
+def full_declaration() -> terms_pb2.UseDeclaration:
+    """A declaration with every field set."""
+    declaration = terms_pb2.UseDeclaration(
+        model_release=terms_pb2.MODEL_RELEASE_CLOSED,
+        application_domains=["emotion-recognition", "targeted-advertising"],
+        occupations=["2166", "2642"],
+        jurisdictions=["DE-BY", "FR"],
+        public_benefit_share_basis_points=100,
+        public_benefit_fund="open-knowledge",
+        distillation=True,
+        third_party_fine_tunes=True,
+    )
+    declaration.withdrawal_commitments.exclude_from_next_training_run = True
+    declaration.withdrawal_commitments.exclude_from_models_released_after.seconds = 180 * DAY
+    norms.validate_declaration(declaration)
+    return declaration
+
+
+def test_the_examples_hold_every_norm_of_the_vocabulary() -> None:
+    assert set(NORM_PARAMETERS) == set(VOCAB.norms)
+    for stances in ([HARD], [PRICED], [HARD, PRICED]):
+        assert {n.norm_id for n in token_with(example_norms(*stances)).norms} == set(VOCAB.norms)
+
+
+def _breach(norm: norms_pb2.Norm) -> list[Any]:
+    """The norm's breach constraint, expanded, as constraints() reads it."""
+    rule = {"@context": exports._context(), "constraint": norms.norm_to_odrl(norm)["rule"]}
+    rule["constraint"] = rule["constraint"]["constraint"]
+    return constraints(policy_node(rule))
+
+
+def _norm_iri(norm: norms_pb2.Norm) -> str:
+    return V + "norm/" + norm.norm_id
+
+
+def test_hard_norms_are_prohibitions_of_use_under_their_breach() -> None:
+    token = token_with(example_norms(HARD))
+    node = consent_policy(token)
+    prohibitions = nodes(node, ODRL + "prohibition")
+    by_lab = [p for p in prohibitions if ODRL + "assignee" in p]
+    by_norm = [p for p in prohibitions if V + "norm" in p]
+    assert len(by_lab) == len(EXCLUDED)
+    assert len(by_norm) == len(token.norms) == len(prohibitions) - len(EXCLUDED)
+    for norm, rule in zip(token.norms, by_norm, strict=True):
+        assert action(rule) == ODRL + "use"
+        assert iri(rule, V + "norm") == _norm_iri(norm)
+        assert iri(rule, ODRL + "assigner") == party(MEMBER)
+        assert iri(rule, ODRL + "target") == f"{BASE}consent/{CONSENT_ID}/items"
+        assert constraints(rule) == _breach(norm)
+        if norm.protects:
+            value = VOCAB.enduring_values[norm.protects].id
+            assert iris(rule, V + "protects") == [V + "value/" + value]
+        else:
+            assert V + "protects" not in rule
+    # Hard norms owe nothing: each permission keeps exactly its floors' duties.
+    for rule in nodes(node, ODRL + "permission"):
+        assert len(duties(rule, "compensate")) == len(token.floor.prices)
+    assert iri(node, ODRL + "conflict") == ODRL + "prohibit"
+
+
+def test_priced_norms_are_premium_duties_per_payment_model() -> None:
+    token = token_with(example_norms(PRICED))
+    node = consent_policy(token)
+    assert all(V + "norm" not in p for p in nodes(node, ODRL + "prohibition"))
+    floors = {model_iri(p.payment_model): p for p in token.floor.prices}
+    for rule in nodes(node, ODRL + "permission"):
+        premiums = [d for d in duties(rule, "compensate") if V + "norm" in d]
+        assert len(premiums) == len(token.norms) * len(floors)
+        owed = set()
+        for duty in premiums:
+            model, amount, operator, unit, count = _compensation(duty)
+            norm = next(n for n in token.norms if _norm_iri(n) == iri(duty, V + "norm"))
+            assert iri(duty, ODRL + "compensatedParty") == party(MEMBER)
+            assert operator == ODRL + "gteq"
+            assert (unit, count) == (V + "currency/USD", V + "item")
+            assert Decimal(amount["@value"]) * 10**6 == norm.premium_per_item.micros
+            # The breach constraint, beside the payment model (and period) of its floor.
+            rest = [c for c in constraints(duty) if c[0] != V + "paymentModel"]
+            period = [c for c in rest if c[0] == ODRL + "timeInterval"]
+            assert [c for c in rest if c not in period] == _breach(norm)
+            if model == model_iri(terms_pb2.PAYMENT_MODEL_SUBSCRIPTION):
+                assert period == [
+                    (ODRL + "timeInterval", ODRL + "eq", [literal("P30D", "duration")])
+                ]
+            else:
+                assert period == []
+            owed.add((norm.norm_id, model))
+        assert owed == {(n.norm_id, m) for n in token.norms for m in floors}
+
+
+def test_a_token_without_norms_has_no_norm_rules() -> None:
+    plain = exports.consent_to_odrl(CONSENT_ID, MEMBER, make_token())
+    assert "coalition:norm" not in json.dumps(plain)
+    node = policy_node(plain)
+    assert len(nodes(node, ODRL + "prohibition")) == len(EXCLUDED)
+
+
+def test_a_token_with_only_hard_norms_has_prohibitions_even_without_excluded_labs() -> None:
+    token = make_token(excluded=[])
+    token.norms.extend(example_norms(HARD))
+    prohibitions = nodes(consent_policy(token), ODRL + "prohibition")
+    assert [iri(p, V + "norm") for p in prohibitions] == [_norm_iri(n) for n in token.norms]
+
+
+def agreement_with_declaration() -> access_pb2.Agreement:
+    agreement = make_agreement()
+    agreement.terms.declaration.CopyFrom(full_declaration())
+    return agreement
+
+
+def test_agreement_carries_the_use_declaration() -> None:
+    agreement_id = "a9" * 16
+    node = policy_node(
+        exports.agreement_to_odrl(agreement_id, agreement_with_declaration(), COALITION)
+    )
+    declared = one(node, V + "useDeclaration")
+    assert declared["@id"] == f"{BASE}agreement/{agreement_id}/declaration"
+    assert declared["@type"] == [V + "UseDeclaration"]
+    assert iris(declared, V + "modelRelease") == [V + "release/closed"]
+    assert iris(declared, V + "applicationDomain") == [
+        V + "domain/emotion-recognition",
+        V + "domain/targeted-advertising",
+    ]
+    assert iris(declared, V + "automatedOccupation") == [V + "isco08/2166", V + "isco08/2642"]
+    assert iris(declared, V + "processingLocation") == [V + "iso3166/DE-BY", V + "iso3166/FR"]
+    assert nodes(declared, V + "publicBenefitShare") == [literal("100", "integer")]
+    assert iris(declared, V + "publicBenefitFund") == [V + "fund/open-knowledge"]
+    assert iris(declared, V + "derivative") == [
+        V + "derivative/distillation",
+        V + "derivative/third-party-fine-tunes",
+    ]
+    assert nodes(declared, V + "nextTrainingRunExclusion") == [literal("true", "boolean")]
+    assert nodes(declared, V + "releasedModelExclusionDelay") == [literal("P180D", "duration")]
+    # Every field of the declaration is exported: each names the operands it fills.
+    operands = {o for f in VOCAB.declaration.values() for o in f.left_operands}
+    assert {key for key in declared if key.startswith(V)} == {VOCAB.expand_iri(o) for o in operands}
+
+
+def test_agreement_without_a_declaration_has_none() -> None:
+    node = policy_node(exports.agreement_to_odrl("a9" * 16, make_agreement(), COALITION))
+    assert V + "useDeclaration" not in node
+
+
+def _documents_with_norms() -> list[tuple[str, dict[str, Any]]]:
+    documents = [
+        (
+            f"consent, {name} norms",
+            exports.consent_to_odrl(CONSENT_ID, MEMBER, token_with(example_norms(*stances))),
+        )
+        for name, stances in (("hard", [HARD]), ("priced", [PRICED]), ("mixed", [HARD, PRICED]))
+    ]
+    split = norms.canonical_norms(
+        [
+            norms.make_norm("prohibited-use", HARD, {"domains": ["military"]}),
+            norms.make_norm(
+                "prohibited-use",
+                PRICED,
+                {"domains": ["targeted-advertising"]},
+                premium=_money(1),
+            ),
+            norms.make_norm("occupation", HARD, {"isco08": ["2166"]}),
+            norms.make_norm("occupation", PRICED, {"isco08": ["2512"]}, premium=_money(2)),
+        ]
+    )
+    documents.append(
+        ("consent, repeated norms", exports.consent_to_odrl(CONSENT_ID, MEMBER, token_with(split)))
+    )
+    documents.append(
+        (
+            "agreement with a full declaration",
+            exports.agreement_to_odrl("a9" * 16, agreement_with_declaration(), COALITION),
+        )
+    )
+    documents.append(("the profile", norms.odrl_profile()))
+    return documents
+
+
+NORM_DOCUMENTS = _documents_with_norms()
+
+
+@pytest.mark.parametrize(
+    "document", [d for _, d in NORM_DOCUMENTS], ids=[name for name, _ in NORM_DOCUMENTS]
+)
+def test_exports_with_norms_are_lossless_json_ld(document: dict[str, Any]) -> None:
+    nquads = assert_lossless_json_ld(document)
+    if "uid" in document:
+        assert f"<{document['uid']}> <{ODRL}profile> <{exports.PROFILE}> ." in nquads
+
+
+def _coalition_iris(value: Any, found: set[str]) -> None:
+    if isinstance(value, list):
+        for element in value:
+            _coalition_iris(element, found)
+    elif isinstance(value, dict):
+        for key, element in value.items():
+            if key.startswith(V):
+                found.add(key)
+            if key in ("@id", "@type") and "@value" not in value:
+                for entry in element if isinstance(element, list) else [element]:
+                    if entry.startswith(V):
+                        found.add(entry)
+            _coalition_iris(element, found)
+
+
+def test_the_profile_defines_every_term_the_exports_use() -> None:
+    graph = expand(norms.odrl_profile())
+    defined = {n["@id"] for n in graph}
+    schemes = {n["@id"] for n in graph if n.get("@type") == [SKOS + "ConceptScheme"]}
+    closed = {iri(n, SKOS + "inScheme") for n in graph if SKOS + "inScheme" in n}
+    open_schemes = schemes - closed
+    used: set[str] = set()
+    documents = [d for name, d in NORM_DOCUMENTS if name != "the profile"]
+    documents += [
+        exports.consent_to_odrl(
+            CONSENT_ID, MEMBER, make_token(selector=s, purposes=exports.PURPOSE_NAMES)
+        )
+        for s in ("item_ids", "tag", "all_items")
+    ]
+    for document in documents:
+        _coalition_iris(expand(document), used)
+    undefined = {
+        term
+        for term in used
+        if term not in defined and not any(term.startswith(s) for s in open_schemes)
+    }
+    assert undefined == set()
+    # Open schemes are exactly the code sets without a closed list of terms.
+    assert {s.removeprefix(V) for s in open_schemes} == {
+        "currency/",
+        "isco08/",
+        "iso3166/",
+        "fund/",
+    }
+    for scheme in closed:
+        assert scheme in schemes
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(token=tokens(), norm_list=norm_sets(), use=declarations())
+def test_any_valid_token_with_norms_exports_losslessly(
+    token: consent_pb2.ConsentToken,
+    norm_list: list[norms_pb2.Norm],
+    use: terms_pb2.UseDeclaration,
+) -> None:
+    currency = token.floor.prices[0].minimum_per_item.currency_code
+    for norm in norm_list:
+        if norm.HasField("premium_per_item"):
+            norm.premium_per_item.currency_code = currency
+    token.norms.extend(norm_list)
+    norms.validate_norms(token.norms, currency)
+    document = exports.consent_to_odrl(CONSENT_ID, MEMBER, token)
+    assert dropped_terms(document) == []
+    node = policy_node(document)
+    by_norm = [p for p in nodes(node, ODRL + "prohibition") if V + "norm" in p]
+    assert [iri(p, V + "norm") for p in by_norm] == [
+        _norm_iri(n) for n in norm_list if n.stance == HARD
+    ]
+    priced_count = sum(n.stance == PRICED for n in norm_list)
+    for rule in nodes(node, ODRL + "permission"):
+        premiums = [d for d in duties(rule, "compensate") if V + "norm" in d]
+        assert len(premiums) == priced_count * len(token.floor.prices)
+    agreement = make_agreement()
+    agreement.terms.declaration.CopyFrom(use)
+    assert dropped_terms(exports.agreement_to_odrl("a9" * 16, agreement, COALITION)) == []
+
+
+# --- the documented examples are the real output ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def json_block_after(path: Path, heading: str, nth: int = 0) -> Any:
+    """The ``nth`` ```json block after the line ``heading`` in a Markdown file."""
+    text = path.read_text()
+    start = text.index("\n" + heading + "\n")
+    blocks = re.findall(r"```json\n(.*?)\n```", text[start:], flags=re.DOTALL)
+    return json.loads(blocks[nth])
+
+
+def docs_example_token() -> consent_pb2.ConsentToken:
+    """The token of the "A token with norms" example in docs/exports.md."""
+    token = consent_pb2.ConsentToken(purposes=[terms_pb2.PURPOSE_TRAIN_GENAI], nonce=b"n" * 16)
+    token.items.all_items = True
+    token.floor.prices.add(
+        payment_model=terms_pb2.PAYMENT_MODEL_PURCHASE, minimum_per_item=_money(2_500_000)
+    )
+    token.not_before.seconds = NOT_BEFORE
+    token.not_after.seconds = NOT_AFTER
+    token.created_time.seconds = CREATED
+    options = [
+        "prohibited-use:hard:domains=military,mass-surveillance:protects=safety",
+        "model-release:priced:release=open-weights:premium=3.00",
+    ]
+    token.norms.extend(norms.canonical_norms(norms.parse_norm_option(o, "USD") for o in options))
+    return token
+
+
+def test_the_documented_exports_with_norms_are_the_output() -> None:
+    exported = exports.consent_to_odrl("3f" * 16, "aa" * 32, docs_example_token())
+    assert json_block_after(ROOT / "docs" / "exports.md", "### A token with norms") == exported
+    assert_lossless_json_ld(exported)
+    # docs/norms.md shows the two rules the norms became.
+    norms_md = ROOT / "docs" / "norms.md"
+    assert json_block_after(norms_md, "### In an export") == exported["prohibition"][0]
+    (premium,) = [d for d in exported["permission"][0]["duty"] if "coalition:norm" in d]
+    assert json_block_after(norms_md, "### In an export", 1) == premium
+
+    agreement = make_agreement()
+    declared = json_block_after(ROOT / "docs" / "exports.md", "### An agreement's use declaration")
+    declaration = terms_pb2.UseDeclaration()
+    for field, value in {
+        "model_release": terms_pb2.MODEL_RELEASE_CLOSED,
+        "application_domains": ["targeted-advertising"],
+        "occupations": ["2166", "2642"],
+        "jurisdictions": ["DE-BY", "FR"],
+        "public_benefit_share_basis_points": 100,
+        "public_benefit_fund": "open-knowledge",
+        "third_party_fine_tunes": True,
+    }.items():
+        if isinstance(value, list):
+            getattr(declaration, field).extend(value)
+        else:
+            setattr(declaration, field, value)
+    declaration.withdrawal_commitments.exclude_from_next_training_run = True
+    declaration.withdrawal_commitments.exclude_from_models_released_after.seconds = 180 * DAY
+    agreement.terms.declaration.CopyFrom(declaration)
+    policy = exports.agreement_to_odrl("a9" * 16, agreement, COALITION)
+    assert declared == {"coalition:useDeclaration": policy["coalition:useDeclaration"]}

@@ -295,12 +295,12 @@ def test_breaks_a_norm_missing_what_it_needs_is_refused() -> None:
 
 
 def test_assess_example() -> None:
-    token = [
-        hard("prohibited-use", domains=["military"]),
-        priced("prohibited-use", 1_000_000, domains=["targeted-advertising"]),
-        priced("model-release", 500_000, release="open-weights"),
+    token = [  # in canonical order: by id, then stance
         priced("derivatives", 250_000, forbidden=["distillation"]),
         hard("jurisdiction", allowed=["DE", "FR"]),
+        priced("model-release", 500_000, release="open-weights"),
+        hard("prohibited-use", domains=["military"]),
+        priced("prohibited-use", 1_000_000, domains=["targeted-advertising"]),
     ]
     norms.validate_norms(token, CURRENCY)
     use = declaration(
@@ -311,14 +311,14 @@ def test_assess_example() -> None:
     result = norms.assess(token, use)
     assert result.admissible
     assert result.hard_broken == []
-    assert result.priced_broken == [token[1], token[2], token[3]]
+    assert result.priced_broken == [token[0], token[2], token[4]]
     assert result.premium_micros == 1_750_000
-    assert result.broken_norm_ids == ["prohibited-use", "model-release", "derivatives"]
+    assert result.broken_norm_ids == ["derivatives", "model-release", "prohibited-use"]
 
     military = declaration(application_domains=["military"])
     result = norms.assess(token, military)
     assert not result.admissible
-    assert result.hard_broken == [token[0]]
+    assert result.hard_broken == [token[3]]
     assert result.premium_micros == 0
 
 
@@ -510,6 +510,11 @@ REFUSALS: list[tuple[str, list[norms_pb2.Norm], str]] = [
         norms.UNKNOWN_ENDURING_VALUE,
     ),
     ("too many norms", [MILITARY] * (norms.MAX_NORMS + 1), norms.TOO_MANY_NORMS),
+    (
+        "norms out of order",
+        [hard("model-release", release="closed"), hard("jurisdiction", allowed=["DE"])],
+        norms.UNSORTED_NORMS,
+    ),
 ]
 
 
@@ -544,10 +549,10 @@ def test_refusals_say_where() -> None:
 def test_a_hard_and_a_priced_instance_of_one_norm_are_fine() -> None:
     norms.validate_norms(
         [
-            MILITARY,
-            priced("prohibited-use", 1_000_000, domains=["political-persuasion"]),
             hard("occupation", isco08=["2166"]),
             priced("occupation", 1, isco08=["2512"]),
+            MILITARY,
+            priced("prohibited-use", 1_000_000, domains=["political-persuasion"]),
             hard(
                 "withdrawal-effect",
                 exclude_from_models_released_after=0 * DAY,
@@ -556,6 +561,45 @@ def test_a_hard_and_a_priced_instance_of_one_norm_are_fine() -> None:
         ],
         CURRENCY,
     )
+
+
+# --- canonical order of a token's norms -------------------------------------------------------
+
+
+def test_norms_must_be_in_canonical_order() -> None:
+    ordered = [
+        hard("jurisdiction", allowed=["DE"]),
+        hard("model-release", release="open-weights"),
+        MILITARY,
+        priced("prohibited-use", 2, domains=["impersonation"]),
+        priced("prohibited-use", 3, domains=["political-persuasion"]),
+        _with(
+            priced("prohibited-use", 3, domains=["social-scoring"]),
+            lambda n: setattr(n, "protects", norms_pb2.ENDURING_VALUE_SAFETY),
+        ),
+    ]
+    norms.validate_norms(ordered, CURRENCY)
+    assert norms.canonical_norms(reversed(ordered)) == ordered
+    # Each adjacent swap breaks one rule of the order: id, stance, premium, protected value.
+    for i in range(len(ordered) - 1):
+        swapped = [*ordered[:i], ordered[i + 1], ordered[i], *ordered[i + 2 :]]
+        with pytest.raises(NormError) as caught:
+            norms.validate_norms(swapped, CURRENCY)
+        assert caught.value.reason == norms.UNSORTED_NORMS
+        assert caught.value.metadata == {
+            "norm_id": swapped[i + 1].norm_id,
+            "norm_index": str(i + 1),
+            "other_norm_index": str(i),
+        }
+
+
+def test_a_contradiction_is_reported_before_the_order() -> None:
+    # Unsorted *and* contradictory: the contradiction is the more useful answer.
+    token = [hard("model-release", release="open-weights"), hard("jurisdiction", allowed=["DE"])]
+    token.append(priced("jurisdiction", 1, allowed=["FR"]))
+    with pytest.raises(NormError) as caught:
+        norms.validate_norms(token, CURRENCY)
+    assert caught.value.reason == norms.CONTRADICTORY_NORMS
 
 
 DECLARATION_REFUSALS: list[tuple[str, terms_pb2.UseDeclaration, str, str]] = [
@@ -811,7 +855,7 @@ def norm_sets(draw: st.DrawFn) -> list[norms_pb2.Norm]:
                     norm_id, PRICED, parameters, premium=usd(premium), protects=protects
                 )
             )
-    return draw(st.permutations(result))
+    return norms.canonical_norms(result)
 
 
 def _declared_terms(field: str, *, min_size: int = 0) -> st.SearchStrategy[list[str]]:
@@ -891,6 +935,22 @@ def test_declaring_more_never_keeps_more(
             "jurisdiction",
         ):
             assert norms.breaks(norm, wider)
+
+
+@settings(max_examples=200, deadline=None)
+@given(norm_sets(), st.randoms(use_true_random=False))
+def test_only_the_canonical_order_of_a_norm_set_is_valid(
+    token: list[norms_pb2.Norm], rng: Any
+) -> None:
+    shuffled = list(token)
+    rng.shuffle(shuffled)
+    assert norms.canonical_norms(shuffled) == token
+    if shuffled == token:
+        norms.validate_norms(shuffled, CURRENCY)
+        return
+    with pytest.raises(NormError) as caught:
+        norms.validate_norms(shuffled, CURRENCY)
+    assert caught.value.reason == norms.UNSORTED_NORMS
 
 
 @settings(max_examples=200, deadline=None)

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from coalition import __version__
-from coalition.cli import audit, bargaining, consent, items, keys, lab, party, strike
+from coalition.cli import (
+    audit,
+    bargaining,
+    consent,
+    disputes,
+    items,
+    keys,
+    lab,
+    norms,
+    party,
+    strike,
+)
 from coalition.cli.common import DEFAULT_SERVER, Globals
 
 app = typer.Typer(
@@ -32,6 +43,8 @@ app.add_typer(consent.app, name="consent")
 app.add_typer(lab.app, name="lab")
 app.add_typer(audit.app, name="audit")
 app.add_typer(strike.app, name="strike")
+app.add_typer(disputes.app, name="dispute")
+app.add_typer(norms.app, name="norms")
 app.command("join")(party.join)
 bargaining.register(app, lab.app)
 

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final, TextIO
@@ -62,11 +62,11 @@ from coalition.cli.common import (
     run,
 )
 from coalition.client import PAYMENT_MODELS, Client
-from coalition.compliance import ComplianceReport, NoticeState, compliance_report
+from coalition.compliance import ComplianceReport, DisputeState, NoticeState, compliance_report
 from coalition.errors import CoalitionError, KeyFormatError, ProofError, VerificationError
 from coalition.keys import PUBLIC_KEY_SIZE, PublicKey, key_id
 from coalition.note import NoteVerifier
-from coalition.v1 import ledger_pb2, negotiation_pb2
+from coalition.v1 import access_pb2, ledger_pb2, negotiation_pb2
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -176,6 +176,41 @@ def entries(
             base64.b64decode(d["leaf_hash"]).hex(),
         )
     console().print(table)
+
+
+@app.command("export-agreement")
+def export_agreement(
+    ctx: typer.Context,
+    agreement_id: Annotated[str, typer.Argument(help="The agreement's id.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the document here instead.")
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Export an agreement as an ODRL 2.2 Agreement (JSON-LD): its covered items, terms and
+    the lab's use declaration."""
+
+    async def fetch() -> access_pb2.ExportAgreementResponse:
+        async with globals_of(ctx).client() as client:
+            return await client.export_agreement(agreement_id)
+
+    response = run(ctx, fetch())
+    if out is not None:
+        try:
+            out.write_text(response.document, encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc}", EXIT_UNUSABLE)
+        note(f"wrote {response.media_type} to {out}")
+    if json_output:
+        print_json(
+            {
+                "media_type": response.media_type,
+                "document": response.document,
+                "index": response.index,
+            }
+        )
+    elif out is None:
+        typer.echo(response.document.rstrip("\n"))
 
 
 @app.command("prove-inclusion")
@@ -812,7 +847,9 @@ def compliance(
 
     For every lab: withdrawal notices received, deletion receipts in time and late,
     receipts missing past their deadline, and keys released after a withdrawal (which must
-    be zero). Rules: see `coalition.compliance`.
+    be zero). Then, per agreement, the disputes its members filed: open or answered, and
+    how long they have waited (allegations, shown but not counted as violations). Rules:
+    see `coalition.compliance`.
     """
     when = _parse_now(now)
     pinned = _parse_vkey(trusted_log_key, "--log-key") if trusted_log_key else None
@@ -938,7 +975,57 @@ def _print_compliance(report: ComplianceReport, cp: Checkpoint) -> None:
             f"released after withdrawal: item {v.item_id} to {v.lab_key_id} at entry "
             f"{v.release_index}, withdrawn at entry {v.withdrawal_index} ({v.rule})"
         )
+    _print_disputes(report)
     out.print("compliant" if report.ok else "NOT compliant")
+
+
+def duration_text(value: timedelta | None) -> str:
+    """A wait as ``3d 4h``, ``2h 5m``, ``40s``; ``-`` for None."""
+    if value is None:
+        return "-"
+    seconds = int(value.total_seconds())
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+
+
+def _print_disputes(report: ComplianceReport) -> None:
+    """Disputes per agreement, then each open one (what it alleges, how long it waits)."""
+    if not report.agreement_disputes:
+        return
+    out = console()
+    table = Table(title="disputes by agreement (allegations, not violations)")
+    table.add_column("agreement")
+    table.add_column("lab")
+    table.add_column("disputes", justify="right")
+    table.add_column("open", justify="right")
+    table.add_column("answered", justify="right")
+    table.add_column("oldest open")
+    table.add_column("slowest answer")
+    for row in report.agreement_disputes:
+        table.add_row(
+            row.agreement_id,
+            row.lab_key_id,
+            str(row.disputes),
+            str(row.open),
+            str(row.answered),
+            duration_text(row.longest_open),
+            duration_text(row.slowest_answer),
+        )
+    out.print(table)
+    for d in report.disputes:
+        if d.state is DisputeState.OPEN:
+            alleged = ", ".join((*d.norm_ids, *d.declaration_fields))
+            waiting = f", open for {duration_text(d.open_for)}" if d.open_for is not None else ""
+            out.print(
+                f"open: dispute {d.dispute_id} (entry {d.index}) about agreement "
+                f"{d.agreement_id} of {d.lab_key_id}: {alleged}{waiting}"
+            )
 
 
 # --- payouts -------------------------------------------------------------------------------

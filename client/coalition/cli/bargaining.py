@@ -1,8 +1,9 @@
 """Collective bargaining on the command line.
 
-For labs, under ``coalition lab``: ``catalogue`` (the pool in aggregate), ``negotiate``
-(interactively, or ``--auto`` within a budget), ``negotiations``, ``offers`` (a negotiation's
-moves so far), ``accept`` (the coalition's offer, signing the agreement) and ``terminate``.
+For labs, under ``coalition lab``: ``negotiate`` (interactively, or ``--auto`` within a
+budget; ``--declare`` a use declaration), ``negotiations``, ``offers`` (a negotiation's moves
+so far), ``accept`` (the coalition's offer, signing the agreement) and ``terminate``. The
+catalogue and its what-if are in :mod:`coalition.cli.lab`.
 For members: ``coalition vote``, ``coalition ratifications`` and ``coalition earnings``
 (each payout line verified against the coalition's signed statement).
 """
@@ -12,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import enum
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, Final
 
 import typer
 from google.protobuf.duration_pb2 import Duration
 from rich.table import Table
 
-from coalition import dsse, statements
+from coalition import dsse, norms, statements
 from coalition.cli.common import (
     EXIT_FAILED,
     EXIT_UNUSABLE,
@@ -53,6 +55,7 @@ from coalition.client import (
 )
 from coalition.errors import CoalitionError, VerificationError
 from coalition.keys import PublicKey
+from coalition.norms import Vocabulary
 from coalition.payouts import VerifiedEarning
 from coalition.v1 import access_pb2, ledger_pb2, negotiation_pb2, terms_pb2
 
@@ -116,6 +119,8 @@ def terms_json(terms: terms_pb2.LicenceTerms) -> dict[str, Any]:
     }
     if terms.HasField("subscription_period"):
         out["subscription_period_seconds"] = _seconds(terms.subscription_period)
+    if terms.HasField("declaration"):
+        out["declaration"] = norms.declaration_to_json(terms.declaration)
     return out
 
 
@@ -177,9 +182,11 @@ def step_text(step: NegotiationStep, currency: str) -> str:
     """One move on one line."""
     price = "" if step.price_micros is None else money_text(step.price_micros, currency)
     reason = f"  ({step.reason})" if step.reason else ""
+    # A counter on the use itself: how the offered declaration differs from yours.
+    changes = f"  [use: {'; '.join(step.changes)}]" if step.changes else ""
     return (
         f"round {step.round:>3}  {step.by:<9}  {step.kind:<9}  {price:>16}  -> "
-        f"{negotiation_state_name(step.state)}{reason}"
+        f"{negotiation_state_name(step.state)}{reason}{changes}"
     )
 
 
@@ -224,6 +231,8 @@ class _Dialogue:
         self.coalition: PublicKey | None = None
         self.steps: list[NegotiationStep] = []
         self.receipts: list[ledger_pb2.Receipt] = []
+        # The lab's own use declaration, against which the coalition's offers are shown.
+        self.own: terms_pb2.UseDeclaration | None = None
 
     def show(self, step: NegotiationStep) -> None:
         self.steps.append(step)
@@ -238,71 +247,12 @@ class _Dialogue:
 
     def answered(self, answer: Any, negotiation: negotiation_pb2.Negotiation) -> None:
         """Show the coalition's answer in a response, checked to be signed by it."""
-        step = coalition_answer(answer, negotiation, self.coalition)
+        step = coalition_answer(answer, negotiation, self.coalition, self.own)
         if step is not None:
             self.show(step)
 
 
 # --- lab commands -------------------------------------------------------------------------
-
-
-def catalogue(ctx: typer.Context, json_output: JsonOpt = False) -> None:
-    """The pool in aggregate: for each purpose and payment model, how many members and
-    items consent and the spread of their floor prices per item (p10 to p90).
-
-    Groups smaller than the coalition's minimum are not shown. Needs no key.
-    """
-    options = globals_of(ctx)
-
-    async def go() -> negotiation_pb2.GetCatalogueResponse:
-        async with options.client() as client:
-            return await client.catalogue()
-
-    response = run(ctx, go())
-    currency = response.currency_code
-    if json_output:
-        print_json(
-            {
-                "currency_code": currency,
-                "minimum_group_size": response.minimum_group_size,
-                "rows": [
-                    {
-                        "purpose": _name(PURPOSES, row.purpose),
-                        "payment_model": _name(PAYMENT_MODELS, row.payment_model),
-                        "member_count": row.member_count,
-                        "item_count": row.item_count,
-                        "floor_quantiles_micros": dict(
-                            zip(QUANTILES, row.floor_quantiles_micros, strict=False)
-                        ),
-                    }
-                    for row in response.rows
-                ],
-            }
-        )
-        return
-    table = Table(
-        title=f"The pool (groups of fewer than {response.minimum_group_size} members are "
-        f"not shown); floor prices per item in {currency}"
-    )
-    table.add_column("purpose")
-    table.add_column("model")
-    table.add_column("members", justify="right")
-    table.add_column("items", justify="right")
-    for name in QUANTILES:
-        table.add_column(name, justify="right")
-    for row in response.rows:
-        quantiles = [money_text(q, "") for q in row.floor_quantiles_micros]
-        quantiles += [""] * (len(QUANTILES) - len(quantiles))
-        table.add_row(
-            _name(PURPOSES, row.purpose),
-            _name(PAYMENT_MODELS, row.payment_model),
-            str(row.member_count),
-            str(row.item_count),
-            *quantiles[: len(QUANTILES)],
-        )
-    console().print(table)
-    if not response.rows:
-        note("no group is large enough to show")
 
 
 def _terms(
@@ -359,6 +309,10 @@ async def _lab_turn(
         f"The coalition offers {_price(offered)} per item (round {negotiation.round} of at "
         f"most {negotiation.max_rounds}; deadline {format_timestamp(negotiation.deadline)})."
     )
+    if dialogue.own is not None:
+        changed = norms.declaration_changes(dialogue.own, offered.declaration)
+        if changed:
+            dialogue.say(f"Accepting takes its change to your use: {'; '.join(changed)}.")
     while True:
         answer = await _ask("accept, counter or terminate?", err)
         choice = next(
@@ -520,6 +474,15 @@ def negotiate(
             help="With --auto: your deadline in rounds (never past the negotiation's own).",
         ),
     ] = 20,
+    declare: Annotated[
+        Path | None,
+        typer.Option(
+            "--declare",
+            metavar="FILE",
+            help="Your use declaration (JSON or YAML, see docs/norms.md); with --auto, its "
+            "mayConcede says which changes the coalition proposes you may take.",
+        ),
+    ] = None,
     request_id: RequestIdOpt = "",
     json_output: JsonOpt = False,
 ) -> None:
@@ -530,8 +493,13 @@ def negotiate(
     never pays more than the budget. Once terms are agreed, the drafted agreement is
     checked and signed: the negotiation ends FINALIZED (or RATIFYING while the covered
     members vote) or TERMINATED.
+
+    The coalition may counter with changes to your --declare'd use that bring in more
+    members' items (e.g. open weights instead of closed); each is shown. Accepting takes the
+    declaration with the price; --auto takes one only within the file's mayConcede.
     """
     options = globals_of(ctx)
+    limits: norms.DeclarationLimits | None = None
     try:
         terms = _terms(
             purposes,
@@ -547,6 +515,10 @@ def negotiate(
             attribution,
             currency,
         )
+        if declare is not None:
+            declared = norms.load_declaration(declare)
+            terms.declaration.CopyFrom(declared.declaration)
+            limits = declared.limits
         tactic = None
         if auto:
             if budget is None:
@@ -563,13 +535,16 @@ def negotiate(
         fail(str(exc), EXIT_UNUSABLE)
     key = options.signing_key()
     dialogue = _Dialogue(json_output, currency)
+    dialogue.own = terms.declaration
 
     async def go() -> negotiation_pb2.Negotiation:
         async with options.client(key) as client:
             if tactic is None:
                 negotiation = await _interactive(client, dialogue, terms, request_id)
             else:
-                negotiation = await client.negotiate_auto(terms, tactic, on_step=dialogue.show)
+                negotiation = await client.negotiate_auto(
+                    terms, tactic, on_step=dialogue.show, limits=limits
+                )
                 dialogue.receipts.extend(s.receipt for s in dialogue.steps if s.receipt)
             try:
                 await check_receipts(client, dialogue.receipts)
@@ -827,18 +802,31 @@ def vote(
         bool | None,
         typer.Option("--approve/--reject", help="Approve or reject the agreement."),
     ] = None,
+    reason: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reason",
+            metavar="NORM_ID",
+            help="Why, as a norm id of the vocabulary (docs/norms.md), e.g. prohibited-use; "
+            "repeat for several. The result publishes only reasons enough members gave.",
+        ),
+    ] = None,
     request_id: RequestIdOpt = "",
     json_output: JsonOpt = False,
 ) -> None:
-    """Vote on an agreement that covers some of your items (a signed ballot, logged)."""
+    """Vote on an agreement that covers some of your items (a signed ballot, logged),
+    optionally saying why with --reason: the coalition learns why deals are rejected."""
     if approve is None:
         fail("say how you vote: --approve or --reject", EXIT_UNUSABLE)
+    reasons = ballot_reasons(reason or [])
     options = globals_of(ctx)
     key = options.signing_key()
 
     async def go() -> negotiation_pb2.CastBallotResponse:
         async with options.client(key) as client:
-            response = await client.cast_ballot(negotiation_id, approve, request_id=request_id)
+            response = await client.cast_ballot(
+                negotiation_id, approve, reasons=reasons, request_id=request_id
+            )
             try:
                 await check_receipts(client, [response.receipt])
             except VerificationError as exc:
@@ -852,15 +840,31 @@ def vote(
             {
                 "negotiation_id": negotiation_id,
                 "approve": approve,
+                "reasons": reasons,
                 "state": state,
                 "receipt": receipt_json(response.receipt),
             }
         )
         return
+    because = f" because of {', '.join(reasons)}" if reasons else ""
     console().print(
-        f"ballot ({'approve' if approve else 'reject'}) on {negotiation_id} logged at entry "
-        f"{response.receipt.index}; the negotiation is {state}"
+        f"ballot ({'approve' if approve else 'reject'}{because}) on {negotiation_id} logged "
+        f"at entry {response.receipt.index}; the negotiation is {state}"
     )
+
+
+def ballot_reasons(given: list[str]) -> list[str]:
+    """``--reason`` values as a ballot carries them: known norm ids, sorted, each once; exit
+    2 naming the vocabulary's ids for an unknown one (the server would refuse it)."""
+    known = Vocabulary.load().norms
+    reasons = sorted({value.strip() for value in given})
+    unknown = [value for value in reasons if value not in known]
+    if unknown:
+        fail(
+            f"--reason {unknown[0]!r} is not a norm id; use one of: {', '.join(known)}",
+            EXIT_UNUSABLE,
+        )
+    return reasons
 
 
 def ratifications(ctx: typer.Context, json_output: JsonOpt = False) -> None:
@@ -996,7 +1000,6 @@ def earnings(ctx: typer.Context, json_output: JsonOpt = False) -> None:
 
 def register(app: typer.Typer, lab_app: typer.Typer) -> None:
     """Add the bargaining commands: lab ones onto ``lab_app``, member ones onto ``app``."""
-    lab_app.command("catalogue")(catalogue)
     lab_app.command("negotiate")(negotiate)
     lab_app.command("negotiations")(negotiations)
     lab_app.command("offers")(offers)

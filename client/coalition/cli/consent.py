@@ -40,6 +40,12 @@ from coalition.client import (
 )
 from coalition.consent_state import VerifiedConsentState, state_name, verify_consent_state
 from coalition.errors import CoalitionError, NoteError, VerificationError
+from coalition.norms import (
+    NORM_OPTION_SYNTAX,
+    format_norm_option,
+    parse_norm_option,
+    validate_norms,
+)
 from coalition.note import NoteVerifier
 from coalition.v1 import consent_pb2, terms_pb2
 
@@ -179,7 +185,21 @@ def grant(
     days: Annotated[
         int, typer.Option(min=1, help="The consent lapses after this many days.")
     ] = 365,
-    currency: Annotated[str, typer.Option(help="Currency of the floor prices.")] = "USD",
+    norm: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--norm",
+            help=(
+                f"A norm on how the items may be used (repeatable): {NORM_OPTION_SYNTAX}, "
+                "e.g. prohibited-use:hard:domains=military,mass-surveillance or "
+                "model-release:priced:release=open-weights:premium=3.00:protects=commons. "
+                "See `coalition norms list`."
+            ),
+        ),
+    ] = None,
+    currency: Annotated[
+        str, typer.Option(help="Currency of the floor prices and norm premiums.")
+    ] = "USD",
     request_id: RequestIdOpt = "",
     json_output: JsonOpt = False,
 ) -> None:
@@ -187,12 +207,17 @@ def grant(
 
     Name the items one way: --items, --tag or --all. The signed token is logged and its
     receipt verified; labs only ever get items on terms that meet every floor.
+
+    Norms (--norm) say how the items may be used: a hard norm keeps them out of any deal
+    whose use declaration breaks it; a priced one lets such a deal in only if it pays your
+    floor plus the premium. Give them in any order: they are signed in canonical order.
     """
     options = globals_of(ctx)
     ids = split_ids(items)
     if sum([bool(ids), tag is not None, all_items]) != 1:
         fail("name the items one way: --items ID..., --tag TAG or --all", EXIT_UNUSABLE)
     try:
+        member_norms = [parse_norm_option(text, currency) for text in norm or []]
         token = consent_token(
             item_ids=ids or None,
             tag=tag,
@@ -206,7 +231,10 @@ def grant(
             ),
             excluded_labs=split_ids(exclude_lab),
             valid_for=timedelta(days=days),
+            norms=member_norms,
         )
+        # Together, too (contradictions), before anything is signed or sent.
+        validate_norms(token.norms, currency)
     except CoalitionError as exc:
         fail(str(exc), EXIT_UNUSABLE)
     key = options.signing_key()
@@ -234,6 +262,8 @@ def grant(
     table.add_row("items", _selector_text(token))
     table.add_row("purposes", ", ".join(_purpose_name(p) for p in token.purposes))
     table.add_row("floors", "; ".join(_floor_text(f) for f in token.floor.prices))
+    if token.norms:
+        table.add_row("norms", "\n".join(format_norm_option(n) for n in token.norms))
     table.add_row("valid until", format_timestamp(token.not_after))
     table.add_row("receipt", f"entry {receipt.index} of a tree of size {receipt.tree_size}")
     console().print(table)

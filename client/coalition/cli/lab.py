@@ -1,5 +1,6 @@
-"""``coalition lab``: for labs. List agreements, take leases, fetch licensed items (decrypted
-and checked against their commitments), follow the withdrawal feed and answer its notices."""
+"""``coalition lab``: for labs. See the pool in aggregate (``catalogue``, with the what-if of
+a use declaration), list agreements, take leases, fetch licensed items (decrypted and checked
+against their commitments), follow the withdrawal feed and answer its notices."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from google.protobuf.duration_pb2 import Duration
 from rich.progress import TaskID
 from rich.table import Table
 
-from coalition import dsse, statements
+from coalition import dsse, norms, statements
+from coalition.cli.bargaining import QUANTILES, ModelName, _terms, money_text
 from coalition.cli.common import (
     EXIT_FAILED,
     EXIT_UNUSABLE,
@@ -36,9 +38,15 @@ from coalition.cli.items import (
     split_ids,
     transfer_progress,
 )
-from coalition.client import PAYMENT_MODELS, PURPOSES, FetchProgress, FetchResult
+from coalition.client import (
+    DEFAULT_CURRENCY,
+    PAYMENT_MODELS,
+    PURPOSES,
+    FetchProgress,
+    FetchResult,
+)
 from coalition.errors import CoalitionError, VerificationError
-from coalition.v1 import access_pb2
+from coalition.v1 import access_pb2, negotiation_pb2, terms_pb2
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -79,6 +87,283 @@ def agreement_json(record: access_pb2.AgreementRecord) -> dict[str, Any]:
         "lease_duration_seconds": terms.lease_duration.seconds,
         "expiry_time": format_timestamp(agreement.expiry_time),
     }
+
+
+# --- the catalogue and the what-if -----------------------------------------------------------
+
+
+def _group_json(group: negotiation_pb2.NormShareGroup) -> dict[str, int] | None:
+    if not group.shown:
+        return None
+    return {"member_count": group.member_count, "item_count": group.item_count}
+
+
+def norm_shares_json(response: negotiation_pb2.GetCatalogueResponse) -> list[dict[str, Any]]:
+    """The catalogue's norm shares in JSON: a hidden group is null."""
+    return [
+        {
+            "norm_id": share.norm_id,
+            "hard": _group_json(share.hard),
+            "priced": _group_json(share.priced),
+            "unheld": _group_json(share.unheld),
+        }
+        for share in response.norm_shares
+    ]
+
+
+def what_if_json(
+    declaration: terms_pb2.UseDeclaration, estimate: negotiation_pb2.EstimateSupplyResponse
+) -> dict[str, Any]:
+    """An EstimateSupply answer in JSON, each change also as lines against ``declaration``."""
+    return {
+        "declaration": norms.declaration_to_json(declaration),
+        "supply": [
+            {
+                "price_micros": point.price_per_item_micros,
+                "item_count": point.item_count,
+                "member_count": point.member_count,
+            }
+            for point in estimate.supply
+        ],
+        "reservation_price_micros": estimate.reservation_price_micros
+        if estimate.HasField("reservation_price_micros")
+        else None,
+        "quorum_items": estimate.quorum_items,
+        "covered_at_reservation": estimate.covered_at_reservation,
+        "changes": [
+            {
+                "norm_id": change.norm_id,
+                "changes": norms.declaration_changes(declaration, change.declaration),
+                "declaration": norms.declaration_to_json(change.declaration),
+                "more_items_at_reservation": change.more_items_at_reservation,
+                "more_items_at_any_price": change.more_items_at_any_price,
+            }
+            for change in estimate.changes
+        ],
+    }
+
+
+def _group_text(group: negotiation_pb2.NormShareGroup) -> str:
+    if not group.shown:
+        return "hidden"
+    return f"{group.item_count} ({group.member_count})"
+
+
+def _print_rows(response: negotiation_pb2.GetCatalogueResponse) -> None:
+    table = Table(
+        title=f"The pool (groups of fewer than {response.minimum_group_size} members are "
+        f"not shown); floor prices per item in {response.currency_code}"
+    )
+    table.add_column("purpose")
+    table.add_column("model")
+    table.add_column("members", justify="right")
+    table.add_column("items", justify="right")
+    for name in QUANTILES:
+        table.add_column(name, justify="right")
+    for row in response.rows:
+        quantiles = [money_text(q, "") for q in row.floor_quantiles_micros]
+        quantiles += [""] * (len(QUANTILES) - len(quantiles))
+        table.add_row(
+            _name(dict(PURPOSES), row.purpose),
+            _name(dict(PAYMENT_MODELS), row.payment_model),
+            str(row.member_count),
+            str(row.item_count),
+            *quantiles[: len(QUANTILES)],
+        )
+    console().print(table)
+    if not response.rows:
+        note("no group is large enough to show")
+
+
+def _print_norm_shares(response: negotiation_pb2.GetCatalogueResponse) -> None:
+    if not response.norm_shares:
+        return
+    table = Table(
+        title=f"Members' norms (vocabulary {response.norm_vocabulary_version}): consented items "
+        "(members) holding each"
+    )
+    table.add_column("norm")
+    table.add_column("hard", justify="right")
+    table.add_column("priced", justify="right")
+    table.add_column("not held", justify="right")
+    for share in response.norm_shares:
+        table.add_row(
+            share.norm_id,
+            _group_text(share.hard),
+            _group_text(share.priced),
+            _group_text(share.unheld),
+        )
+    console().print(table)
+
+
+def _print_what_if(
+    declaration: terms_pb2.UseDeclaration, estimate: negotiation_pb2.EstimateSupplyResponse
+) -> None:
+    currency = estimate.currency_code
+    table = Table(
+        title=f"What your declared use would get: items covered against price ({currency})"
+    )
+    table.add_column("price/item", justify="right")
+    table.add_column("items", justify="right")
+    table.add_column("members", justify="right")
+    for point in estimate.supply:
+        table.add_row(
+            money_text(point.price_per_item_micros, ""),
+            str(point.item_count),
+            str(point.member_count),
+        )
+    console().print(table)
+    if estimate.HasField("reservation_price_micros"):
+        console().print(
+            f"the coalition would take {money_text(estimate.reservation_price_micros, currency)} "
+            f"per item now, covering {estimate.covered_at_reservation} items "
+            f"(a deal must cover {estimate.quorum_items})"
+        )
+    else:
+        note("no reservation to show: no price reaches the quorum, or too few members")
+    if not estimate.changes:
+        return
+    changes = Table(title="Keeping a norm your declaration breaks would bring in")
+    changes.add_column("norm")
+    changes.add_column("change")
+    changes.add_column("more items at that price", justify="right")
+    changes.add_column("at any price", justify="right")
+    for change in estimate.changes:
+        changes.add_row(
+            change.norm_id,
+            "; ".join(norms.declaration_changes(declaration, change.declaration)),
+            f"{change.more_items_at_reservation:+d}",
+            f"{change.more_items_at_any_price:+d}",
+        )
+    console().print(changes)
+
+
+@app.command("catalogue")
+def catalogue(
+    ctx: typer.Context,
+    declare: Annotated[
+        Path | None,
+        typer.Option(
+            "--declare",
+            metavar="FILE",
+            help="Your use declaration (JSON or YAML, see docs/norms.md): adds the what-if. "
+            "Needs your key.",
+        ),
+    ] = None,
+    purposes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--purpose",
+            help=f"With --declare (repeatable; default train-ai): {', '.join(PURPOSES)}.",
+        ),
+    ] = None,
+    model: Annotated[
+        ModelName, typer.Option("--model", help="With --declare: how you would pay.")
+    ] = ModelName.purchase,
+    period_days: Annotated[
+        int | None,
+        typer.Option("--period-days", min=1, help="With --declare, subscriptions: the period."),
+    ] = None,
+    licence_days: Annotated[
+        int, typer.Option("--licence-days", min=1, help="With --declare: licence length.")
+    ] = 365,
+    deletion_days: Annotated[
+        int,
+        typer.Option(
+            "--deletion-days", min=1, help="With --declare: days to delete after a withdrawal."
+        ),
+    ] = 7,
+    tags: Annotated[
+        list[str] | None,
+        typer.Option("--tag", help="With --declare: only items with this tag (repeatable)."),
+    ] = None,
+    min_items: Annotated[
+        int,
+        typer.Option("--min-items", min=0, help="With --declare: the least items a deal needs."),
+    ] = 0,
+    max_items: Annotated[
+        int, typer.Option("--max-items", min=0, help="With --declare: the most items (0: all).")
+    ] = 0,
+    attribution: Annotated[
+        bool, typer.Option("--attribution", help="With --declare: you attribute contributors.")
+    ] = False,
+    currency: Annotated[str, typer.Option(help="Currency of the prices.")] = DEFAULT_CURRENCY,
+    json_output: JsonOpt = False,
+) -> None:
+    """The pool in aggregate: for each purpose and payment model, how many members and
+    items consent and the spread of their floor prices per item (p10 to p90); and for each
+    norm of the vocabulary, how many items are held to it hard, priced, or not at all.
+
+    With --declare FILE and the terms you have in mind (--purpose, --model, ...): the
+    what-if. The supply curve (items covered against price), the price the coalition would
+    take now with the items it covers, and for each norm your declaration breaks, what
+    keeping it would bring in. These are the numbers a negotiation on those terms would use.
+
+    Groups smaller than the coalition's minimum are not shown. Needs no key without --declare.
+    """
+    options = globals_of(ctx)
+    terms: terms_pb2.LicenceTerms | None = None
+    if declare is not None:
+        try:
+            declared = norms.load_declaration(declare)
+            terms = _terms(
+                purposes or ["train-ai"],
+                model,
+                "0",
+                period_days,
+                licence_days,
+                deletion_days,
+                1,
+                tags or [],
+                min_items,
+                max_items,
+                attribution,
+                currency,
+            )
+        except CoalitionError as exc:
+            fail(str(exc), EXIT_UNUSABLE)
+        terms.declaration.CopyFrom(declared.declaration)
+    key = options.signing_key() if terms is not None else None
+
+    async def go() -> tuple[
+        negotiation_pb2.GetCatalogueResponse, negotiation_pb2.EstimateSupplyResponse | None
+    ]:
+        async with options.client(key) as client:
+            response = await client.catalogue()
+            estimate = None if terms is None else await client.estimate_supply(terms)
+            return response, estimate
+
+    response, estimate = run(ctx, go())
+    if json_output:
+        out: dict[str, Any] = {
+            "currency_code": response.currency_code,
+            "minimum_group_size": response.minimum_group_size,
+            "rows": [
+                {
+                    "purpose": _name(dict(PURPOSES), row.purpose),
+                    "payment_model": _name(dict(PAYMENT_MODELS), row.payment_model),
+                    "member_count": row.member_count,
+                    "item_count": row.item_count,
+                    "floor_quantiles_micros": dict(
+                        zip(QUANTILES, row.floor_quantiles_micros, strict=False)
+                    ),
+                }
+                for row in response.rows
+            ],
+            "norm_vocabulary_version": response.norm_vocabulary_version,
+            "norm_shares": norm_shares_json(response),
+        }
+        if terms is not None and estimate is not None:
+            out["what_if"] = what_if_json(terms.declaration, estimate)
+        print_json(out)
+        return
+    _print_rows(response)
+    _print_norm_shares(response)
+    if terms is not None and estimate is not None:
+        _print_what_if(terms.declaration, estimate)
+
+
+# --- agreements, leases, data and notices -----------------------------------------------------
 
 
 def notice_json(message: access_pb2.WatchWithdrawalsResponse) -> dict[str, Any]:

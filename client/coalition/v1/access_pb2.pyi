@@ -718,3 +718,55 @@ class AcknowledgeWithdrawalResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcknowledgeWithdrawalResponse: _TypeAlias = AcknowledgeWithdrawalResponse  # noqa: Y015
+
+@_typing.final
+class ExportAgreementRequest(_message.Message):
+    """Request for ExportAgreement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGREEMENT_ID_FIELD_NUMBER: _builtins.int
+    agreement_id: _builtins.str
+    """The agreement (32 lowercase hex characters)."""
+    def __init__(
+        self,
+        *,
+        agreement_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAgreementRequest: _TypeAlias = ExportAgreementRequest  # noqa: Y015
+
+@_typing.final
+class ExportAgreementResponse(_message.Message):
+    """Response for ExportAgreement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    media_type: _builtins.str
+    """Media type of the document: application/ld+json."""
+    document: _builtins.str
+    """The ODRL 2.2 Agreement, compacted JSON-LD."""
+    index: _builtins.int
+    """Ledger index of the agreement the document was derived from."""
+    def __init__(
+        self,
+        *,
+        media_type: _builtins.str = ...,
+        document: _builtins.str = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "index", b"index", "media_type", b"media_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAgreementResponse: _TypeAlias = ExportAgreementResponse  # noqa: Y015

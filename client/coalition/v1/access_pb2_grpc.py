@@ -61,6 +61,11 @@ class AccessServiceStub:
                 request_serializer=coalition_dot_v1_dot_access__pb2.AcknowledgeWithdrawalRequest.SerializeToString,
                 response_deserializer=coalition_dot_v1_dot_access__pb2.AcknowledgeWithdrawalResponse.FromString,
                 _registered_method=True)
+        self.ExportAgreement = channel.unary_unary(
+                '/coalition.v1.AccessService/ExportAgreement',
+                request_serializer=coalition_dot_v1_dot_access__pb2.ExportAgreementRequest.SerializeToString,
+                response_deserializer=coalition_dot_v1_dot_access__pb2.ExportAgreementResponse.FromString,
+                _registered_method=True)
 
 
 class AccessServiceServicer:
@@ -105,6 +110,14 @@ class AccessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAgreement(self, request, context):
+        """An agreement as an ODRL 2.2 Agreement (JSON-LD): the covered items, the terms and the
+        lab's use declaration. Public, like the ledger entry it is derived from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +145,11 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     servicer.AcknowledgeWithdrawal,
                     request_deserializer=coalition_dot_v1_dot_access__pb2.AcknowledgeWithdrawalRequest.FromString,
                     response_serializer=coalition_dot_v1_dot_access__pb2.AcknowledgeWithdrawalResponse.SerializeToString,
+            ),
+            'ExportAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAgreement,
+                    request_deserializer=coalition_dot_v1_dot_access__pb2.ExportAgreementRequest.FromString,
+                    response_serializer=coalition_dot_v1_dot_access__pb2.ExportAgreementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +289,33 @@ class AccessService:
             '/coalition.v1.AccessService/AcknowledgeWithdrawal',
             coalition_dot_v1_dot_access__pb2.AcknowledgeWithdrawalRequest.SerializeToString,
             coalition_dot_v1_dot_access__pb2.AcknowledgeWithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coalition.v1.AccessService/ExportAgreement',
+            coalition_dot_v1_dot_access__pb2.ExportAgreementRequest.SerializeToString,
+            coalition_dot_v1_dot_access__pb2.ExportAgreementResponse.FromString,
             options,
             channel_credentials,
             insecure,

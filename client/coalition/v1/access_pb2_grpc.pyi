@@ -49,6 +49,10 @@ class AccessServiceStub:
     """Withdrawal notices for the caller, from a ledger index on; waits for new ones."""
     AcknowledgeWithdrawal: _grpc.UnaryUnaryMultiCallable[_access_pb2.AcknowledgeWithdrawalRequest, _access_pb2.AcknowledgeWithdrawalResponse]
     """Answer a notice with a signed DeletionReceipt."""
+    ExportAgreement: _grpc.UnaryUnaryMultiCallable[_access_pb2.ExportAgreementRequest, _access_pb2.ExportAgreementResponse]
+    """An agreement as an ODRL 2.2 Agreement (JSON-LD): the covered items, the terms and the
+    lab's use declaration. Public, like the ledger entry it is derived from.
+    """
 
 @_typing.type_check_only
 class AccessServiceAsyncStub(AccessServiceStub):
@@ -71,6 +75,10 @@ class AccessServiceAsyncStub(AccessServiceStub):
     """Withdrawal notices for the caller, from a ledger index on; waits for new ones."""
     AcknowledgeWithdrawal: _aio.UnaryUnaryMultiCallable[_access_pb2.AcknowledgeWithdrawalRequest, _access_pb2.AcknowledgeWithdrawalResponse]  # type: ignore[assignment]
     """Answer a notice with a signed DeletionReceipt."""
+    ExportAgreement: _aio.UnaryUnaryMultiCallable[_access_pb2.ExportAgreementRequest, _access_pb2.ExportAgreementResponse]  # type: ignore[assignment]
+    """An agreement as an ODRL 2.2 Agreement (JSON-LD): the covered items, the terms and the
+    lab's use declaration. Public, like the ledger entry it is derived from.
+    """
 
 class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
     """Access for labs: agreements, leases, fetching under HPKE key release, withdrawal notices
@@ -120,5 +128,15 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_access_pb2.AcknowledgeWithdrawalResponse, _abc.Awaitable[_access_pb2.AcknowledgeWithdrawalResponse]]:
         """Answer a notice with a signed DeletionReceipt."""
+
+    @_abc_1.abstractmethod
+    def ExportAgreement(
+        self,
+        request: _access_pb2.ExportAgreementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.ExportAgreementResponse, _abc.Awaitable[_access_pb2.ExportAgreementResponse]]:
+        """An agreement as an ODRL 2.2 Agreement (JSON-LD): the covered items, the terms and the
+        lab's use declaration. Public, like the ledger entry it is derived from.
+        """
 
 def add_AccessServiceServicer_to_server(servicer: AccessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -282,13 +282,23 @@ class GetCatalogueResponse(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     MINIMUM_GROUP_SIZE_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    NORM_SHARES_FIELD_NUMBER: _builtins.int
+    NORM_VOCABULARY_VERSION_FIELD_NUMBER: _builtins.int
     minimum_group_size: _builtins.int
     """Groups smaller than this are not shown."""
     currency_code: _builtins.str
     """Currency of every price."""
+    norm_vocabulary_version: _builtins.str
+    """The version of the norm vocabulary the shares are for (e.g. "1")."""
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogueRow]:
         """One row per (purpose, payment model) with enough members to show."""
+
+    @_builtins.property
+    def norm_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___NormShare]:
+        """For each norm of the vocabulary, in its order: how the consented items are held to it.
+        Empty when the consented items have fewer than minimum_group_size members.
+        """
 
     def __init__(
         self,
@@ -296,14 +306,252 @@ class GetCatalogueResponse(_message.Message):
         rows: _abc.Iterable[Global___CatalogueRow] | None = ...,
         minimum_group_size: _builtins.int = ...,
         currency_code: _builtins.str = ...,
+        norm_shares: _abc.Iterable[Global___NormShare] | None = ...,
+        norm_vocabulary_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "minimum_group_size", b"minimum_group_size", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "minimum_group_size", b"minimum_group_size", "norm_shares", b"norm_shares", "norm_vocabulary_version", b"norm_vocabulary_version", "rows", b"rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCatalogueResponse: _TypeAlias = GetCatalogueResponse  # noqa: Y015
+
+@_typing.final
+class NormShare(_message.Message):
+    """How the pool's consented items are held to one norm. An item with several tokens in
+    force counts under the weakest stance among them (the most permissive token is the one a
+    deal needs); a token with a hard and a priced instance of the norm holds it hard.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NORM_ID_FIELD_NUMBER: _builtins.int
+    HARD_FIELD_NUMBER: _builtins.int
+    PRICED_FIELD_NUMBER: _builtins.int
+    UNHELD_FIELD_NUMBER: _builtins.int
+    norm_id: _builtins.str
+    """The norm's id in the vocabulary, e.g. "model-release"."""
+    @_builtins.property
+    def hard(self) -> Global___NormShareGroup:
+        """Items whose member holds the norm hard."""
+
+    @_builtins.property
+    def priced(self) -> Global___NormShareGroup:
+        """Items whose member holds it priced (waived for a premium)."""
+
+    @_builtins.property
+    def unheld(self) -> Global___NormShareGroup:
+        """Items whose member does not hold it."""
+
+    def __init__(
+        self,
+        *,
+        norm_id: _builtins.str = ...,
+        hard: Global___NormShareGroup | None = ...,
+        priced: Global___NormShareGroup | None = ...,
+        unheld: Global___NormShareGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hard", b"hard", "priced", b"priced", "unheld", b"unheld"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hard", b"hard", "norm_id", b"norm_id", "priced", b"priced", "unheld", b"unheld"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NormShare: _TypeAlias = NormShare  # noqa: Y015
+
+@_typing.final
+class NormShareGroup(_message.Message):
+    """One stance's share of the consented items."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOWN_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    shown: _builtins.bool
+    """False when hidden: the group has fewer than minimum_group_size members, or hiding a
+    smaller group requires hiding it too (else the others' total would give it away).
+    """
+    member_count: _builtins.int
+    """Members with items in the group (0 when hidden)."""
+    item_count: _builtins.int
+    """Items in the group (0 when hidden)."""
+    def __init__(
+        self,
+        *,
+        shown: _builtins.bool = ...,
+        member_count: _builtins.int = ...,
+        item_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_count", b"item_count", "member_count", b"member_count", "shown", b"shown"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NormShareGroup: _TypeAlias = NormShareGroup  # noqa: Y015
+
+@_typing.final
+class EstimateSupplyRequest(_message.Message):
+    """Request for EstimateSupply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def terms(self) -> _terms_pb2.LicenceTerms:
+        """The terms to estimate, as they would open a negotiation: purposes, scope, payment
+        model, durations and the use declaration (required). The price is ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        terms: _terms_pb2.LicenceTerms | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["terms", b"terms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateSupplyRequest: _TypeAlias = EstimateSupplyRequest  # noqa: Y015
+
+@_typing.final
+class EstimateSupplyResponse(_message.Message):
+    """Response for EstimateSupply: what the coalition would do with these terms right now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPLY_FIELD_NUMBER: _builtins.int
+    RESERVATION_PRICE_MICROS_FIELD_NUMBER: _builtins.int
+    QUORUM_ITEMS_FIELD_NUMBER: _builtins.int
+    COVERED_AT_RESERVATION_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    MINIMUM_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    reservation_price_micros: _builtins.int
+    """The reservation the coalition would apply now: the lowest uniform price covering the
+    quorum. Unset when no price does or when fewer than minimum_group_size members' items
+    would be covered at it.
+    """
+    quorum_items: _builtins.int
+    """Items a deal on these terms must cover (the quorum); 0 when the eligible items have
+    fewer than minimum_group_size members.
+    """
+    covered_at_reservation: _builtins.int
+    """Items covered at the reservation (0 when it is unset)."""
+    minimum_group_size: _builtins.int
+    """Groups smaller than this are not shown."""
+    currency_code: _builtins.str
+    """Currency of every price."""
+    @_builtins.property
+    def supply(self) -> _containers.RepeatedCompositeFieldContainer[Global___SupplyPoint]:
+        """The supply curve: prices ascending, each with the items it covers. A point is shown
+        only when the items it adds over the last shown point belong to at least
+        minimum_group_size members, so the curve is a sampling of the true step function.
+        """
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeclarationChange]:
+        """For each norm the declaration breaks (hard or priced) whose least change brings in or
+        loses items: that change and its effect, most items at the reservation first. Changes
+        whose effect spans fewer than minimum_group_size members are not shown.
+        """
+
+    def __init__(
+        self,
+        *,
+        supply: _abc.Iterable[Global___SupplyPoint] | None = ...,
+        reservation_price_micros: _builtins.int | None = ...,
+        quorum_items: _builtins.int = ...,
+        covered_at_reservation: _builtins.int = ...,
+        changes: _abc.Iterable[Global___DeclarationChange] | None = ...,
+        minimum_group_size: _builtins.int = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reservation_price_micros", b"_reservation_price_micros", "reservation_price_micros", b"reservation_price_micros"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reservation_price_micros", b"_reservation_price_micros", "changes", b"changes", "covered_at_reservation", b"covered_at_reservation", "currency_code", b"currency_code", "minimum_group_size", b"minimum_group_size", "quorum_items", b"quorum_items", "reservation_price_micros", b"reservation_price_micros", "supply", b"supply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__reservation_price_micros: _TypeAlias = _typing.Literal["reservation_price_micros"]  # noqa: Y015
+    _WhichOneofArgType__reservation_price_micros: _TypeAlias = _typing.Literal["_reservation_price_micros", b"_reservation_price_micros"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reservation_price_micros) -> _WhichOneofReturnType__reservation_price_micros | None: ...
+
+Global___EstimateSupplyResponse: _TypeAlias = EstimateSupplyResponse  # noqa: Y015
+
+@_typing.final
+class SupplyPoint(_message.Message):
+    """One point of a supply curve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICE_PER_ITEM_MICROS_FIELD_NUMBER: _builtins.int
+    ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    price_per_item_micros: _builtins.int
+    """A uniform price per item, in micros of the currency (per the terms' period for
+    subscriptions): the floor, premiums included, of some eligible item.
+    """
+    item_count: _builtins.int
+    """Items covered at that price (capped by the terms' max_item_count)."""
+    member_count: _builtins.int
+    """Members whose items those are."""
+    def __init__(
+        self,
+        *,
+        price_per_item_micros: _builtins.int = ...,
+        item_count: _builtins.int = ...,
+        member_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_count", b"item_count", "member_count", b"member_count", "price_per_item_micros", b"price_per_item_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SupplyPoint: _TypeAlias = SupplyPoint  # noqa: Y015
+
+@_typing.final
+class DeclarationChange(_message.Message):
+    """The least change to a use declaration that keeps one norm, and what it would bring in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NORM_ID_FIELD_NUMBER: _builtins.int
+    DECLARATION_FIELD_NUMBER: _builtins.int
+    MORE_ITEMS_AT_ANY_PRICE_FIELD_NUMBER: _builtins.int
+    MORE_ITEMS_AT_RESERVATION_FIELD_NUMBER: _builtins.int
+    norm_id: _builtins.str
+    """The norm the change keeps, e.g. "model-release"."""
+    more_items_at_any_price: _builtins.int
+    """Eligible items (at some price) after the change minus before; negative when the change
+    breaks other members' norms.
+    """
+    more_items_at_reservation: _builtins.int
+    """Items covered at reservation_price_micros after the change minus before (0 when the
+    reservation is unset).
+    """
+    @_builtins.property
+    def declaration(self) -> _terms_pb2.UseDeclaration:
+        """The whole declaration after the change (what a counter-offer would propose)."""
+
+    def __init__(
+        self,
+        *,
+        norm_id: _builtins.str = ...,
+        declaration: _terms_pb2.UseDeclaration | None = ...,
+        more_items_at_any_price: _builtins.int = ...,
+        more_items_at_reservation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["declaration", b"declaration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declaration", b"declaration", "more_items_at_any_price", b"more_items_at_any_price", "more_items_at_reservation", b"more_items_at_reservation", "norm_id", b"norm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclarationChange: _TypeAlias = DeclarationChange  # noqa: Y015
 
 @_typing.final
 class CatalogueRow(_message.Message):
@@ -755,6 +1003,7 @@ class Ballot(_message.Message):
     APPROVE_FIELD_NUMBER: _builtins.int
     CREATED_TIME_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
     negotiation_id: _builtins.str
     """The negotiation being ratified."""
     approve: _builtins.bool
@@ -765,6 +1014,12 @@ class Ballot(_message.Message):
     def created_time(self) -> _timestamp_pb2.Timestamp:
         """When the member signed this."""
 
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why, as norm ids of the vocabulary (docs/norms.md), e.g. "prohibited-use": optional, on
+        either side of the vote; in ascending code-point order, distinct, at most 16.
+        """
+
     def __init__(
         self,
         *,
@@ -772,10 +1027,11 @@ class Ballot(_message.Message):
         approve: _builtins.bool = ...,
         created_time: _timestamp_pb2.Timestamp | None = ...,
         nonce: _builtins.bytes = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "created_time", b"created_time", "negotiation_id", b"negotiation_id", "nonce", b"nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "created_time", b"created_time", "negotiation_id", b"negotiation_id", "nonce", b"nonce", "reasons", b"reasons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -795,6 +1051,11 @@ class RatificationResult(_message.Message):
     REJECTING_ITEMS_FIELD_NUMBER: _builtins.int
     APPROVING_MEMBERS_FIELD_NUMBER: _builtins.int
     REJECTING_MEMBERS_FIELD_NUMBER: _builtins.int
+    APPROVING_REASONS_FIELD_NUMBER: _builtins.int
+    REJECTING_REASONS_FIELD_NUMBER: _builtins.int
+    APPROVING_MEMBERS_OTHER_REASONS_FIELD_NUMBER: _builtins.int
+    REJECTING_MEMBERS_OTHER_REASONS_FIELD_NUMBER: _builtins.int
+    MINIMUM_GROUP_SIZE_FIELD_NUMBER: _builtins.int
     negotiation_id: _builtins.str
     """The negotiation."""
     approved: _builtins.bool
@@ -807,6 +1068,24 @@ class RatificationResult(_message.Message):
     """Members who approved."""
     rejecting_members: _builtins.int
     """Members who rejected."""
+    approving_members_other_reasons: _builtins.int
+    """Approving members who gave a reason too few approving members gave to publish it
+    (which reason is not said).
+    """
+    rejecting_members_other_reasons: _builtins.int
+    """Rejecting members who gave a reason too few rejecting members gave to publish it."""
+    minimum_group_size: _builtins.int
+    """The k of the reason counts: the catalogue's minimum group size when the result was drawn."""
+    @_builtins.property
+    def approving_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasonCount]:
+        """Reasons given on approving ballots, in ascending order of norm id: only those that at
+        least minimum_group_size approving members gave (k-anonymity).
+        """
+
+    @_builtins.property
+    def rejecting_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasonCount]:
+        """Reasons given on rejecting ballots, likewise."""
+
     def __init__(
         self,
         *,
@@ -816,14 +1095,49 @@ class RatificationResult(_message.Message):
         rejecting_items: _builtins.int = ...,
         approving_members: _builtins.int = ...,
         rejecting_members: _builtins.int = ...,
+        approving_reasons: _abc.Iterable[Global___ReasonCount] | None = ...,
+        rejecting_reasons: _abc.Iterable[Global___ReasonCount] | None = ...,
+        approving_members_other_reasons: _builtins.int = ...,
+        rejecting_members_other_reasons: _builtins.int = ...,
+        minimum_group_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved", b"approved", "approving_items", b"approving_items", "approving_members", b"approving_members", "negotiation_id", b"negotiation_id", "rejecting_items", b"rejecting_items", "rejecting_members", b"rejecting_members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved", b"approved", "approving_items", b"approving_items", "approving_members", b"approving_members", "approving_members_other_reasons", b"approving_members_other_reasons", "approving_reasons", b"approving_reasons", "minimum_group_size", b"minimum_group_size", "negotiation_id", b"negotiation_id", "rejecting_items", b"rejecting_items", "rejecting_members", b"rejecting_members", "rejecting_members_other_reasons", b"rejecting_members_other_reasons", "rejecting_reasons", b"rejecting_reasons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RatificationResult: _TypeAlias = RatificationResult  # noqa: Y015
+
+@_typing.final
+class ReasonCount(_message.Message):
+    """How many members on one side of a ratification gave one reason on their ballots."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NORM_ID_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    norm_id: _builtins.str
+    """The reason: a norm id of the vocabulary."""
+    members: _builtins.int
+    """Members on this side whose ballot gave it (never fewer than minimum_group_size)."""
+    items: _builtins.int
+    """Their covered items."""
+    def __init__(
+        self,
+        *,
+        norm_id: _builtins.str = ...,
+        members: _builtins.int = ...,
+        items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "members", b"members", "norm_id", b"norm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReasonCount: _TypeAlias = ReasonCount  # noqa: Y015
 
 @_typing.final
 class PayoutLine(_message.Message):

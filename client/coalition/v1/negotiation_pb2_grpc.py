@@ -41,6 +41,11 @@ class NegotiationServiceStub:
                 request_serializer=coalition_dot_v1_dot_negotiation__pb2.GetCatalogueRequest.SerializeToString,
                 response_deserializer=coalition_dot_v1_dot_negotiation__pb2.GetCatalogueResponse.FromString,
                 _registered_method=True)
+        self.EstimateSupply = channel.unary_unary(
+                '/coalition.v1.NegotiationService/EstimateSupply',
+                request_serializer=coalition_dot_v1_dot_negotiation__pb2.EstimateSupplyRequest.SerializeToString,
+                response_deserializer=coalition_dot_v1_dot_negotiation__pb2.EstimateSupplyResponse.FromString,
+                _registered_method=True)
         self.OpenNegotiation = channel.unary_unary(
                 '/coalition.v1.NegotiationService/OpenNegotiation',
                 request_serializer=coalition_dot_v1_dot_negotiation__pb2.OpenNegotiationRequest.SerializeToString,
@@ -100,6 +105,15 @@ class NegotiationServiceServicer:
 
     def GetCatalogue(self, request, context):
         """Public: the pool in aggregate (k-anonymous), per purpose and payment model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EstimateSupply(self, request, context):
+        """A lab's what-if: for terms with a use declaration, the supply curve, the reservation
+        and quorum the coalition would apply now, and what keeping each broken norm would
+        bring in (k-anonymous). The numbers are those a negotiation would use.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +197,11 @@ def add_NegotiationServiceServicer_to_server(servicer, server):
                     request_deserializer=coalition_dot_v1_dot_negotiation__pb2.GetCatalogueRequest.FromString,
                     response_serializer=coalition_dot_v1_dot_negotiation__pb2.GetCatalogueResponse.SerializeToString,
             ),
+            'EstimateSupply': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateSupply,
+                    request_deserializer=coalition_dot_v1_dot_negotiation__pb2.EstimateSupplyRequest.FromString,
+                    response_serializer=coalition_dot_v1_dot_negotiation__pb2.EstimateSupplyResponse.SerializeToString,
+            ),
             'OpenNegotiation': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenNegotiation,
                     request_deserializer=coalition_dot_v1_dot_negotiation__pb2.OpenNegotiationRequest.FromString,
@@ -263,6 +282,33 @@ class NegotiationService:
             '/coalition.v1.NegotiationService/GetCatalogue',
             coalition_dot_v1_dot_negotiation__pb2.GetCatalogueRequest.SerializeToString,
             coalition_dot_v1_dot_negotiation__pb2.GetCatalogueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateSupply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coalition.v1.NegotiationService/EstimateSupply',
+            coalition_dot_v1_dot_negotiation__pb2.EstimateSupplyRequest.SerializeToString,
+            coalition_dot_v1_dot_negotiation__pb2.EstimateSupplyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,11 @@ class NegotiationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> NegotiationServiceAsyncStub: ...
     GetCatalogue: _grpc.UnaryUnaryMultiCallable[_negotiation_pb2.GetCatalogueRequest, _negotiation_pb2.GetCatalogueResponse]
     """Public: the pool in aggregate (k-anonymous), per purpose and payment model."""
+    EstimateSupply: _grpc.UnaryUnaryMultiCallable[_negotiation_pb2.EstimateSupplyRequest, _negotiation_pb2.EstimateSupplyResponse]
+    """A lab's what-if: for terms with a use declaration, the supply curve, the reservation
+    and quorum the coalition would apply now, and what keeping each broken norm would
+    bring in (k-anonymous). The numbers are those a negotiation would use.
+    """
     OpenNegotiation: _grpc.UnaryUnaryMultiCallable[_negotiation_pb2.OpenNegotiationRequest, _negotiation_pb2.OpenNegotiationResponse]
     """A lab opens a negotiation with a signed NegotiationRequest (scope and first offer)."""
     Move: _grpc.UnaryUnaryMultiCallable[_negotiation_pb2.MoveRequest, _negotiation_pb2.MoveResponse]
@@ -67,6 +72,11 @@ class NegotiationServiceAsyncStub(NegotiationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetCatalogue: _aio.UnaryUnaryMultiCallable[_negotiation_pb2.GetCatalogueRequest, _negotiation_pb2.GetCatalogueResponse]  # type: ignore[assignment]
     """Public: the pool in aggregate (k-anonymous), per purpose and payment model."""
+    EstimateSupply: _aio.UnaryUnaryMultiCallable[_negotiation_pb2.EstimateSupplyRequest, _negotiation_pb2.EstimateSupplyResponse]  # type: ignore[assignment]
+    """A lab's what-if: for terms with a use declaration, the supply curve, the reservation
+    and quorum the coalition would apply now, and what keeping each broken norm would
+    bring in (k-anonymous). The numbers are those a negotiation would use.
+    """
     OpenNegotiation: _aio.UnaryUnaryMultiCallable[_negotiation_pb2.OpenNegotiationRequest, _negotiation_pb2.OpenNegotiationResponse]  # type: ignore[assignment]
     """A lab opens a negotiation with a signed NegotiationRequest (scope and first offer)."""
     Move: _aio.UnaryUnaryMultiCallable[_negotiation_pb2.MoveRequest, _negotiation_pb2.MoveResponse]  # type: ignore[assignment]
@@ -100,6 +110,17 @@ class NegotiationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_negotiation_pb2.GetCatalogueResponse, _abc.Awaitable[_negotiation_pb2.GetCatalogueResponse]]:
         """Public: the pool in aggregate (k-anonymous), per purpose and payment model."""
+
+    @_abc_1.abstractmethod
+    def EstimateSupply(
+        self,
+        request: _negotiation_pb2.EstimateSupplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_negotiation_pb2.EstimateSupplyResponse, _abc.Awaitable[_negotiation_pb2.EstimateSupplyResponse]]:
+        """A lab's what-if: for terms with a use declaration, the supply curve, the reservation
+        and quorum the coalition would apply now, and what keeping each broken norm would
+        bring in (k-anonymous). The numbers are those a negotiation would use.
+        """
 
     @_abc_1.abstractmethod
     def OpenNegotiation(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from coalition_server.api.dispatch import Call, rpc
 from coalition_server.api.mutations import idempotency_key, signed_statement
 from coalition_server.context import ServerContext
 from coalition_server.domain import consent as rules
+from coalition_server.domain import exports
 from coalition_server.domain.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -82,6 +84,25 @@ class AccessServicer:
         ]
         token = encode_token(entries[size - 1].index + 1) if len(entries) > size else ""
         return access_pb2.ListAgreementsResponse(agreements=records, next_page_token=token)
+
+    @rpc(Policy.PUBLIC)
+    async def ExportAgreement(
+        self, request: access_pb2.ExportAgreementRequest, call: Call
+    ) -> access_pb2.ExportAgreementResponse:
+        if not HEX_ID.match(request.agreement_id):
+            raise InvalidArgumentError("BAD_AGREEMENT_ID", "agreement ids are 32 lowercase hex")
+        async with self._ctx.database.reader.connect() as conn:
+            entry = await store.agreement(conn, request.agreement_id)
+        if entry is None:
+            raise NotFoundError("AGREEMENT_NOT_FOUND", "no such agreement")
+        policy = exports.agreement_to_odrl(
+            entry.agreement_id, entry.statement, self._ctx.coalition_key.public_key.key_id
+        )
+        return access_pb2.ExportAgreementResponse(
+            media_type="application/ld+json",
+            document=json.dumps(policy, indent=2),
+            index=entry.index,
+        )
 
     @rpc(Policy.PARTY)
     async def TakeLease(

@@ -10,7 +10,11 @@ from coalition import statements
 from coalition.v1 import consent_pb2, ledger_pb2, party_pb2
 from coalition_server.api.auth import Policy
 from coalition_server.api.dispatch import Call, rpc
-from coalition_server.api.mutations import decode_envelope, idempotency_key, signed_statement
+from coalition_server.api.mutations import (
+    idempotency_key,
+    open_batch,
+    signed_statement,
+)
 from coalition_server.context import ServerContext
 from coalition_server.domain import consent as rules
 from coalition_server.domain import exports
@@ -21,10 +25,10 @@ from coalition_server.domain.errors import (
     PermissionDeniedError,
 )
 from coalition_server.domain.pagination import decode_token, encode_token, page_size
-from coalition_server.domain.statements import HEX_ID, open_statement
+from coalition_server.domain.statements import HEX_ID
 from coalition_server.store import consent as store
 from coalition_server.store.ledger import LedgerStore
-from coalition_server.store.sequencer import EffectContext, Group, Submission
+from coalition_server.store.sequencer import Group, GroupContext, Submission
 from coalition_server.store.withdrawal import WithdrawalEffect, WithdrawalOutcome
 from coalition_server.timeutil import utcnow
 
@@ -49,17 +53,21 @@ class ConsentServicer:
         self, request: consent_pb2.GrantConsentRequest, call: Call
     ) -> consent_pb2.GrantConsentResponse:
         party = call.require_role(CONTRIBUTOR)
-        caller = call.require_caller()
         key = idempotency_key(request, call)
         if not 1 <= len(request.tokens) <= MAX_TOKENS_PER_REQUEST:
             raise InvalidArgumentError("BAD_BATCH", "send 1 to 1000 tokens")
         now = utcnow()
+        opened = await open_batch(
+            request.tokens,
+            "tokens",
+            consent_pb2.ConsentToken,
+            call,
+            lambda statement: rules.check_token(statement, self._ctx.currency, now),
+        )
         records: list[consent_pb2.ConsentRecord] = []
+        tokens: list[tuple[str, consent_pb2.ConsentToken]] = []
         submissions = []
-        for position, message in enumerate(request.tokens):
-            envelope = decode_envelope(message, f"tokens[{position}]")
-            statement = open_statement(envelope, consent_pb2.ConsentToken, caller.public_key)
-            rules.check_token(statement, self._ctx.currency, now)
+        for envelope, statement in opened:
             consent_id = statements.statement_id(envelope)
             records.append(
                 consent_pb2.ConsentRecord(
@@ -69,20 +77,16 @@ class ConsentServicer:
                     state=consent_pb2.CONSENT_STATE_GIVEN,
                 )
             )
-            submissions.append(
-                Submission(
-                    envelope,
-                    party.key_id,
-                    effect=_GrantEffect(consent_id, party.key_id, statement, records[-1]),
-                )
-            )
+            tokens.append((consent_id, statement))
+            submissions.append(Submission(envelope, party.key_id))
+        effect = _GrantAll(party.key_id, tokens, records)
 
         def respond(receipts: Sequence[ledger_pb2.Receipt]) -> bytes:
             return consent_pb2.GrantConsentResponse(
                 consents=records, receipts=receipts
             ).SerializeToString()
 
-        result = await self._ctx.sequencer.submit(Group(tuple(submissions), respond, key))
+        result = await self._ctx.sequencer.submit(Group(tuple(submissions), respond, key, effect))
         return consent_pb2.GrantConsentResponse.FromString(result.response)
 
     @rpc(Policy.PARTY)
@@ -223,26 +227,26 @@ def _record(entry: store.ConsentEntry, leaf: bytes, now: datetime) -> consent_pb
     )
 
 
-class _GrantEffect:
-    """Records a token; fills in its index for the response."""
+class _GrantAll:
+    """Records a request's tokens in bulk; fills in their indices for the response."""
 
     def __init__(
         self,
-        consent_id: str,
         member: str,
-        statement: consent_pb2.ConsentToken,
-        record: consent_pb2.ConsentRecord,
+        tokens: list[tuple[str, consent_pb2.ConsentToken]],
+        records: list[consent_pb2.ConsentRecord],
     ) -> None:
-        self._consent_id = consent_id
         self._member = member
-        self._statement = statement
-        self._record = record
+        self._tokens = tokens
+        self._records = records
 
-    async def __call__(self, ctx: EffectContext) -> None:
-        token = rules.parse_token(
-            self._consent_id, self._member, self._statement, ctx.integrated_time
-        )
-        if token.not_after <= ctx.integrated_time:
-            raise FailedPreconditionError("TOKEN_EXPIRED", "the token lapsed before sequencing")
-        await store.record_grant(ctx.conn, token, ctx.index, bytes(self._statement.nonce))
-        self._record.index = ctx.index
+    async def __call__(self, ctx: GroupContext) -> None:
+        grants = []
+        for (consent_id, statement), index in zip(self._tokens, ctx.indices, strict=True):
+            token = rules.parse_token(consent_id, self._member, statement, ctx.integrated_time)
+            if token.not_after <= ctx.integrated_time:
+                raise FailedPreconditionError("TOKEN_EXPIRED", "the token lapsed before sequencing")
+            grants.append(store.Grant(token, index, bytes(statement.nonce)))
+        await store.record_grants(ctx.conn, grants)
+        for record, index in zip(self._records, ctx.indices, strict=True):
+            record.index = index

@@ -3,14 +3,20 @@
 Handlers are built from the service descriptors with raw-bytes deserialisation, so the
 call signature is checked against the exact bytes received. Servicer methods are plain
 ``async def Method(self, request, call) -> Response`` functions marked with ``@rpc(policy)``.
+
+Every call that finishes here, however it ends, is written to the access log (logger
+``coalition_server.access``, INFO: method, status code, duration, caller key id) and reported
+to the optional :class:`RpcObserver` (the server's Prometheus metrics).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -32,6 +38,7 @@ from coalition_server.store.database import is_unavailable
 from coalition_server.store.parties import PartyRecord
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("coalition_server.access")
 
 ERROR_DOMAIN = "coalition"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,11 +110,27 @@ def _as_domain_error(exc: BaseException) -> DomainError | None:
     return None
 
 
+class RpcObserver(Protocol):
+    """Told about every finished RPC (implemented by coalition_server.metrics)."""
+
+    def rpc_finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """``method`` (``/package.Service/Method``) ended with ``code`` after ``seconds``."""
+
+
+@dataclass
+class _Served:
+    """How one call is going: filled in as it proceeds, reported when it ends."""
+
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    caller: Caller | None = None
+
+
 class Dispatcher:
     """Builds generic handlers for servicers, sharing one authenticator."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, observer: RpcObserver | None = None) -> None:
         self._auth = authenticator
+        self._observer = observer
 
     def handler(self, service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
         """A generic handler serving every method of ``service`` from ``servicer``."""
@@ -153,6 +176,48 @@ class Dispatcher:
         caller = await self._auth.authenticate(method, metadata, raw, policy)
         return request, Call(method, raw, caller, context)
 
+    @contextlib.asynccontextmanager
+    async def _served(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[_Served]:
+        """Run a call's body: map its errors to statuses, then log and count it."""
+        served = _Served()
+        start = time.perf_counter()
+        try:
+            yield served
+        except Exception as exc:
+            served.code = _status_code(exc, context)
+            await _abort(method, context, exc)
+        except BaseException:
+            # The client went away (or the server is stopping): the task is cancelled.
+            served.code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._finished(method, served, time.perf_counter() - start)
+
+    def _finished(self, method: str, served: _Served, seconds: float) -> None:
+        if self._observer is not None:
+            self._observer.rpc_finished(method, served.code, seconds)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        duration_ms = round(seconds * 1000, 3)
+        # The caller's key id is public (derived from its public key); nothing from the
+        # request, its signature or the response is logged.
+        key_id = served.caller.key_id if served.caller is not None else None
+        access_log.info(
+            "%s %s %.1fms caller=%s",
+            method,
+            served.code.name,
+            duration_ms,
+            key_id or "-",
+            extra={
+                "method": method,
+                "code": served.code.name,
+                "duration_ms": duration_ms,
+                "caller_key_id": key_id,
+            },
+        )
+
     def _unary(
         self,
         method: str,
@@ -161,12 +226,11 @@ class Dispatcher:
         policy: Policy,
     ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
         async def behaviour(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
-            try:
+            async with self._served(method, context) as served:
                 request, call = await self._prepare(method, request_cls, raw, policy, context)
+                served.caller = call.caller
                 return await impl(request, call)
-            except Exception as exc:
-                await _abort(method, context, exc)
-                raise  # unreachable: abort raises
+            raise AssertionError("unreachable: _served re-raises or aborts")
 
         return behaviour
 
@@ -181,13 +245,15 @@ class Dispatcher:
         async def behaviour(
             raw_stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> Message:
-            try:
+            async with self._served(method, context) as served:
                 metadata = {
                     key: value
                     for key, value in (context.invocation_metadata() or ())
                     if isinstance(value, str)
                 }
-                caller = await self._auth.authenticate(method, metadata, b"", policy)
+                caller = served.caller = await self._auth.authenticate(
+                    method, metadata, b"", policy
+                )
                 call = Call(method, b"", caller, context)
 
                 async def messages() -> AsyncIterator[Message]:
@@ -195,9 +261,7 @@ class Dispatcher:
                         yield _parse(request_cls, raw)
 
                 return await impl(messages(), call)
-            except Exception as exc:
-                await _abort(method, context, exc)
-                raise
+            raise AssertionError("unreachable: _served re-raises or aborts")
 
         return behaviour
 
@@ -211,12 +275,11 @@ class Dispatcher:
         async def behaviour(
             raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Message]:
-            try:
+            async with self._served(method, context) as served:
                 request, call = await self._prepare(method, request_cls, raw, policy, context)
+                served.caller = call.caller
                 async for response in impl(request, call):
                     yield response
-            except Exception as exc:
-                await _abort(method, context, exc)
 
         return behaviour
 
@@ -234,6 +297,15 @@ def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
+def _status_code(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The status a call failing with ``exc`` ends with (what ``_abort`` will send)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        code = context.code()
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    error = _as_domain_error(exc)
+    return error.code if error is not None else grpc.StatusCode.INTERNAL
+
+
 async def _abort(method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
@@ -247,4 +319,4 @@ async def _abort(method: str, context: grpc.aio.ServicerContext[Any, Any], exc: 
     await context.abort_with_status(status_for(error))
 
 
-__all__ = ["Call", "Dispatcher", "rpc", "status_for"]
+__all__ = ["Call", "Dispatcher", "RpcObserver", "rpc", "status_for"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 from sqlalchemy import delete, insert, select, update
 
@@ -11,7 +12,7 @@ from coalition.content import SegmentEncryptor, new_data_key
 from coalition.v1 import items_pb2, ledger_pb2, party_pb2
 from coalition_server.api.auth import Policy
 from coalition_server.api.dispatch import Call, rpc
-from coalition_server.api.mutations import decode_envelope, idempotency_key
+from coalition_server.api.mutations import idempotency_key, open_batch
 from coalition_server.context import ServerContext
 from coalition_server.domain import items as rules
 from coalition_server.domain.errors import (
@@ -20,10 +21,10 @@ from coalition_server.domain.errors import (
     InvalidArgumentError,
 )
 from coalition_server.domain.pagination import decode_token, encode_token, page_size
-from coalition_server.domain.statements import check_item_id, open_statement
+from coalition_server.domain.statements import check_item_id
 from coalition_server.store import items as store
 from coalition_server.store import models
-from coalition_server.store.sequencer import EffectContext, Group, Submission
+from coalition_server.store.sequencer import Group, GroupContext, Submission
 from coalition_server.timeutil import utcnow
 
 CONTRIBUTOR = party_pb2.ROLE_CONTRIBUTOR
@@ -45,14 +46,15 @@ class ItemServicer:
         if not 1 <= len(request.registrations) <= rules.MAX_ITEMS_PER_REQUEST:
             raise InvalidArgumentError("BAD_BATCH", "send 1 to 1000 registrations")
         now = utcnow()
-        caller = call.require_caller()
-        records: list[store.ItemRecord] = []
-        submissions = []
-        for position, message in enumerate(request.registrations):
-            envelope = decode_envelope(message, f"registrations[{position}]")
-            statement = open_statement(envelope, items_pb2.ItemRegistration, caller.public_key)
-            rules.check_registration(statement, now)
-            record = store.ItemRecord(
+        opened = await open_batch(
+            request.registrations,
+            "registrations",
+            items_pb2.ItemRegistration,
+            call,
+            lambda statement: rules.check_registration(statement, now),
+        )
+        records = [
+            store.ItemRecord(
                 item_id=rules.item_id(party.key_id, statement.commitment),
                 contributor_key_id=party.key_id,
                 commitment=bytes(statement.commitment),
@@ -62,17 +64,17 @@ class ItemServicer:
                 state=store.REGISTERED,
                 registration_index=0,
             )
-            records.append(record)
-            submissions.append(
-                Submission(envelope, party.key_id, effect=_RegisterEffect(record, records))
-            )
+            for _, statement in opened
+        ]
+        submissions = [Submission(envelope, party.key_id) for envelope, _ in opened]
+        effect = _RegisterAll(records)
 
         def respond(receipts: Sequence[ledger_pb2.Receipt]) -> bytes:
             return items_pb2.RegisterItemsResponse(
                 items=[r.to_proto() for r in records], receipts=receipts
             ).SerializeToString()
 
-        result = await self._ctx.sequencer.submit(Group(tuple(submissions), respond, key))
+        result = await self._ctx.sequencer.submit(Group(tuple(submissions), respond, key, effect))
         return items_pb2.RegisterItemsResponse.FromString(result.response)
 
     @rpc(Policy.PARTY)
@@ -211,16 +213,15 @@ class ItemServicer:
             )
 
 
-class _RegisterEffect:
-    """Inserts one item row; fills in the index for the response."""
+class _RegisterAll:
+    """Inserts a request's items in bulk; fills in their indices for the response."""
 
-    def __init__(self, record: store.ItemRecord, records: list[store.ItemRecord]) -> None:
-        self._record = record
+    def __init__(self, records: list[store.ItemRecord]) -> None:
         self._records = records
 
-    async def __call__(self, ctx: EffectContext) -> None:
-        position = self._records.index(self._record)
-        indexed = store.ItemRecord(**{**self._record.__dict__, "registration_index": ctx.index})
-        self._records[position] = indexed
-        self._record = indexed
-        await store.insert_item(ctx.conn, indexed)
+    async def __call__(self, ctx: GroupContext) -> None:
+        self._records[:] = [
+            replace(record, registration_index=index)
+            for record, index in zip(self._records, ctx.indices, strict=True)
+        ]
+        await store.insert_items(ctx.conn, self._records)

@@ -7,12 +7,13 @@ it: the lab gets the answer in the response, and nobody can slip a move in betwe
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from coalition import dsse, merkle, statements
+from coalition import dsse, merkle, norms, statements
 from coalition.v1 import (
     access_pb2,
     envelope_pb2,
@@ -27,10 +28,10 @@ from coalition_server.api.auth import Policy
 from coalition_server.api.dispatch import Call, rpc
 from coalition_server.api.mutations import decode_envelope, idempotency_key, signed_statement
 from coalition_server.context import ServerContext
-from coalition_server.domain import bargaining, reservation
+from coalition_server.domain import bargaining, reservation, supply
 from coalition_server.domain import catalogue as pool_catalogue
 from coalition_server.domain import negotiation as machine
-from coalition_server.domain.consent import duration
+from coalition_server.domain.consent import check_declaration, duration
 from coalition_server.domain.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -73,7 +74,10 @@ class NegotiationServicer:
         minimum = self._ctx.policy.catalogue.minimum_group_size
         async with self._ctx.database.reader.connect() as conn:
             pool = await load_pool(conn)
-        rows = pool_catalogue.catalogue(pool.items, pool.tokens, utcnow(), minimum)
+        now = utcnow()
+        rows = pool_catalogue.catalogue(pool.items, pool.tokens, now, minimum)
+        vocabulary = norms.Vocabulary.load()
+        shares = pool_catalogue.norm_shares(pool.items, pool.tokens, now, minimum, vocabulary)
         return negotiation_pb2.GetCatalogueResponse(
             rows=[
                 negotiation_pb2.CatalogueRow(
@@ -87,7 +91,65 @@ class NegotiationServicer:
             ],
             minimum_group_size=minimum,
             currency_code=self._ctx.currency,
+            norm_shares=[
+                negotiation_pb2.NormShare(
+                    norm_id=share.norm_id,
+                    hard=_share_group(share.hard),
+                    priced=_share_group(share.priced),
+                    unheld=_share_group(share.unheld),
+                )
+                for share in shares
+            ],
+            norm_vocabulary_version=vocabulary.version,
         )
+
+    @rpc(Policy.PARTY)
+    async def EstimateSupply(
+        self, request: negotiation_pb2.EstimateSupplyRequest, call: Call
+    ) -> negotiation_pb2.EstimateSupplyResponse:
+        lab = call.require_role(LAB)
+        terms = terms_pb2.LicenceTerms()
+        terms.CopyFrom(request.terms)
+        # The price is ignored; a zero one lets the terms be checked as an opening's are.
+        terms.price_per_item.CopyFrom(terms_pb2.Money(currency_code=self._ctx.currency))
+        self._check_terms(terms)
+        check_declaration(terms.declaration)  # required here: the what-if is about a use
+        minimum = self._ctx.policy.catalogue.minimum_group_size
+        async with self._ctx.database.reader.connect() as conn:
+            pool = await load_pool(conn)
+        view = supply.Pool(pool.items, pool.tokens, lab.key_id, utcnow())
+        # The quorum and price guard the negotiation would apply to these very terms.
+        policy = deals.policy_for(self._ctx, terms)
+        # One pass over the pool per weighed change: keep the event loop free meanwhile.
+        result = await asyncio.to_thread(
+            supply.estimate, view, terms, policy.quorum, policy.max_price_micros, minimum
+        )
+        response = negotiation_pb2.EstimateSupplyResponse(
+            supply=[
+                negotiation_pb2.SupplyPoint(
+                    price_per_item_micros=point.price_micros,
+                    item_count=point.item_count,
+                    member_count=point.member_count,
+                )
+                for point in result.curve
+            ],
+            quorum_items=result.quorum_items,
+            covered_at_reservation=result.covered_at_reservation,
+            changes=[
+                negotiation_pb2.DeclarationChange(
+                    norm_id=change.norm_id,
+                    declaration=change.declaration,
+                    more_items_at_any_price=change.more_items_at_any_price,
+                    more_items_at_reservation=change.more_items_at_reservation,
+                )
+                for change in result.changes
+            ],
+            minimum_group_size=minimum,
+            currency_code=self._ctx.currency,
+        )
+        if result.reservation_micros is not None:
+            response.reservation_price_micros = result.reservation_micros
+        return response
 
     # --- negotiating ---------------------------------------------------------------------
 
@@ -221,6 +283,7 @@ class NegotiationServicer:
         key = idempotency_key(request, call)
         envelope, ballot = signed_statement(request, "ballot", negotiation_pb2.Ballot, call)
         _check_negotiation_id(ballot.negotiation_id)
+        deals.check_ballot(ballot)
         effect = deals.CountBallot(self._ctx, member.key_id, ballot)
         result = await self._ctx.sequencer.submit(
             Group(
@@ -404,7 +467,7 @@ class NegotiationServicer:
                     outcomes.append((entry, *await deals.close_outcome(self._ctx, conn, entry)))
         for entry, votes, approved in outcomes:
             effect = deals.CloseRatification(self._ctx, entry.negotiation_id, votes, approved)
-            statement = deals.result_of(entry.negotiation_id, votes, approved)
+            statement = deals.result_of(self._ctx, entry.negotiation_id, votes, approved)
             try:
                 await self._ctx.sequencer.submit_one(
                     deals.coalition_submission(
@@ -420,6 +483,12 @@ class NegotiationServicer:
         machine.check_terms(
             terms, self._ctx.currency, self._ctx.policy.negotiation.max_price_micros
         )
+
+
+def _share_group(group: pool_catalogue.StanceGroup) -> negotiation_pb2.NormShareGroup:
+    return negotiation_pb2.NormShareGroup(
+        shown=group.shown, member_count=group.member_count, item_count=group.item_count
+    )
 
 
 def _own(entry: store.NegotiationEntry | None, lab: str) -> store.NegotiationEntry:
@@ -546,10 +615,11 @@ class _LabMove:
         self.entry = entry
         return follow_ups
 
-    async def _candidates(
-        self, ctx: EffectContext, terms: terms_pb2.LicenceTerms
-    ) -> list[reservation.Candidate]:
-        return await deals.candidates_for(ctx, terms, self.lab)
+    async def _pool(self, ctx: EffectContext) -> supply.Pool:
+        """The pool as this lab faces it now, read in the sequencing transaction with the
+        loader ``deals.candidates_for`` uses (so ``pool.candidates`` is the same)."""
+        pool = await load_pool(ctx.conn)
+        return supply.Pool(pool.items, pool.tokens, self.lab, ctx.integrated_time)
 
     def _policy(self, terms: terms_pb2.LicenceTerms) -> bargaining.BargainingPolicy:
         return deals.policy_for(self.ctx, terms)
@@ -558,14 +628,14 @@ class _LabMove:
         self, ctx: EffectContext, entry: store.NegotiationEntry
     ) -> tuple[store.NegotiationEntry, list[Submission]]:
         terms = entry.current_terms
-        candidates = await self._candidates(ctx, terms)
-        decision = bargaining.coalition_decision(
+        pool = await self._pool(ctx)
+        decision = bargaining.coalition_answer(
             self._policy(terms),
-            candidates,
-            terms.price_per_item.micros,
+            pool,
+            terms,
             entry.round + 1,
             ctx.integrated_time - entry.opened_at,
-            int(terms.scope.max_item_count),
+            self.ctx.policy.catalogue.minimum_group_size,
         )
         round_ = entry.round + 1
         if decision.kind == "accept":
@@ -578,6 +648,9 @@ class _LabMove:
             offered = terms_pb2.LicenceTerms()
             offered.CopyFrom(terms)
             offered.price_per_item.micros = decision.price_micros
+            if decision.declaration is not None:
+                # A counter on the use itself: keep the norms that bring in the most items.
+                offered.declaration.CopyFrom(decision.declaration)
             move = _coalition_move(self.ctx, self.negotiation_id, round_, machine.OFFER, offered)
             entry = replace(
                 entry,
@@ -599,11 +672,11 @@ class _LabMove:
         self, ctx: EffectContext, entry: store.NegotiationEntry, already_moved: bool = False
     ) -> tuple[store.NegotiationEntry, list[Submission]]:
         terms = entry.current_terms
-        candidates = await self._candidates(ctx, terms)
+        pool = await self._pool(ctx)
         try:
             covered = bargaining.check_agreement(
                 self._policy(terms),
-                candidates,
+                pool.candidates(terms),
                 terms.price_per_item.micros,
                 int(terms.scope.max_item_count),
             )
@@ -617,6 +690,11 @@ class _LabMove:
             )
             return ended, [self._submission(move)]
         ids = sorted(c.item_id for c in covered)
+        # Defence in depth: each covered item re-derived through consent.permits (no hard
+        # norm broken, floor plus premiums met) before anything is drafted.
+        reservation.check_covered(
+            ids, pool.items, pool.tokens_by_member, terms, self.lab, ctx.integrated_time
+        )
         draft = access_pb2.Agreement(
             negotiation_id=self.negotiation_id,
             lab_key_id=self.lab,

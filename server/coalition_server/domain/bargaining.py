@@ -12,6 +12,14 @@ time-dependent concession strategy (``coalition.strategy``) running from an aspi
 - the deadline (rounds or time) has come: terminate, ``DEADLINE``;
 - otherwise: offer the strategy's target, never below the reservation.
 
+``coalition_answer`` adds bargaining over the use declaration (members' norms, issue 9):
+when the coalition would offer a price, or finds no quorum possible, it also looks for
+changes to the lab's declaration that bring in more members' items (``supply.improve``:
+greedy by items brought in, at most ``max_declaration_changes`` per counter) and, if one
+helps, offers the amended declaration at the strategy's target for the amended terms (never
+below the lab's own price). It never turns an acceptance into a counter, and never
+proposes a change that reveals fewer members' values than the catalogue would.
+
 ``check_agreement`` is the last line of defence, called right before an agreement is
 drafted or finalised: it refuses any price below the reservation or any covered set below
 the quorum, whatever the state machine believes.
@@ -29,13 +37,15 @@ from fractions import Fraction
 from typing import Literal
 
 from coalition.strategy import ConcessionStrategy
+from coalition.v1 import terms_pb2
+from coalition_server.domain import supply
 from coalition_server.domain.consent import MAX_MICROS
 from coalition_server.domain.errors import FailedPreconditionError, InvalidArgumentError
 from coalition_server.domain.reservation import (
     Candidate,
     QuorumRule,
+    bounded_reservation,
     covered,
-    reservation_price,
 )
 
 ACCEPT: Literal["accept"] = "accept"
@@ -45,6 +55,8 @@ NO_QUORUM_POSSIBLE = "NO_QUORUM_POSSIBLE"
 DEADLINE = "DEADLINE"
 BELOW_RESERVATION = "BELOW_RESERVATION"
 QUORUM_NOT_MET = "QUORUM_NOT_MET"
+# Bound on max_declaration_changes: each change weighs up to supply.MAX_AMENDMENTS passes.
+MAX_DECLARATION_CHANGES = 8
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,9 @@ class BargainingPolicy:
     """A negotiation ends this long after it opened."""
     max_price_micros: int = MAX_MICROS
     """Absurd-price guard: no price above this is offered or accepted."""
+    max_declaration_changes: int = 2
+    """At most this many changes to the lab's use declaration per counter-offer (0: the
+    coalition counters on price only)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.quorum, QuorumRule):
@@ -86,6 +101,11 @@ class BargainingPolicy:
             raise ValueError("max_price_micros must be an integer")
         if not 0 < self.max_price_micros <= MAX_MICROS:
             raise ValueError(f"max_price_micros must be above 0 and at most {MAX_MICROS}")
+        changes = self.max_declaration_changes
+        if isinstance(changes, bool) or not isinstance(changes, int):
+            raise ValueError("max_declaration_changes must be an integer")
+        if not 0 <= changes <= MAX_DECLARATION_CHANGES:
+            raise ValueError(f"max_declaration_changes must be 0 to {MAX_DECLARATION_CHANGES}")
 
     def aspiration(self, reservation_micros: int) -> int:
         """Where the coalition opens: ceil(reservation * multiplier), capped at the max
@@ -118,12 +138,18 @@ class Decision:
     """The accepted or offered price; None for terminate."""
     reason: str = ""
     """For terminate: NO_QUORUM_POSSIBLE or DEADLINE; empty otherwise."""
+    declaration: terms_pb2.UseDeclaration | None = None
+    """For offers: the amended use declaration proposed with the price (None: the lab's)."""
+    kept_norms: tuple[str, ...] = ()
+    """For offers with a declaration: the norm ids the changes keep, in the order chosen."""
 
     def __post_init__(self) -> None:
         if self.kind not in (ACCEPT, OFFER, TERMINATE):
             raise ValueError(f"unknown decision kind {self.kind!r}")
         if (self.price_micros is None) != (self.kind == TERMINATE):
             raise ValueError("accept and offer carry a price; terminate does not")
+        if self.declaration is not None and self.kind != OFFER:
+            raise ValueError("only an offer proposes a declaration")
 
 
 def _check_price(policy: BargainingPolicy, price_micros: int) -> None:
@@ -136,10 +162,7 @@ def _check_price(policy: BargainingPolicy, price_micros: int) -> None:
 def _reservation(
     policy: BargainingPolicy, candidates: Sequence[Candidate], max_items: int
 ) -> int | None:
-    reservation = reservation_price(candidates, policy.quorum, max_items)
-    if reservation is None or reservation > policy.max_price_micros:
-        return None
-    return reservation
+    return bounded_reservation(candidates, policy.quorum, max_items, policy.max_price_micros)
 
 
 def coalition_decision(
@@ -198,3 +221,49 @@ def check_agreement(
             QUORUM_NOT_MET, "the terms would cover less than the coalition's quorum"
         )
     return chosen
+
+
+def coalition_answer(
+    policy: BargainingPolicy,
+    pool: supply.Pool,
+    terms: terms_pb2.LicenceTerms,
+    round: int,
+    elapsed: timedelta,
+    minimum_group_size: int,
+) -> Decision:
+    """The coalition's answer to the lab's ``terms``, bargaining over the declaration too.
+
+    First the price decision (:func:`coalition_decision` on ``pool.candidates(terms)``).
+    An acceptance or a deadline stands. Otherwise (an offer, or no quorum possible) the
+    coalition looks for declaration changes (:func:`supply.improve`) that cover more items
+    at the price it would offer (at ``max_price_micros`` when no price reaches the quorum):
+    if some do and the amended terms reach a quorum, it offers them at the strategy's
+    target for the amended reservation, or at the lab's own price if that is higher
+    ("open weights instead of closed, at the same price"). ``minimum_group_size`` keeps
+    the proposal from revealing fewer members' values than the catalogue shows."""
+    max_items = int(terms.scope.max_item_count)
+    lab_price = terms.price_per_item.micros
+    decision = coalition_decision(
+        policy, pool.candidates(terms), lab_price, round, elapsed, max_items
+    )
+    if decision.kind == ACCEPT or decision.reason == DEADLINE or not policy.max_declaration_changes:
+        return decision
+    if round >= policy.max_rounds or elapsed >= policy.deadline:
+        return decision  # no quorum, and no time left to propose anything
+    price = decision.price_micros if decision.kind == OFFER else policy.max_price_micros
+    assert price is not None
+    amended, kept = supply.improve(
+        pool, terms, price, policy.max_declaration_changes, minimum_group_size
+    )
+    if not kept:
+        return decision
+    reservation = _reservation(policy, pool.candidates(amended), max_items)
+    if reservation is None:
+        return decision
+    target = policy.strategy(reservation).target(round, elapsed.total_seconds())
+    return Decision(
+        OFFER,
+        max(target, lab_price),
+        declaration=amended.declaration,
+        kept_norms=tuple(kept),
+    )

@@ -38,9 +38,22 @@ ODRL
     a tag is an AssetCollection whose ``source`` is the member's collection, refined by
     ``coalition:tags hasPart <tag>``; all items is the member's collection itself.
 
-Extensibility (members' norms, issue 9): every rule is built by a small function from the
-policy's shared parts (target, parties, validity), so a norm adds a ``prohibition`` (hard norm)
-or a ``compensate`` duty constrained on the breach (priced norm) without touching the rest.
+Members' norms and labs' use declarations (issue 9), in the vocabulary's own ODRL profile
+(:func:`coalition.norms.odrl_profile`, the same ``coalition:`` namespace):
+  * A hard norm is one more ``prohibition`` of ``use`` under the norm's breach constraint
+    (:func:`coalition.norms.norm_to_odrl`), with the member as assigner: ``conflict: prohibit``
+    makes it win over every permission, whatever is paid.
+  * A priced norm is one more ``compensate`` duty in every permission, refined by ``payAmount
+    gteq`` the premium per item and applying under the breach constraint, beside the floor's
+    own duty (duties are conjunctive: a use that breaks the norm owes floor *and* premium).
+    The premium adds to the floor in the floor's units, so there is one such duty per payment
+    model, constrained like the floor's (``coalition:paymentModel eq``, and for a subscription
+    ``timeInterval eq`` its period).
+  * Both carry ``coalition:norm`` and, when named, ``coalition:protects``.
+  * An agreement's use declaration is a ``coalition:UseDeclaration`` node of the policy
+    (``coalition:useDeclaration``, uid ``<base>agreement/<id>/declaration``): the binding
+    statement whose values the norms' left operands take. An agreement carries no norms: the
+    coalition judged each covered item's norms against this declaration before covering it.
 
 RSL
   * One ``<content>`` whose url pattern ``<base>consent/<id>/items/*`` matches each item the
@@ -76,6 +89,7 @@ from urllib.parse import quote
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from coalition import norms
 from coalition.v1 import access_pb2, consent_pb2, terms_pb2
 
 JsonObject = dict[str, Any]
@@ -236,6 +250,9 @@ class _Iris:
     def agreement_contributors(self, agreement_id: str) -> str:
         return self._path("agreement", agreement_id, "contributors")
 
+    def agreement_declaration(self, agreement_id: str) -> str:
+        return self._path("agreement", agreement_id, "declaration")
+
     def negotiation(self, negotiation_id: str) -> str:
         return self._path("negotiation", negotiation_id)
 
@@ -349,6 +366,37 @@ def _delete_duty(deadline: Duration) -> JsonObject:
     }
 
 
+def _norm_fragments(token: consent_pb2.ConsentToken, kind: str) -> list[JsonObject]:
+    """The ODRL rules of the token's norms of one kind (``prohibition``: hard, ``duty``:
+    priced), in token order, fresh on every call (rules must not share dicts)."""
+    fragments = [norms.norm_to_odrl(norm) for norm in token.norms]
+    return [fragment["rule"] for fragment in fragments if fragment["kind"] == kind]
+
+
+def _premium_duties(token: consent_pb2.ConsentToken, member: str) -> list[JsonObject]:
+    """Each priced norm as a compensate duty per payment model with a floor: the premium
+    adds to that floor, in its units (per period for a subscription), when the use breaks
+    the norm."""
+    duties = []
+    for price in token.floor.prices:
+        for rule in _norm_fragments(token, "duty"):
+            constraints = [
+                _constraint(_term("paymentModel"), "eq", _payment_model_ref(price.payment_model))
+            ]
+            if price.payment_model == terms_pb2.PAYMENT_MODEL_SUBSCRIPTION:
+                constraints.append(
+                    _constraint("timeInterval", "eq", _duration_literal(price.period))
+                )
+            duty: JsonObject = {
+                "action": rule.pop("action"),
+                "compensatedParty": member,
+                "constraint": constraints + rule.pop("constraint"),
+            }
+            duty.update(rule)  # coalition:norm, coalition:protects
+            duties.append(duty)
+    return duties
+
+
 def _deletion_deadline(floor: terms_pb2.FloorTerms) -> Duration:
     if floor.HasField("max_deletion_deadline"):
         return floor.max_deletion_deadline
@@ -403,7 +451,8 @@ def consent_to_odrl(
 ) -> JsonObject:
     """A member's consent token as an ODRL 2.2 ``Offer`` (compacted JSON-LD, ready for
     ``json.dumps``). ``sequenced_at`` (the token's ledger time) is the start of validity when
-    the token sets no not_before; without either the policy has no lower time bound."""
+    the token sets no not_before; without either the policy has no lower time bound. Hard
+    norms are prohibitions, priced norms premium duties in every permission."""
     iris = _Iris(base_uri)
     member = iris.party(contributor_key_id)
     target = _consent_target(iris, consent_id, contributor_key_id, token.items)
@@ -420,7 +469,7 @@ def consent_to_odrl(
             constraints.append(
                 _constraint("elapsedTime", "lteq", _duration_literal(floor.max_licence_duration))
             )
-        duties = _floor_duties(floor, member)
+        duties = _floor_duties(floor, member) + _premium_duties(token, member)
         if floor.attribution_required:
             duties.append(_attribute_duty(member))
         duties.append(_delete_duty(_deletion_deadline(floor)))
@@ -440,6 +489,10 @@ def consent_to_odrl(
             "action": "use",
         }
 
+    def hard_norm(rule: JsonObject) -> JsonObject:
+        # No assignee: a hard norm binds whoever uses the items.
+        return {"target": target_iri, "assigner": member, **rule}
+
     policy: JsonObject = {
         "@context": _context(),
         "@type": "Offer",
@@ -452,8 +505,10 @@ def consent_to_odrl(
     if token.HasField("created_time"):
         policy["dct:issued"] = _datetime_literal(token.created_time)
     policy["permission"] = [permission(p) for p in token.purposes]
-    if token.excluded_lab_key_ids:
-        policy["prohibition"] = [prohibition(lab) for lab in token.excluded_lab_key_ids]
+    prohibitions = [prohibition(lab) for lab in token.excluded_lab_key_ids]
+    prohibitions += [hard_norm(rule) for rule in _norm_fragments(token, "prohibition")]
+    if prohibitions:
+        policy["prohibition"] = prohibitions
     return policy
 
 
@@ -465,7 +520,8 @@ def agreement_to_odrl(
     base_uri: str = DEFAULT_BASE_URI,
 ) -> JsonObject:
     """A signed agreement as an ODRL 2.2 ``Agreement`` (compacted JSON-LD): the coalition
-    assigns the covered items, named and committed to by their Merkle root, to the lab."""
+    assigns the covered items, named and committed to by their Merkle root, to the lab,
+    under the lab's use declaration (``coalition:useDeclaration``) when the terms carry one."""
     iris = _Iris(base_uri)
     coalition = iris.party(coalition_key_id)
     lab = iris.party(agreement.lab_key_id)
@@ -539,6 +595,11 @@ def agreement_to_odrl(
         policy["dct:issued"] = _datetime_literal(agreement.created_time)
     if agreement.negotiation_id:
         policy[_term("negotiation")] = _ref(iris.negotiation(agreement.negotiation_id))
+    if terms.HasField("declaration"):
+        policy[_term("useDeclaration")] = {
+            "uid": iris.agreement_declaration(agreement_id),
+            **norms.declaration_to_odrl(terms.declaration),
+        }
     policy["permission"] = [permission(p) for p in terms.purposes]
     return policy
 

@@ -211,3 +211,46 @@ def reservation_price(
         return None
     floors = sorted(c.floor_micros for c in candidates)
     return floors[required - 1]
+
+
+def bounded_reservation(
+    candidates: Sequence[Candidate], rule: QuorumRule, max_items: int, max_price_micros: int
+) -> int | None:
+    """The reservation the coalition applies: :func:`reservation_price`, or None when that
+    is above ``max_price_micros`` (the absurd-price guard), as if no price reached quorum.
+    The negotiation, the what-if and the counter-offers all read it from here."""
+    reservation = reservation_price(candidates, rule, max_items)
+    if reservation is None or reservation > max_price_micros:
+        return None
+    return reservation
+
+
+class CoverageError(RuntimeError):
+    """An item about to be covered is not permitted by any consent: a defect, never input."""
+
+
+def check_covered(
+    item_ids: Iterable[str],
+    items: Iterable[ItemLike],
+    tokens_by_member: Mapping[str, Sequence[Token]],
+    terms: terms_pb2.LicenceTerms,
+    lab_key_id: str,
+    at: datetime,
+) -> None:
+    """Defence in depth before an agreement is drafted: every item to be covered must be
+    permitted, at the terms' own price, by some token of its member that names it
+    (``consent.permits``: no hard norm broken, floor plus premiums met). Raises
+    CoverageError otherwise. This re-derives coverage item by item through ``permits``,
+    independently of how :func:`candidates` and :func:`covered` got there."""
+    by_id = {item.item_id: item for item in items}
+    for item_id in item_ids:
+        item = by_id.get(item_id)
+        if item is None or item.state == ITEM_WITHDRAWN:
+            raise CoverageError(f"item {item_id} is not in the pool")
+        if not any(
+            token.contributor_key_id == item.contributor_key_id
+            and covers_item(token, item.item_id, item.tags)
+            and permits(token, terms, lab_key_id, at)
+            for token in tokens_by_member.get(item.contributor_key_id, ())
+        ):
+            raise CoverageError(f"no consent permits item {item_id} under these terms")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -49,45 +49,80 @@ def _entry(row: Any) -> ConsentEntry:
     return ConsentEntry(token, row.state, row.idx, row.withdrawal_idx)
 
 
-async def record_grant(conn: AsyncConnection, token: rules.Token, index: int, nonce: bytes) -> None:
-    """Record a granted token inside the sequencer's transaction, checking its items."""
-    statement = token.statement
-    member = token.contributor_key_id
-    if statement.items.WhichOneof("selector") == "item_ids":
-        ids = list(statement.items.item_ids.item_ids)
-        require_own_items(await load_items(conn, ids), ids, member, usable=True)
-    clash = (
-        await conn.execute(
-            select(models.ConsentRow.consent_id).where(
-                models.ConsentRow.contributor_key_id == member, models.ConsentRow.nonce == nonce
-            )
-        )
-    ).first()
-    if clash is not None:
-        raise AlreadyExistsError("DUPLICATE_NONCE", "you used this nonce in another token")
+@dataclass(frozen=True)
+class Grant:
+    """A token to record, the ledger index it got and its nonce."""
+
+    token: rules.Token
+    index: int
+    nonce: bytes
+
+
+async def record_grants(conn: AsyncConnection, grants: Sequence[Grant]) -> None:
+    """Record granted tokens inside the sequencer's transaction, checking their items.
+
+    A fixed number of queries however many tokens (one member's batch of a thousand costs
+    what one token did): the items are read, and the nonces checked, in bulk.
+    """
+    named = [
+        list(grant.token.statement.items.item_ids.item_ids)
+        if grant.token.statement.items.WhichOneof("selector") == "item_ids"
+        else []
+        for grant in grants
+    ]
+    found = await load_items(conn, {item_id for ids in named for item_id in ids})
+    for grant, ids in zip(grants, named, strict=True):
+        if ids:
+            require_own_items(found, ids, grant.token.contributor_key_id, usable=True)
+    await _check_nonces(conn, grants)
     await conn.execute(
         insert(models.ConsentRow),
         [
             {
-                "consent_id": token.consent_id,
-                "contributor_key_id": member,
-                "idx": index,
-                "payload": statement.SerializeToString(deterministic=True),
+                "consent_id": grant.token.consent_id,
+                "contributor_key_id": grant.token.contributor_key_id,
+                "idx": grant.index,
+                "payload": grant.token.statement.SerializeToString(deterministic=True),
                 "state": rules.GIVEN,
-                "not_before": token.not_before,
-                "not_after": token.not_after,
-                "nonce": nonce,
+                "not_before": grant.token.not_before,
+                "not_after": grant.token.not_after,
+                "nonce": grant.nonce,
             }
+            for grant in grants
         ],
     )
-    if statement.items.WhichOneof("selector") == "item_ids":
-        await conn.execute(
-            insert(models.ConsentItem),
-            [
-                {"consent_id": token.consent_id, "item_id": item_id}
-                for item_id in statement.items.item_ids.item_ids
-            ],
-        )
+    item_rows = [
+        {"consent_id": grant.token.consent_id, "item_id": item_id}
+        for grant, ids in zip(grants, named, strict=True)
+        for item_id in ids
+    ]
+    if item_rows:
+        await conn.execute(insert(models.ConsentItem), item_rows)
+
+
+async def _check_nonces(conn: AsyncConnection, grants: Sequence[Grant]) -> None:
+    """A member never uses a nonce twice, within these grants or with an earlier token."""
+    pairs = [(grant.token.contributor_key_id, grant.nonce) for grant in grants]
+    if len(set(pairs)) != len(pairs):
+        raise AlreadyExistsError("DUPLICATE_NONCE", "you used this nonce in another token")
+    by_member: dict[str, list[bytes]] = {}
+    for member, nonce in pairs:
+        by_member.setdefault(member, []).append(nonce)
+    table = models.ConsentRow
+    for member, nonces in by_member.items():
+        for start in range(0, len(nonces), 500):
+            # member = ? AND nonce IN (...): the unique (member, nonce) index answers it; a
+            # (member, nonce) IN (VALUES ...) form made SQLite scan the table.
+            clash = (
+                await conn.execute(
+                    select(table.consent_id).where(
+                        table.contributor_key_id == member,
+                        table.nonce.in_(nonces[start : start + 500]),
+                    )
+                )
+            ).first()
+            if clash is not None:
+                raise AlreadyExistsError("DUPLICATE_NONCE", "you used this nonce in another token")
 
 
 async def consent(conn: AsyncConnection, consent_id: str) -> ConsentEntry | None:

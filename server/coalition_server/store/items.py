@@ -61,18 +61,34 @@ def data_key_associated_data(item_id: str, contributor_key_id: str) -> bytes:
     return f"item={item_id};contributor={contributor_key_id}".encode()
 
 
-async def insert_item(conn: AsyncConnection, record: ItemRecord) -> None:
-    """Insert a registration inside the sequencer's transaction."""
-    exists = (
-        await conn.execute(
-            select(models.ItemRow.item_id).where(models.ItemRow.item_id == record.item_id)
-        )
-    ).first()
-    if exists is not None:
+async def insert_items(conn: AsyncConnection, records: Sequence[ItemRecord]) -> None:
+    """Insert registrations inside the sequencer's transaction, in bulk.
+
+    Content registered before, or twice in these records, is refused (ALREADY_EXISTS).
+    """
+    ids = [record.item_id for record in records]
+    known: str | None = None
+    seen: set[str] = set()
+    for item_id in ids:  # the same content twice in one request
+        if item_id in seen:
+            known = item_id
+            break
+        seen.add(item_id)
+    for start in range(0, len(ids), 500):
+        if known is not None:
+            break
+        known = (
+            await conn.execute(
+                select(models.ItemRow.item_id).where(
+                    models.ItemRow.item_id.in_(ids[start : start + 500])
+                )
+            )
+        ).scalar()
+    if known is not None:
         raise AlreadyExistsError(
             "ITEM_ALREADY_REGISTERED",
             "you registered this content already",
-            {"item_id": record.item_id},
+            {"item_id": known},
         )
     await conn.execute(
         insert(models.ItemRow),
@@ -86,13 +102,14 @@ async def insert_item(conn: AsyncConnection, record: ItemRecord) -> None:
                 "state": record.state,
                 "registration_idx": record.registration_index,
             }
+            for record in records
         ],
     )
-    if record.tags:
-        await conn.execute(
-            insert(models.ItemTag),
-            [{"item_id": record.item_id, "tag": tag} for tag in sorted(record.tags)],
-        )
+    tags = [
+        {"item_id": record.item_id, "tag": tag} for record in records for tag in sorted(record.tags)
+    ]
+    if tags:
+        await conn.execute(insert(models.ItemTag), tags)
 
 
 async def load_items(conn: AsyncConnection, item_ids: Iterable[str]) -> dict[str, ItemRecord]:

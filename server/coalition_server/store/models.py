@@ -373,6 +373,9 @@ class BallotRow(Base):
     idx: Mapped[int] = mapped_column(
         BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED")
     )
+    # The ballot's reasons (norm ids, kebab-case), space-separated in ascending order: the
+    # result's tally by reason is drawn from these.
+    reasons: Mapped[str] = mapped_column(Text, server_default="")
 
 
 class PayoutLineRow(Base):
@@ -421,3 +424,34 @@ class ConsentExclusion(Base):
     member_key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     lab_key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     idx: Mapped[int] = mapped_column(BigInt)
+
+
+# --- disputes -----------------------------------------------------------------------------
+
+
+class DisputeRow(Base):
+    """A covered member's dispute about an agreement, and its lab's response."""
+
+    __tablename__ = "disputes"
+
+    dispute_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    agreement_id: Mapped[str] = mapped_column(String(32), ForeignKey("agreements.agreement_id"))
+    lab_key_id: Mapped[str] = mapped_column(String(64))
+    member_key_id: Mapped[str] = mapped_column(String(64))
+    # Unique: one statement per ledger index; it also orders the unfiltered listing.
+    idx: Mapped[int] = mapped_column(
+        BigInt, ForeignKey("log_entries.idx", deferrable=True, initially="DEFERRED"), unique=True
+    )
+    filed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The signed Dispute, a serialised coalition.v1.Envelope, served verbatim.
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    # Set when the lab answers (once), with its signed DisputeResponse envelope.
+    response_idx: Mapped[int | None] = mapped_column(BigInt, nullable=True)
+    responded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    response_envelope: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+    __table_args__ = (
+        Index("ix_disputes_agreement_idx", "agreement_id", "idx"),
+        Index("ix_disputes_lab_idx", "lab_key_id", "idx"),
+        Index("ix_disputes_member_idx", "member_key_id", "idx"),
+    )

@@ -173,21 +173,28 @@ async def ratifications_closed(conn: AsyncConnection, now: datetime) -> list[str
     return [row.negotiation_id for row in rows]
 
 
-async def ballots(conn: AsyncConnection, negotiation_id: str) -> dict[str, tuple[bool, int]]:
-    """member -> (approve, item count) for every ballot cast in a negotiation."""
+@dataclass(frozen=True)
+class Vote:
+    """One member's ballot as counted: the vote, their covered items, and their reasons."""
+
+    approve: bool
+    items: int
+    reasons: tuple[str, ...] = ()
+
+
+async def ballots(conn: AsyncConnection, negotiation_id: str) -> dict[str, Vote]:
+    """member -> their vote, for every ballot cast in a negotiation."""
     rows = await conn.execute(
         select(models.BallotRow).where(models.BallotRow.negotiation_id == negotiation_id)
     )
-    return {row.member_key_id: (bool(row.approve), row.item_count) for row in rows}
+    return {
+        row.member_key_id: Vote(bool(row.approve), row.item_count, tuple(row.reasons.split()))
+        for row in rows
+    }
 
 
 async def record_ballot(
-    conn: AsyncConnection,
-    negotiation_id: str,
-    member: str,
-    approve: bool,
-    items: int,
-    index: int,
+    conn: AsyncConnection, negotiation_id: str, member: str, vote: Vote, index: int
 ) -> None:
     """Insert a ballot."""
     await conn.execute(
@@ -196,8 +203,10 @@ async def record_ballot(
             {
                 "negotiation_id": negotiation_id,
                 "member_key_id": member,
-                "approve": approve,
-                "item_count": items,
+                "approve": vote.approve,
+                "item_count": vote.items,
+                # Norm ids are kebab-case: a space never occurs in one.
+                "reasons": " ".join(vote.reasons),
                 "idx": index,
             }
         ],

@@ -6,16 +6,25 @@ the previous batch commits; each batch is ONE database transaction that
 
 1. locks the tree head (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so any
    number of server processes extend one tree, in one order;
-2. for each group, in a savepoint: checks its idempotency key and duplicate statements and
+2. reads, in one query each, which of the batch's request_ids were answered before and which
+   of its statements are in the ledger already (per-statement queries were most of the cost of
+   a large batch);
+3. for each group, in a savepoint: checks its idempotency key and duplicate statements and
    runs each statement's domain effect, which may refuse it (DomainError: the whole group is
    rolled back and consumes no index) or add follow-up statements (e.g. the coalition's notices
-   for a withdrawal) that are appended right after it, in the same group;
-3. writes leaves, subject index rows and the new perfect-subtree hashes, signs and stores a
+   for a withdrawal) that are appended right after it, in the same group; then the group's own
+   effect, if any, which records the whole group at once (bulk writes for a batch of tokens).
+   Each entry row is written before its effect runs;
+4. writes subject index rows and the new perfect-subtree hashes, signs and stores a
    checkpoint, and moves the head.
 
 Only after the commit returns are callers answered, each with receipts (index, checkpoint,
 inclusion proof computed from the batch's own nodes, no extra reads). If the commit fails,
 nobody is answered with success: nothing acknowledged is ever lost.
+
+The sequencer reports its work (append latency, committed batches) to an optional
+:class:`SequencerMetrics` observer passed in by the server; the store itself does not depend
+on a metrics library.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import cached_property
+from typing import Any, Protocol
 
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -68,6 +79,25 @@ follow-up submissions to append right after it (they may have effects of their o
 """
 
 
+@dataclass
+class GroupContext:
+    """What a group's own effect sees: the open transaction, the batch time, the shared memo,
+    and the index each of the group's submissions got (in the group's order)."""
+
+    conn: AsyncConnection
+    indices: tuple[int, ...]
+    integrated_time: datetime
+    memo: dict[str, Any]
+
+
+GroupEffect = Callable[[GroupContext], Awaitable[None]]
+"""A group's effect, run after its statements' own effects, inside the same savepoint.
+
+It records the group in bulk (one query for a thousand tokens instead of a thousand) and may
+raise DomainError to refuse the whole group. It cannot add follow-up statements.
+"""
+
+
 @dataclass(frozen=True)
 class IdempotencyKey:
     """Identifies a mutation so a retry returns the first answer."""
@@ -87,6 +117,11 @@ class Submission:
     subjects: tuple[str, ...] = ()
     effect: Effect | None = None
 
+    @cached_property
+    def statement_hash(self) -> bytes:
+        """SHA-256 of the signed bytes (computed once: the batch's prefetch needs it too)."""
+        return statement_hash(self.envelope)
+
 
 Respond = Callable[[Sequence[ledger_pb2.Receipt]], bytes]
 """Builds the serialised response of a group from its receipts (in append order)."""
@@ -99,6 +134,7 @@ class Group:
     submissions: tuple[Submission, ...]
     respond: Respond
     idempotency: IdempotencyKey | None = None
+    effect: GroupEffect | None = None
 
 
 @dataclass(frozen=True)
@@ -137,9 +173,29 @@ class _Batch:
     failures: list[tuple[_Pending, BaseException]] = field(default_factory=list)
 
 
+@dataclass
+class _Known:
+    """What the batch's prefetch found: answered request_ids, and statement hashes asked
+    about (``checked``) with those already in the ledger (``logged``)."""
+
+    answered: dict[tuple[str, str], bytes]
+    checked: set[bytes]
+    logged: set[bytes]
+
+
 def statement_hash(envelope: dsse.Envelope) -> bytes:
     """SHA-256 of the signed bytes of a statement: equal statements are one statement."""
     return hashlib.sha256(dsse.pae(envelope.payload_type, envelope.payload)).digest()
+
+
+class SequencerMetrics(Protocol):
+    """What the sequencer reports (implemented by coalition_server.metrics)."""
+
+    def append_acknowledged(self, seconds: float) -> None:
+        """A group was acknowledged ``seconds`` after it was submitted."""
+
+    def batch_committed(self, statements: int, tree_size: int) -> None:
+        """A batch appending ``statements`` committed; the tree has ``tree_size`` entries."""
 
 
 class Sequencer:
@@ -152,8 +208,10 @@ class Sequencer:
         *,
         max_batch: int = 1024,
         max_queue: int = 100_000,
+        metrics: SequencerMetrics | None = None,
     ) -> None:
         self._db = database
+        self._metrics = metrics
         self._signer = signer
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
@@ -185,11 +243,15 @@ class Sequencer:
         if self._task is None:
             raise UnavailableError("SEQUENCER_STOPPED", "the server is shutting down")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        submitted = time.perf_counter()
         try:
             self._queue.put_nowait(_Pending(group, future))
         except asyncio.QueueFull:
             raise UnavailableError("SEQUENCER_BUSY", "too many appends queued; retry") from None
-        return await future
+        result = await future
+        if self._metrics is not None:
+            self._metrics.append_acknowledged(time.perf_counter() - submitted)
+        return result
 
     async def submit_one(
         self,
@@ -273,22 +335,24 @@ class Sequencer:
             old_frontier_ids = CompactRange.frontier_ids(head.size)
             nodes: dict[NodeId, bytes] = dict(zip(old_frontier_ids, frontier.hashes, strict=True))
             integrated_time = max(utcnow(), as_utc(head.last_integrated_time))
-            stamp = to_timestamp(integrated_time)
             memo: dict[str, Any] = {}
             seen_keys: set[tuple[str, str]] = set()
             seen_statements: set[bytes] = set()
+            known = await self._prefetch(conn, batch)
             for pending in batch:
                 group = pending.group
                 key = group.idempotency
                 memo_before = dict(memo)
                 try:
-                    if key is not None and await self._check_request_id(conn, key, seen_keys):
+                    if key is not None and self._check_request_id(key, known, seen_keys):
                         outcome.replays.append((pending, key))
                         continue
                     apply = self._apply_group(
-                        conn, group, frontier.size, integrated_time, memo, seen_statements
+                        conn, group, frontier.size, integrated_time, memo, seen_statements, known
                     )
-                    if any(sub.effect is not None for sub in group.submissions):
+                    if group.effect is not None or any(
+                        sub.effect is not None for sub in group.submissions
+                    ):
                         # Effects write: a refused group must leave nothing behind.
                         async with conn.begin_nested():
                             leaves = await apply
@@ -299,12 +363,8 @@ class Sequencer:
                     memo.update(memo_before)  # forget what the refused group's effects noted
                     outcome.failures.append((pending, exc))
                     continue
-                # The group is in: give its leaves their hashes and grow the tree.
+                # The group is in: grow the tree.
                 for item in leaves:
-                    item.leaf = ledger_pb2.LedgerLeaf(
-                        integrated_time=stamp, envelope=item.submission.envelope.to_proto()
-                    ).SerializeToString(deterministic=True)
-                    item.leaf_hash = merkle.leaf_hash(item.leaf)
                     nodes.update(frontier.append(item.leaf_hash))
                     seen_statements.add(item.statement_hash)
                 if key is not None:
@@ -355,6 +415,8 @@ class Sequencer:
                 await conn.execute(insert(models.IdempotentResponse), idempotent_rows)
         # Committed: from here on every accepted append is durable and may be acknowledged.
         self._frontier = frontier
+        if self._metrics is not None:
+            self._metrics.batch_committed(len(all_leaves), frontier.size)
         for accepted, result in zip(outcome.accepted, results, strict=True):
             accepted.pending.future.set_result(result)
         return outcome
@@ -367,93 +429,55 @@ class Sequencer:
         integrated_time: datetime,
         memo: dict[str, Any],
         seen_statements: set[bytes],
+        known: _Known,
     ) -> list[_Leaf]:
-        """Run the group's effects in order (follow-ups right after their parent)."""
+        """Run the group's effects in order (follow-ups right after their parent), then the
+        group's own effect."""
         leaves: list[_Leaf] = []
+        unwritten: list[_Leaf] = []
         in_group: set[bytes] = set()
-        todo = list(group.submissions)
+        own_indices: list[int] = []
+        stamp = to_timestamp(integrated_time)
+        todo = [(submission, True) for submission in group.submissions]
         while todo:
-            submission = todo.pop(0)
-            digest = statement_hash(submission.envelope)
+            submission, own = todo.pop(0)
+            digest = submission.statement_hash
             if digest in in_group:
                 raise AlreadyExistsError(
                     "DUPLICATE_STATEMENT", "the same statement appears twice in one request"
                 )
-            await self._check_new_statement(conn, digest, seen_statements)
+            await self._check_new_statement(conn, digest, seen_statements, known)
             in_group.add(digest)
             index = next_index + len(leaves)
-            leaves.append(_Leaf(index, submission, b"", b"", digest))
+            leaf = ledger_pb2.LedgerLeaf(
+                integrated_time=stamp, envelope=submission.envelope.to_proto()
+            ).SerializeToString(deterministic=True)
+            leaves.append(_Leaf(index, submission, leaf, merkle.leaf_hash(leaf), digest))
+            unwritten.append(leaves[-1])
+            if own:
+                own_indices.append(index)
             if submission.effect is not None:
+                await self._write_entries(conn, unwritten, integrated_time)
                 context = EffectContext(conn, index, integrated_time, memo)
                 follow_ups = await submission.effect(context)
                 if follow_ups:
-                    todo[0:0] = list(follow_ups)
+                    todo[0:0] = [(follow_up, False) for follow_up in follow_ups]
+        await self._write_entries(conn, unwritten, integrated_time)
+        if group.effect is not None:
+            await group.effect(GroupContext(conn, tuple(own_indices), integrated_time, memo))
         return leaves
 
-    async def _load_frontier(
-        self, conn: AsyncConnection, size: int, root_hash: bytes
-    ) -> CompactRange:
-        cached = self._frontier
-        if cached is not None and cached.size == size and cached.root() == root_hash:
-            return cached.copy()
-        # Another replica moved the head (or we just started): read its right edge.
-        ids = CompactRange.frontier_ids(size)
-        hashes = await read_nodes(conn, ids)
-        frontier = CompactRange(size, [hashes[node] for node in ids])
-        if frontier.root() != root_hash:
-            raise RuntimeError("stored tree nodes do not match the tree head")
-        return frontier
-
-    async def _check_request_id(
-        self, conn: AsyncConnection, key: IdempotencyKey, seen: set[tuple[str, str]]
-    ) -> bool:
-        """True when this request_id was already answered (the caller gets that answer)."""
-        if (key.caller_key_id, key.request_id) in seen:
-            # A concurrent duplicate in this very batch: answer it after the commit.
-            return True
-        row = (
-            await conn.execute(
-                select(models.IdempotentResponse.request_digest).where(
-                    models.IdempotentResponse.caller_key_id == key.caller_key_id,
-                    models.IdempotentResponse.request_id == key.request_id,
-                )
-            )
-        ).one_or_none()
-        if row is None:
-            return False
-        if row.request_digest != key.request_digest:
-            raise AlreadyExistsError(
-                "REQUEST_ID_REUSED",
-                "this request_id was already used for a different request",
-                {"request_id": key.request_id},
-            )
-        return True
-
-    async def _check_new_statement(
-        self, conn: AsyncConnection, digest: bytes, seen: set[bytes]
+    async def _write_entries(
+        self, conn: AsyncConnection, leaves: list[_Leaf], integrated_time: datetime
     ) -> None:
-        exists = (
-            digest in seen
-            or (
-                await conn.execute(
-                    select(models.LogEntry.idx).where(models.LogEntry.statement_hash == digest)
-                )
-            ).first()
-            is not None
-        )
-        if exists:
-            raise AlreadyExistsError(
-                "DUPLICATE_STATEMENT", "this exact signed statement is already in the ledger"
-            )
+        """Insert the entry rows of ``leaves`` (then forget them).
 
-    async def _write(
-        self,
-        conn: AsyncConnection,
-        leaves: list[_Leaf],
-        nodes: dict[NodeId, bytes],
-        old_size: int,
-        integrated_time: datetime,
-    ) -> None:
+        Entries go in before the rows their effects write: the effects' rows point at them
+        (deferred foreign keys), and SQLite checks each entry inserted while such pointers
+        are outstanding against every referring table, a scan per entry without an index.
+        """
+        if not leaves:
+            return
         await conn.execute(
             insert(models.LogEntry),
             [
@@ -469,6 +493,99 @@ class Sequencer:
                 for item in leaves
             ],
         )
+        leaves.clear()
+
+    async def _load_frontier(
+        self, conn: AsyncConnection, size: int, root_hash: bytes
+    ) -> CompactRange:
+        cached = self._frontier
+        if cached is not None and cached.size == size and cached.root() == root_hash:
+            return cached.copy()
+        # Another replica moved the head (or we just started): read its right edge.
+        ids = CompactRange.frontier_ids(size)
+        hashes = await read_nodes(conn, ids)
+        frontier = CompactRange(size, [hashes[node] for node in ids])
+        if frontier.root() != root_hash:
+            raise RuntimeError("stored tree nodes do not match the tree head")
+        return frontier
+
+    async def _prefetch(self, conn: AsyncConnection, batch: Sequence[_Pending]) -> _Known:
+        """One query for the batch's request_ids, one per 500 of its statements."""
+        keys = {
+            (key.caller_key_id, key.request_id)
+            for pending in batch
+            if (key := pending.group.idempotency) is not None
+        }
+        answered: dict[tuple[str, str], bytes] = {}
+        wanted = sorted(keys)
+        for start in range(0, len(wanted), 500):
+            table = models.IdempotentResponse
+            rows = await conn.execute(
+                select(table.caller_key_id, table.request_id, table.request_digest).where(
+                    tuple_(table.caller_key_id, table.request_id).in_(wanted[start : start + 500])
+                )
+            )
+            answered.update({(r.caller_key_id, r.request_id): r.request_digest for r in rows})
+        checked = sorted(
+            {sub.statement_hash for pending in batch for sub in pending.group.submissions}
+        )
+        logged: set[bytes] = set()
+        for start in range(0, len(checked), 500):
+            rows = await conn.execute(
+                select(models.LogEntry.statement_hash).where(
+                    models.LogEntry.statement_hash.in_(checked[start : start + 500])
+                )
+            )
+            logged.update(row.statement_hash for row in rows)
+        return _Known(answered, set(checked), logged)
+
+    def _check_request_id(
+        self, key: IdempotencyKey, known: _Known, seen: set[tuple[str, str]]
+    ) -> bool:
+        """True when this request_id was already answered (the caller gets that answer)."""
+        if (key.caller_key_id, key.request_id) in seen:
+            # A concurrent duplicate in this very batch: answer it after the commit.
+            return True
+        digest = known.answered.get((key.caller_key_id, key.request_id))
+        if digest is None:
+            return False
+        if digest != key.request_digest:
+            raise AlreadyExistsError(
+                "REQUEST_ID_REUSED",
+                "this request_id was already used for a different request",
+                {"request_id": key.request_id},
+            )
+        return True
+
+    async def _check_new_statement(
+        self, conn: AsyncConnection, digest: bytes, seen: set[bytes], known: _Known
+    ) -> None:
+        if digest in known.checked:
+            exists = digest in seen or digest in known.logged
+        else:  # a follow-up statement, made during this batch: ask the database
+            exists = (
+                digest in seen
+                or (
+                    await conn.execute(
+                        select(models.LogEntry.idx).where(models.LogEntry.statement_hash == digest)
+                    )
+                ).first()
+                is not None
+            )
+        if exists:
+            raise AlreadyExistsError(
+                "DUPLICATE_STATEMENT", "this exact signed statement is already in the ledger"
+            )
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        leaves: list[_Leaf],
+        nodes: dict[NodeId, bytes],
+        old_size: int,
+        integrated_time: datetime,
+    ) -> None:
+        # The entries themselves are in already (written as their groups were applied).
         subject_rows = [
             {"subject": subject, "idx": item.index}
             for item in leaves

@@ -1,0 +1,152 @@
+"""The sequencer's batch contract, on both databases: prefetched duplicate and request_id
+checks, entry rows written before the effects that point at them, and group effects."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Sequence
+
+import pytest
+from sqlalchemy import func, select
+
+from coalition import statements
+from coalition.keys import SigningKey
+from coalition.v1 import items_pb2, ledger_pb2
+from coalition_server.domain.errors import AlreadyExistsError, FailedPreconditionError
+from coalition_server.server import CoalitionServer
+from coalition_server.store import models
+from coalition_server.store.sequencer import (
+    EffectContext,
+    Group,
+    GroupContext,
+    IdempotencyKey,
+    Sequencer,
+    Submission,
+)
+
+from ..integration.builders import now, ts
+
+
+def _statement(key: SigningKey) -> Submission:
+    registration = items_pb2.ItemRegistration(
+        commitment=hashlib.sha256(os.urandom(16)).digest(),
+        size_bytes=1,
+        media_type="text/plain",
+        created_time=ts(now()),
+        nonce=os.urandom(16),
+    )
+    return Submission(statements.sign_statement(registration, key), key.public_key.key_id)
+
+
+def _respond(receipts: Sequence[ledger_pb2.Receipt]) -> bytes:
+    return b"".join(receipt.index.to_bytes(8, "big") for receipt in receipts)
+
+
+def _sequencer(server: CoalitionServer) -> Sequencer:
+    return server.context.sequencer
+
+
+async def _entries(server: CoalitionServer) -> int:
+    async with server.context.database.reader.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(models.LogEntry))).scalar_one()
+
+
+async def test_effects_see_their_own_entry_and_a_group_effect_gets_every_index(
+    server: CoalitionServer,
+) -> None:
+    key = SigningKey.generate()
+    seen: dict[str, object] = {}
+
+    async def effect(ctx: EffectContext) -> None:
+        row = (
+            await ctx.conn.execute(
+                select(models.LogEntry.idx).where(models.LogEntry.idx == ctx.index)
+            )
+        ).one_or_none()
+        seen["own entry"] = row is not None
+
+    async def group_effect(ctx: GroupContext) -> None:
+        rows = await ctx.conn.execute(
+            select(models.LogEntry.idx).where(models.LogEntry.idx.in_(ctx.indices))
+        )
+        seen["indices"] = ctx.indices
+        seen["rows"] = sorted(row.idx for row in rows)
+
+    first = _statement(key)
+    group = Group(
+        (Submission(first.envelope, first.signer_key_id, effect=effect), _statement(key)),
+        _respond,
+        effect=group_effect,
+    )
+    result = await _sequencer(server).submit(group)
+    indices = tuple(receipt.index for receipt in result.receipts)
+    assert seen == {"own entry": True, "indices": indices, "rows": list(indices)}
+    assert indices[1] == indices[0] + 1
+
+
+async def test_a_refusing_group_effect_leaves_nothing_behind(server: CoalitionServer) -> None:
+    key = SigningKey.generate()
+
+    async def refuse(ctx: GroupContext) -> None:
+        raise FailedPreconditionError("NO", "refused after the entries were written")
+
+    before = await _entries(server)
+    with pytest.raises(FailedPreconditionError):
+        await _sequencer(server).submit(
+            Group(tuple(_statement(key) for _ in range(3)), _respond, effect=refuse)
+        )
+    assert await _entries(server) == before
+    # The indices were not consumed: the next append takes the next free one.
+    result = await _sequencer(server).submit(Group((_statement(key),), _respond))
+    assert result.receipts[0].index == before
+
+
+async def test_duplicates_are_caught_within_a_batch_and_against_the_ledger(
+    server: CoalitionServer,
+) -> None:
+    key = SigningKey.generate()
+    sequencer = _sequencer(server)
+    logged = _statement(key)
+    await sequencer.submit(Group((logged,), _respond))
+    fresh = _statement(key)
+    await asyncio.sleep(0.1)  # let the sequencer finish counting the batch above
+    batches = server.sequencer_batches
+    # Queued together, so they land in one batch: the second copy of ``fresh`` and the
+    # already logged statement are refused, the first copy goes in.
+    outcomes = await asyncio.gather(
+        sequencer.submit(Group((fresh,), _respond)),
+        sequencer.submit(Group((fresh,), _respond)),
+        sequencer.submit(Group((_statement(key), logged), _respond)),
+        return_exceptions=True,
+    )
+    assert server.sequencer_batches == batches + 1
+    assert not isinstance(outcomes[0], BaseException)
+    for refused in outcomes[1:]:
+        assert isinstance(refused, AlreadyExistsError)
+        assert refused.reason == "DUPLICATE_STATEMENT"
+
+
+async def test_request_ids_are_answered_once_within_a_batch_and_across_batches(
+    server: CoalitionServer,
+) -> None:
+    key = SigningKey.generate()
+    sequencer = _sequencer(server)
+    request = IdempotencyKey(key.public_key.key_id, "req-1", "/test/Append", b"d" * 32)
+    statement = _statement(key)
+    before = await _entries(server)
+    first, again = await asyncio.gather(
+        sequencer.submit(Group((statement,), _respond, request)),
+        sequencer.submit(Group((statement,), _respond, request)),
+    )
+    assert again.response == first.response
+    assert await _entries(server) == before + 1
+    # A later retry gets the stored answer; the same id for other content is refused.
+    later = await sequencer.submit(Group((_statement(key),), _respond, request))
+    assert later.response == first.response
+    other = IdempotencyKey(key.public_key.key_id, "req-1", "/test/Append", b"e" * 32)
+    with pytest.raises(AlreadyExistsError) as reused:
+        await sequencer.submit(Group((_statement(key),), _respond, other))
+    assert reused.value.reason == "REQUEST_ID_REUSED"
+    assert await _entries(server) == before + 1
