@@ -1110,18 +1110,22 @@ class Assessment:
 
 def assess(
     norms: Sequence[norms_pb2.Norm],
-    declaration: terms_pb2.UseDeclaration,
+    declaration: terms_pb2.UseDeclaration | None,
     vocabulary: Vocabulary | None = None,
 ) -> Assessment:
     """Judge every norm of a token against a declaration. Hard norms never add to the
-    premium; a norm whose stance is neither hard nor priced raises NormError BAD_STANCE."""
+    premium; a norm whose stance is neither hard nor priced raises NormError BAD_STANCE.
+
+    ``None`` is terms without any declaration: they promise nothing about the use, so they
+    break every norm (a lab cannot escape members' values by declaring nothing).
+    """
     vocab = vocabulary or Vocabulary.load()
     hard: list[norms_pb2.Norm] = []
     priced: list[norms_pb2.Norm] = []
     for norm in norms:
         if norm.stance not in (HARD, PRICED):
             raise NormError(BAD_STANCE, "a norm is hard or priced", {"norm_id": norm.norm_id})
-        if breaks(norm, declaration, vocab):
+        if declaration is None or breaks(norm, declaration, vocab):
             (hard if norm.stance == HARD else priced).append(norm)
     premium = sum(norm.premium_per_item.micros for norm in priced)
     return Assessment(hard_broken=hard, priced_broken=priced, premium_micros=premium)

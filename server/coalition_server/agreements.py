@@ -8,6 +8,9 @@ for this lab under these terms, and the agreement names exactly those items.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition import dsse, merkle, statements
 from coalition.keys import PublicKey
@@ -34,6 +37,40 @@ def item_ids_root(item_ids: list[str]) -> bytes:
     return tree.root()
 
 
+async def check_consented(
+    conn: AsyncConnection, statement: access_pb2.Agreement, at: datetime
+) -> None:
+    """Every covered item exists and some GIVEN token of its member permits the agreement's
+    terms for its lab at ``at`` (``consent.permits``: purposes, floors, norms, exclusions).
+
+    Raises FailedPreconditionError ITEM_NOT_FOUND or ITEM_NOT_CONSENTED naming the item.
+    """
+    ids = list(statement.covered_item_ids)
+    found = await items.load_items(conn, ids)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise FailedPreconditionError(
+            "ITEM_NOT_FOUND", "a covered item does not exist", {"item_id": missing[0]}
+        )
+    tokens = await consents.given_tokens(
+        conn, {record.contributor_key_id for record in found.values()}
+    )
+    for item_id in ids:
+        record = found[item_id]
+        if not consents.consented_for(
+            record,
+            tokens[record.contributor_key_id],
+            statement.terms,
+            statement.lab_key_id,
+            at,
+        ):
+            raise FailedPreconditionError(
+                "ITEM_NOT_CONSENTED",
+                "a covered item is not consented for these terms",
+                {"item_id": item_id},
+            )
+
+
 @dataclass(frozen=True)
 class AgreementEffect:
     """Checks every covered item is consented for the lab under the terms; records it."""
@@ -45,30 +82,7 @@ class AgreementEffect:
         expiry = timestamp(self.statement.expiry_time, "expiry_time")
         if expiry <= ctx.integrated_time:
             raise FailedPreconditionError("AGREEMENT_EXPIRED", "the agreement has expired")
-        ids = list(self.statement.covered_item_ids)
-        found = await items.load_items(ctx.conn, ids)
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise FailedPreconditionError(
-                "ITEM_NOT_FOUND", "a covered item does not exist", {"item_id": missing[0]}
-            )
-        tokens = await consents.given_tokens(
-            ctx.conn, {record.contributor_key_id for record in found.values()}
-        )
-        for item_id in ids:
-            record = found[item_id]
-            if not consents.consented_for(
-                record,
-                tokens[record.contributor_key_id],
-                self.statement.terms,
-                self.statement.lab_key_id,
-                ctx.integrated_time,
-            ):
-                raise FailedPreconditionError(
-                    "ITEM_NOT_CONSENTED",
-                    "a covered item is not consented for these terms",
-                    {"item_id": item_id},
-                )
+        await check_consented(ctx.conn, self.statement, ctx.integrated_time)
         await access.record_agreement(
             ctx.conn, self.agreement_id, self.statement, ctx.index, expiry
         )

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition import dsse, statements
 from coalition.v1 import access_pb2, envelope_pb2, negotiation_pb2, terms_pb2
+from coalition_server import agreements
 from coalition_server.agreements import AgreementEffect
 from coalition_server.context import ServerContext
 from coalition_server.domain import bargaining, disputes, reservation
@@ -62,7 +63,13 @@ def policy_for(
 
 
 async def recheck(context: ServerContext, ctx: EffectContext, draft: access_pb2.Agreement) -> None:
-    """Refuse a deal below the reservation or the quorum as they stand now."""
+    """Refuse a deal below the reservation or the quorum as they stand now, or one covering
+    an item no longer consented for it (withdrawn, or only under norms the use breaks).
+
+    The last is what the agreement's own effect checks when it is logged; checking it here
+    first lets a deciding ballot end the deal instead of being refused with it.
+    """
+    await agreements.check_consented(ctx.conn, draft, ctx.integrated_time)
     terms = draft.terms
     bargaining.check_agreement(
         policy_for(context, terms),

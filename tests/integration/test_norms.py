@@ -98,6 +98,37 @@ async def test_a_hard_norm_keeps_items_out_and_a_priced_norm_collects_its_premiu
     assert covered == {i for m in (pacifist, plain, open_minded) for i in m.contents}
 
 
+async def test_terms_without_a_declaration_break_every_norm(
+    make_client: Callable[..., Client],
+) -> None:
+    # A lab that declares nothing promises nothing: the hard norm keeps its member out and
+    # the priced norm is still owed its premium (no escape from members' values by silence).
+    pacifist = await _member(
+        make_client,
+        "pacifist",
+        norms.make_norm("prohibited-use", norms_pb2.NORM_STANCE_HARD, {"domains": ["military"]}),
+    )
+    plain = await _member(make_client, "plain")
+    open_minded = await _member(
+        make_client,
+        "open",
+        norms.make_norm(
+            "model-release",
+            norms_pb2.NORM_STANCE_PRICED,
+            {"release": "open-weights"},
+            premium=terms_pb2.Money(currency_code="USD", micros=3 * USD),
+        ),
+    )
+    acme = await lab(make_client)
+    terms = builders.licence_terms(price=10 * USD)
+    assert not terms.HasField("declaration")
+    covered, price = await _covered(acme, terms)
+    assert not covered & set(pacifist.contents)
+    assert set(plain.contents) <= covered
+    assert set(open_minded.contents) <= covered
+    assert price >= 4 * USD  # floor (1) plus the premium (3) the silence owes
+
+
 async def test_bad_norms_and_declarations_are_refused(
     make_client: Callable[..., Client],
 ) -> None:

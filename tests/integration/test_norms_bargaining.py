@@ -128,6 +128,12 @@ async def test_the_what_if_equals_what_the_negotiation_covers(
     # ... and not a micro less.
     below = await open_negotiation(acme, licence(reservation - 1, military))
     assert below.negotiation.state == STATE.NEGOTIATION_STATE_OFFERED
+    # Every point of the curve, priced norms' premiums included, is what a deal at that
+    # price covers (each opening comes from a new lab: the first lab's deal is agreed).
+    for point in estimate.supply:
+        buyer = await lab(make_client, f"buyer at {point.price_per_item_micros}")
+        covered = await agreed_items(buyer, licence(point.price_per_item_micros, military))
+        assert covered == point.item_count, point
     # Each change, taken at the same price, brings in what the what-if said.
     for change in estimate.changes:
         covered = await agreed_items(acme, licence(reservation, change.declaration))
@@ -272,6 +278,12 @@ async def test_estimate_supply_is_for_labs(
     with pytest.raises(ServerError) as bad_terms:
         await acme.client.estimate_supply(no_purpose)
     assert bad_terms.value.reason == "MISSING_PURPOSES"
+    # Another currency than the coalition's is refused, as in an opening.
+    euros = licence(0, declaration())
+    euros.price_per_item.currency_code = "EUR"
+    with pytest.raises(ServerError) as bad_currency:
+        await acme.client.estimate_supply(euros)
+    assert bad_currency.value.reason == "BAD_CURRENCY"
     # An empty pool: nothing to show, and no error.
     empty = await acme.client.estimate_supply(terms)
     assert (list(empty.supply), empty.HasField("reservation_price_micros")) == ([], False)

@@ -797,7 +797,12 @@ def terminate(
 
 def vote(
     ctx: typer.Context,
-    negotiation_id: Annotated[str, typer.Argument(help="An agreement being ratified.")],
+    negotiation_id: Annotated[
+        str,
+        typer.Argument(
+            help="The negotiation whose agreement is being ratified (`coalition ratifications`)."
+        ),
+    ],
     approve: Annotated[
         bool | None,
         typer.Option("--approve/--reject", help="Approve or reject the agreement."),

@@ -437,8 +437,8 @@ class EstimateSupplyResponse(_message.Message):
     would be covered at it.
     """
     quorum_items: _builtins.int
-    """Items a deal on these terms must cover (the quorum); 0 when the eligible items have
-    fewer than minimum_group_size members.
+    """Items a deal on these terms must cover (the quorum). Always shown: it follows from the
+    policy and the eligible items, which the curve's last point shows.
     """
     covered_at_reservation: _builtins.int
     """Items covered at the reservation (0 when it is unset)."""

@@ -110,8 +110,10 @@ class NegotiationServicer:
         lab = call.require_role(LAB)
         terms = terms_pb2.LicenceTerms()
         terms.CopyFrom(request.terms)
-        # The price is ignored; a zero one lets the terms be checked as an opening's are.
-        terms.price_per_item.CopyFrom(terms_pb2.Money(currency_code=self._ctx.currency))
+        # The price is ignored; a zero one lets the terms be checked as an opening's are
+        # (a currency other than the coalition's is refused, as in an opening).
+        currency = request.terms.price_per_item.currency_code or self._ctx.currency
+        terms.price_per_item.CopyFrom(terms_pb2.Money(currency_code=currency))
         self._check_terms(terms)
         check_declaration(terms.declaration)  # required here: the what-if is about a use
         minimum = self._ctx.policy.catalogue.minimum_group_size

@@ -206,7 +206,9 @@ def norms_premium(token: Token, terms: terms_pb2.LicenceTerms) -> int | None:
     None when it breaks a hard norm (the token then never covers the use)."""
     if not token.statement.norms:
         return 0
-    assessment = norms.assess(token.statement.norms, terms.declaration)
+    # Terms without a declaration promise nothing: they break every norm.
+    declared = terms.declaration if terms.HasField("declaration") else None
+    assessment = norms.assess(token.statement.norms, declared)
     return assessment.premium_micros if assessment.admissible else None
 
 

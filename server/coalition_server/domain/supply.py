@@ -12,7 +12,8 @@ K-anonymity, as in the catalogue: nothing is shown about fewer than ``minimum_gr
 members. A point of the curve is shown only when the items it adds over the last shown
 point belong to that many members (so no difference of two points isolates a smaller
 group); a declaration change only when the items it brings in or loses do; the reservation
-and quorum only when the items covered at the reservation do.
+only when the items covered at it do. The quorum is always shown: it follows from the policy
+and the number of eligible items, which the curve's last point shows anyway.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class Estimate:
     """The reservation the coalition would apply now; None when no price reaches the
     quorum, or when it is hidden (too few members)."""
     quorum_items: int
-    """Items a deal must cover (0 when hidden)."""
+    """Items a deal must cover under the policy (always shown: see the module)."""
     covered_at_reservation: int
     """Items the reservation covers (0 when there is none)."""
     changes: list[Change]
