@@ -59,13 +59,16 @@ def _sqlite_pragmas(immediate: bool):  # type: ignore[no-untyped-def]
 
 def _make_engine(url: URL, *, writer: bool, pool_size: int) -> AsyncEngine:
     if is_sqlite(url):
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+        # hide_parameters: an error's text never carries row values (statements, key
+        # material, ciphertext) into logs.
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, hide_parameters=True)
         on_connect, on_begin = _sqlite_pragmas(immediate=writer)
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
         return engine
     return create_async_engine(
         url,
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=True,
