@@ -1,0 +1,78 @@
+"""Baseline: bare gRPC unary echo calls per second between two processes.
+
+A tiny grpc.aio server (a generic handler, raw bytes, no protobuf, no auth, no database)
+runs in a subprocess; the bench process keeps :data:`CONCURRENCY` calls in flight, one
+channel per caller, as the negotiation figure does with its labs. The Coalition server is
+grpc.aio Python too, so this is the ceiling of any unary RPC it serves on this machine.
+
+Run as ``python -m bench.baselines.echo`` it is the echo server: it prints ``port N``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import grpc
+
+from bench.harness import Benchmark, Context, DbKind, Figure, run_for, subprocess_with_port
+
+NAME = "echo"
+METHOD = "/bench.Echo/Echo"
+CONCURRENCY = 32
+"""Calls in flight: the same as the negotiation figure's negotiations at once."""
+PAYLOAD = os.urandom(512)
+"""About the size of a signed negotiation move."""
+
+
+async def _echo(request: bytes, _context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return request
+
+
+async def serve() -> None:
+    """Serve the echo method on 127.0.0.1, port 0, until terminated."""
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"port {port}", flush=True)
+    await server.wait_for_termination()
+
+
+async def measure(ctx: Context, _db: DbKind | None) -> list[Figure]:
+    """Echo calls per second with CONCURRENCY callers for a fixed time."""
+    seconds = ctx.pick_seconds(1.5, 10.0)
+    log = ctx.fresh_dir("echo") / "echo.log"
+    with subprocess_with_port([sys.executable, "-m", "bench.baselines.echo"], log) as (_, port):
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(CONCURRENCY)]
+        stubs: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+            channel.unary_unary(METHOD) for channel in channels
+        ]
+        try:
+
+            async def call(worker: int) -> None:
+                await stubs[worker](PAYLOAD, timeout=10)
+
+            await run_for(min(1.0, seconds / 3), CONCURRENCY, call)  # warm-up: connections
+            calls, elapsed = await run_for(seconds, CONCURRENCY, call)
+        finally:
+            await asyncio.gather(*(channel.close() for channel in channels))
+    return [
+        Figure(
+            NAME,
+            "gRPC echo, 32 in flight",
+            calls / elapsed,
+            "calls/s",
+            details={"calls": calls, "seconds": round(elapsed, 3), "concurrency": CONCURRENCY},
+        )
+    ]
+
+
+BENCHMARK = Benchmark(NAME, "baseline", per_db=False, run=measure)
+
+if __name__ == "__main__":
+    asyncio.run(serve())

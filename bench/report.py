@@ -1,0 +1,81 @@
+"""``python -m bench.report results.json``: a results JSON as the Markdown table of
+docs/benchmarks.md (so the page is filled from a run, not by hand)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _target(figure: dict[str, Any]) -> str:
+    parts = []
+    if figure["target"]:
+        parts.append(f"{figure['target']['op']} {figure['target']['bound']:g}")
+    if figure["ratio_target"]:
+        target = figure["ratio_target"]
+        parts.append(f"ratio {target['op']} {target['bound']:g}")
+    return "; ".join(parts).replace(">=", "≥").replace("<=", "≤")
+
+
+def _met(figure: dict[str, Any]) -> str:
+    if figure["status"] != "measured":
+        return str(figure["status"])
+    if figure["met"] is None:
+        return "baseline" if not figure["baseline"] else ""
+    return "**yes**" if figure["met"] else "no"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table: figure, db, value, target, met, ratio to baseline, note."""
+    lines = [
+        "| figure | db | value | target | met | vs baseline | note |",
+        "|---|---|--:|---|---|---|---|",
+    ]
+    for figure in report["figures"]:
+        value = _number(figure["value"])
+        if figure["value"] is not None:
+            value += f" {figure['unit']}"
+        ratio = ""
+        if figure["baseline"] and figure["ratio"] is not None:
+            ratio = f"{figure['ratio']:.3f} × {figure['baseline']}"
+        row = [
+            figure["title"],
+            figure["db"] or "",
+            value,
+            _target(figure),
+            _met(figure),
+            ratio,
+            figure["note"].replace("|", "\\|"),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    git = report["git"]
+    commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git["dirty"] else "")
+    machine = report["machine"]
+    lines.append("")
+    lines.append(
+        f"Scale {report['scale']}, commit {commit}, {machine['cpus']} × {machine['cpu_model']}, "
+        f"load average at start {machine.get('load_average')}, {report['seconds']:.0f} s."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table of the JSON file named on the command line."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.report RESULTS.json", file=sys.stderr)
+        return 2
+    print(markdown(json.loads(Path(args[0]).read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

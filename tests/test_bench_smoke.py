@@ -1,0 +1,74 @@
+"""The benchmark runner works: `python -m bench --scale smoke` runs every implemented figure
+and baseline and writes them all to JSON. Nothing here asserts a speed (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import PG_URL, PROJECT_ROOT, REQUIRE_PG, _pg_unreachable_reason
+
+MEASURED = {
+    "echo": None,
+    "ed25519": None,
+    "pymerkle-inclusion": None,
+    "pymerkle-consistency": None,
+    "sql-insert": "db",
+    "ingest": "db",
+    "appends": "db",
+    "appends-p99": "db",
+    "propagation": "db",
+    "negotiation": "db",
+    "fetch": "db",
+}
+"""Every figure the runner measures, and whether it is per database."""
+NOT_IMPLEMENTED = {"proofs", "audit", "memory"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_smoke_run_reports_every_figure(db: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COALITION_BENCH_PG_URL"}
+    if db == "postgres":
+        reason = _pg_unreachable_reason()
+        if reason:
+            if REQUIRE_PG:
+                pytest.fail(f"{reason} and COALITION_REQUIRE_PG=1")
+            pytest.skip(reason)
+        env["COALITION_BENCH_PG_URL"] = PG_URL  # scratch databases are created on it
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "smoke", "--db", db, "--json", str(out)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["scale"] == "smoke"
+    assert report["dbs"] == [db]
+    assert report["machine"]["cpus"]
+    assert "commit" in report["git"]
+    figures = {(f["key"], f["db"]): f for f in report["figures"]}
+    for key, per_db in MEASURED.items():
+        figure = figures[(key, db if per_db else None)]
+        assert figure["status"] == "measured", figure
+        assert figure["value"] is not None, figure
+        # A latency may truly be 0 ms (a notice can beat the acknowledgement); rates cannot.
+        assert figure["value"] > 0 or (figure["unit"] == "ms" and figure["value"] == 0), figure
+        assert figure["scale"] == "smoke"
+    for key in NOT_IMPLEMENTED:
+        figure = figures[(key, None)]
+        assert figure["status"] == "not implemented"
+        assert figure["value"] is None
+    ingest = figures[("ingest", db)]
+    assert ingest["baseline"] == "ed25519"
+    assert ingest["ratio"] > 0
+    assert figures[("negotiation", db)]["ratio"] > 0
