@@ -208,7 +208,7 @@ class CoalitionServer:
         """
         context = self.context
         now = utcnow()
-        async with context.database.reader.begin() as conn:
+        async with context.database.read_write.begin() as conn:
             # Rotation by age, then moving data keys off retired KEKs, then destruction.
             await retire_aged_keks(conn, now - self.settings.kek_max_age, now)
             return await destroy_retired_keks(
@@ -225,6 +225,11 @@ class CoalitionServer:
         await self._health.enter_graceful_shutdown()
         for task in self._background:
             task.cancel()
+        # Wait for them to unwind: a job cancelled mid-query still closes its connection,
+        # which needs the database (disposed below); an orphaned task would hang the loop's
+        # shutdown forever.
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
         if self._server is not None:
             await self._server.stop(grace)
         if self._sequencer is not None:

@@ -3,6 +3,7 @@ recorded in bulk, yet refused exactly as a token-by-token loop would refuse them
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import grpc
@@ -10,7 +11,7 @@ import pytest
 
 from coalition.client import Client, ServerError
 from coalition.statements import sign_statement
-from coalition.v1 import consent_pb2, envelope_pb2
+from coalition.v1 import consent_pb2, envelope_pb2, items_pb2
 from coalition_server.api.mutations import MAX_PAYLOAD_BYTES, PARALLEL_BATCH
 
 from . import builders
@@ -174,3 +175,18 @@ async def test_a_large_item_batch_is_recorded_in_bulk_and_refuses_repeated_conte
             "ITEM_ALREADY_REGISTERED",
         )
         assert await row_counts(db_url) == before
+
+
+async def test_concurrent_uploads_all_succeed(make_client: Callable[..., Client]) -> None:
+    # Each upload ends in a read-then-write transaction; on SQLite a deferred one failed
+    # with "database is locked" whenever another upload committed in between.
+    members = [await member(make_client, f"uploader {i}") for i in range(8)]
+    registered = [
+        await m.register([f"{i} {j}".encode() for j in range(3)]) for i, m in enumerate(members)
+    ]
+    await asyncio.gather(
+        *(m.upload(item_id) for m, ids in zip(members, registered, strict=True) for item_id in ids)
+    )
+    for m, ids in zip(members, registered, strict=True):
+        states = {item.item_id: item.state async for item in m.client.items()}
+        assert all(states[i] == items_pb2.ITEM_STATE_STORED for i in ids)

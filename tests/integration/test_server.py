@@ -180,3 +180,20 @@ async def test_stop_lets_in_flight_appends_finish_and_loses_none(settings: Setti
         assert {o.receipt.leaf_hash for o in acknowledged} <= stored
     finally:
         await restarted.stop()
+
+
+async def test_stop_leaves_no_background_job_running(settings: Settings) -> None:
+    # Background jobs (KEK retention, negotiation sweeps) run back to back here, so a stop
+    # usually lands mid-query. Each must have unwound before the database is disposed: a
+    # job left pending hangs the event loop's shutdown for ever.
+    fast = dataclasses.replace(
+        settings, negotiation_sweep_seconds=0.001, retention_check_seconds=0.001
+    )
+    for _ in range(5):
+        server = CoalitionServer(fast)
+        await server.start()
+        await asyncio.sleep(0.05)
+        await server.stop(grace=0.1)
+        jobs = {"kek-retention", "negotiation-deadlines", "metrics-refresh"}
+        left = [t for t in asyncio.all_tasks() if t.get_name() in jobs and not t.done()]
+        assert left == []

@@ -179,7 +179,7 @@ class ItemServicer:
     async def _finalise(self, record: store.ItemRecord, data_key: bytes, segments: int) -> None:
         """Store the wrapped data key, if the item is still uploadable (race-free)."""
         provider = self._ctx.key_provider
-        async with self._ctx.database.reader.begin() as conn:
+        async with self._ctx.database.read_write.begin() as conn:
             state = (
                 await conn.execute(
                     select(models.ItemRow.state).where(models.ItemRow.item_id == record.item_id)

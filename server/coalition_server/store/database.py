@@ -96,6 +96,17 @@ class Database:
         )
 
     @property
+    def read_write(self) -> AsyncEngine:
+        """The engine for short transactions that read, then write, outside the sequencer.
+
+        On SQLite that is the writer (BEGIN IMMEDIATE): a deferred transaction that read
+        first cannot take the write lock once another write has committed meanwhile
+        (SQLITE_BUSY at once; the busy timeout does not apply), so concurrent uploads
+        failed. On PostgreSQL it is the reader pool: row locks and MVCC need no such care.
+        """
+        return self.writer if self.is_sqlite else self.reader
+
+    @property
     def is_sqlite(self) -> bool:
         """Whether this is the embedded SQLite store."""
         return is_sqlite(self.url)
