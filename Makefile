@@ -34,12 +34,13 @@ RUN_MYPY = $(BIN)/mypy
 RUN_PYTEST = $(BIN)/pytest
 
 .PHONY: help venv install generate generate-if-missing check-generated serve test test-fast \
-        pytest lint format typecheck buf-lint node-deps bench clean distclean
+        pytest lint format typecheck buf-lint node-deps bench demo clean distclean
 
 help:
 	@echo "Coalition — make targets"
 	@echo "  make serve       set up, generate code, run coalition-server (SQLite default; ARGS=...)"
 	@echo "  make test        set up, then the whole suite: codegen staleness, lint, typecheck, pytest"
+	@echo "  make demo        set up, then play a whole coalition on a local server; report in demo-report/"
 	@echo "  make test-fast   pytest -m 'not slow' (PYTEST_ARGS=...)"
 	@echo "  make lint        ruff check + ruff format --check"
 	@echo "  make format      ruff check --fix + ruff format"
@@ -99,6 +100,11 @@ test: generate-if-missing node-deps
 	$(RUN_RUFF_FORMAT_CHECK)
 	$(RUN_MYPY)
 	$(RUN_PYTEST) $(PYTEST_ARGS)
+
+# The README's "Try it": a server on SQLite in a temporary directory, a coalition played end to
+# end through the SDK, a summary, and an HTML report with plots in demo-report/ (ARGS=...).
+demo: generate-if-missing
+	$(BIN)/coalition demo --report demo-report $(ARGS)
 
 # --- individual steps -----------------------------------------------------------------------
 

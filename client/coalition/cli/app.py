@@ -21,6 +21,7 @@ from coalition.cli import (
     strike,
 )
 from coalition.cli.common import DEFAULT_SERVER, Globals
+from coalition.demo import command as demo_command
 
 app = typer.Typer(
     name="coalition",
@@ -46,6 +47,7 @@ app.add_typer(strike.app, name="strike")
 app.add_typer(disputes.app, name="dispute")
 app.add_typer(norms.app, name="norms")
 app.command("join")(party.join)
+app.command("demo")(demo_command.demo)
 bargaining.register(app, lab.app)
 
 
