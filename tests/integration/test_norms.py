@@ -61,9 +61,9 @@ async def _covered(acme_client: Lab, terms: terms_pb2.LicenceTerms) -> tuple[set
     return set(draft.covered_item_ids), draft.terms.price_per_item.micros
 
 
-async def test_a_hard_norm_keeps_items_out_and_a_priced_norm_collects_its_premium(
-    make_client: Callable[..., Client],
-) -> None:
+async def _three_members(make_client: Callable[..., Client]) -> tuple[Member, Member, Member]:
+    """A pacifist (hard: no military use), a member without norms, and one who waives
+    closed weights for a premium of 3 USD; each with two items at a 1 USD floor."""
     pacifist = await _member(
         make_client,
         "pacifist",
@@ -80,6 +80,13 @@ async def test_a_hard_norm_keeps_items_out_and_a_priced_norm_collects_its_premiu
             premium=terms_pb2.Money(currency_code="USD", micros=3 * USD),
         ),
     )
+    return pacifist, plain, open_minded
+
+
+async def test_a_hard_norm_keeps_items_out_and_a_priced_norm_collects_its_premium(
+    make_client: Callable[..., Client],
+) -> None:
+    pacifist, plain, open_minded = await _three_members(make_client)
     acme = await lab(make_client)
     # A closed model for military use: the pacifist's items are never covered, whatever
     # the price; the open-weights member's are covered only once the premium is paid.
@@ -103,22 +110,7 @@ async def test_terms_without_a_declaration_break_every_norm(
 ) -> None:
     # A lab that declares nothing promises nothing: the hard norm keeps its member out and
     # the priced norm is still owed its premium (no escape from members' values by silence).
-    pacifist = await _member(
-        make_client,
-        "pacifist",
-        norms.make_norm("prohibited-use", norms_pb2.NORM_STANCE_HARD, {"domains": ["military"]}),
-    )
-    plain = await _member(make_client, "plain")
-    open_minded = await _member(
-        make_client,
-        "open",
-        norms.make_norm(
-            "model-release",
-            norms_pb2.NORM_STANCE_PRICED,
-            {"release": "open-weights"},
-            premium=terms_pb2.Money(currency_code="USD", micros=3 * USD),
-        ),
-    )
+    pacifist, plain, open_minded = await _three_members(make_client)
     acme = await lab(make_client)
     terms = builders.licence_terms(price=10 * USD)
     assert not terms.HasField("declaration")
