@@ -24,3 +24,17 @@ def test_every_error_reason_is_documented() -> None:
     assert len(raised) > 50  # the pattern still finds the server's errors
     missing = sorted(r for r in raised - INTERNAL if f"`{r}`" not in documented)
     assert missing == [], f"document these reasons in docs/protocol.md: {missing}"
+
+
+def test_the_threat_model_cites_tests_that_exist() -> None:
+    text = (ROOT / "docs" / "threat-model.md").read_text()
+    cited = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", text)
+    assert len(cited) > 20  # the pattern still finds the citations
+    missing = []
+    for path, name in cited:
+        source = ROOT / path
+        if not source.exists() or not re.search(
+            rf"^(?:async )?def {name}\(", source.read_text(), re.MULTILINE
+        ):
+            missing.append(f"{path}::{name}")
+    assert missing == [], f"docs/threat-model.md cites tests that do not exist: {missing}"
