@@ -23,7 +23,7 @@ from coalition.v1 import access_pb2, envelope_pb2, negotiation_pb2, terms_pb2
 from coalition_server import agreements
 from coalition_server.agreements import AgreementEffect
 from coalition_server.context import ServerContext
-from coalition_server.domain import bargaining, disputes, reservation
+from coalition_server.domain import bargaining, reservation
 from coalition_server.domain import negotiation as machine
 from coalition_server.domain.errors import (
     AlreadyExistsError,
@@ -280,11 +280,6 @@ def decide(
     if no > total - needed or closed:
         return False
     return None
-
-
-def check_ballot(ballot: negotiation_pb2.Ballot) -> None:
-    """Refuse a ballot whose reasons are not norm ids of the vocabulary, in order, once."""
-    disputes.check_ballot_reasons(ballot.reasons)
 
 
 @dataclass

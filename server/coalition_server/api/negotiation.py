@@ -28,7 +28,7 @@ from coalition_server.api.auth import Policy
 from coalition_server.api.dispatch import Call, rpc
 from coalition_server.api.mutations import decode_envelope, idempotency_key, signed_statement
 from coalition_server.context import ServerContext
-from coalition_server.domain import bargaining, reservation, supply
+from coalition_server.domain import bargaining, disputes, reservation, supply
 from coalition_server.domain import catalogue as pool_catalogue
 from coalition_server.domain import negotiation as machine
 from coalition_server.domain.consent import check_declaration, duration
@@ -285,7 +285,7 @@ class NegotiationServicer:
         key = idempotency_key(request, call)
         envelope, ballot = signed_statement(request, "ballot", negotiation_pb2.Ballot, call)
         _check_negotiation_id(ballot.negotiation_id)
-        deals.check_ballot(ballot)
+        disputes.check_ballot_reasons(ballot.reasons)
         effect = deals.CountBallot(self._ctx, member.key_id, ballot)
         result = await self._ctx.sequencer.submit(
             Group(
