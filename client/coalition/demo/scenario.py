@@ -110,8 +110,9 @@ SETTLE_TIMEOUT: Final = 30.0
 """Most seconds to wait for the last receipts before the audit goes ahead regardless."""
 EARNINGS_CHECKERS: Final = 5
 UPLOADS_AT_ONCE: Final = 1
-"""Uploads in flight at once. One: an upload writes outside the sequencer, and on SQLite it
-fails (UNAVAILABLE) when another write commits meanwhile; see :meth:`Play.upload`."""
+"""Uploads in flight at once. One: on SQLite every upload ends on the one writer connection,
+so more in flight only queue (measured: 16 s for 865 uploads at the members' concurrency
+against 10-13 s one at a time)."""
 MEDIA_TYPE: Final = "application/octet-stream"
 UPLOAD_ATTEMPTS: Final = 8
 
@@ -535,7 +536,7 @@ class Play:
                 await self.upload(member.connected(), item_id, content)
                 task.advance()
 
-            # Uploads write outside the sequencer: see upload() for why one at a time.
+            # One at a time: see UPLOADS_AT_ONCE.
             await bounded(UPLOADS_AT_ONCE, uploads, upload_one)
             size = sum(len(c) for _, _, c in uploads)
             retried = f", {self.upload_retries} retried" if self.upload_retries else ""
@@ -559,14 +560,8 @@ class Play:
             task.note(f"{with_norms} with norms beyond price")
 
     async def upload(self, client: Client, item_id: str, content: bytes) -> None:
-        """Upload one item, retrying while the server says UNAVAILABLE.
-
-        On SQLite, an upload that overlaps other writes can find the database locked (the
-        server stores the wrapped data key in a transaction that reads before it writes, and
-        SQLite refuses such an upgrade once another write committed): the server answers
-        UNAVAILABLE, "retry". So the demo uploads in a phase of its own, a few at a time,
-        and retries with a growing pause, as any client should.
-        """
+        """Upload one item, retrying with a growing pause while the server says UNAVAILABLE
+        (retryable by definition), as any client should."""
         for attempt in range(UPLOAD_ATTEMPTS):
             try:
                 await client.upload(item_id, content)
