@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import appends, fetch, ingest, negotiation, pending, propagation
+from bench import appends, audit, fetch, ingest, memory, negotiation, proofs, propagation
 from bench.baselines import echo, ed25519, pymerkle_proofs, sql_insert
 from bench.harness import (
     DEFAULT_PG_URL,
@@ -49,12 +49,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     pymerkle_proofs.BENCHMARK,
     ingest.BENCHMARK,
     appends.BENCHMARK,
-    pending.PROOFS,
-    pending.AUDIT,
+    proofs.BENCHMARK,
+    audit.BENCHMARK,
     propagation.BENCHMARK,
     negotiation.BENCHMARK,
     fetch.BENCHMARK,
-    pending.MEMORY,
+    memory.BENCHMARK,
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -131,11 +131,15 @@ async def _run_all(
         b for b in benchmarks if b.kind == "figure"
     ]
     figures: list[Figure] = []
+    async with ctx.resources:
+        await _run_ordered(ctx, ordered, dbs, figures)
+    return figures
+
+
+async def _run_ordered(
+    ctx: Context, ordered: Sequence[Benchmark], dbs: list[DbKind], figures: list[Figure]
+) -> None:
     for benchmark in ordered:
-        if benchmark.run is None:
-            if benchmark.placeholder is not None:
-                figures.append(benchmark.placeholder)
-            continue
         for db in dbs if benchmark.per_db else [None]:
             label = benchmark.name + (f" ({db})" if db else "")
             ctx.log(f"{label}: running")
@@ -160,7 +164,6 @@ async def _run_all(
                 if benchmark.kind == "baseline" and figure.value is not None:
                     ctx.baselines[(figure.key, figure.db)] = figure
             figures.extend(results)
-    return figures
 
 
 def _number(value: float | None) -> str:
@@ -176,9 +179,7 @@ def _table(figures: Sequence[Figure], scale: Scale) -> Table:
     for column in ("figure", "db", "value", "target", "met", "vs baseline", "note"):
         table.add_column(column, justify="right" if column == "value" else "left")
     for figure in figures:
-        if figure.status == "not implemented":
-            met = "[dim]not implemented[/dim]"
-        elif figure.status == "failed":
+        if figure.status == "failed":
             met = "[red]FAILED[/red]"
         elif figure.met is None:
             met = "baseline" if figure.target is None and figure.baseline is None else "—"

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 
 Scale = Literal["smoke", "full"]
 DbKind = Literal["sqlite", "postgres"]
-Status = Literal["measured", "not implemented", "failed"]
+Status = Literal["measured", "failed"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL_ENV = "COALITION_BENCH_PG_URL"
@@ -59,7 +59,7 @@ class Target:
 
 @dataclass
 class Figure:
-    """One measured number (or a row saying why there is none).
+    """One measured number (or a row saying why it failed).
 
     ``ratio`` is ``value`` divided by the same-run value of ``baseline`` (for a figure whose
     target is relative, ``ratio_target`` bounds it); ``details`` holds the supporting numbers
@@ -97,11 +97,6 @@ class Figure:
         data["met"] = self.met
         data["scale"] = scale
         return data
-
-
-def not_implemented(key: str, title: str, unit: str, target: Target | None, note: str) -> Figure:
-    """A row for a figure this runner does not measure yet (no number, never a fake one)."""
-    return Figure(key, title, None, unit, target=target, status="not implemented", note=note)
 
 
 # --- numbers --------------------------------------------------------------------------------
@@ -177,6 +172,9 @@ class Context:
     baselines: dict[tuple[str, DbKind | None], Figure] = field(default_factory=dict)
     profile_dir: Path | None = None
     """When set, every server under test is sampled by py-spy into a raw profile here."""
+    resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    """What several benchmarks share (the big ledger): closed when the run ends."""
+    shared: dict[Any, Any] = field(default_factory=dict)
 
     def pick(self, smoke: int, full: int) -> int:
         """A size by scale."""
@@ -259,6 +257,8 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     target: str
     log_path: Path
+    db_url: str
+    data_dir: Path
 
     @property
     def pid(self) -> int:
@@ -283,8 +283,11 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _start(db_url: str, data_dir: Path, extra: Sequence[str]) -> ServerProcess:
-    log_path = data_dir / "server.log"
+def start_server(
+    db_url: str, data_dir: Path, extra: Sequence[str] = (), log_name: str = "server.log"
+) -> ServerProcess:
+    """Start a ``coalition-server`` on an existing database and data directory (blocking)."""
+    log_path = data_dir / log_name
     # The log goes to a file, not a pipe: a pipe nobody drains would stall a chatty server.
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -312,7 +315,7 @@ def _start(db_url: str, data_dir: Path, extra: Sequence[str]) -> ServerProcess:
         text = log_path.read_text(errors="replace")
         match = _LISTENING.search(text)
         if match:
-            return ServerProcess(process, f"127.0.0.1:{match.group(2)}", log_path)
+            return ServerProcess(process, f"127.0.0.1:{match.group(2)}", log_path, db_url, data_dir)
         if process.poll() is not None:
             break
         time.sleep(0.05)
@@ -340,7 +343,7 @@ async def coalition_server(
         data_dir = ctx.fresh_dir(f"{name}-data")
         if db == "postgres":
             await asyncio.to_thread(_migrate, db_url, data_dir)
-        server = await asyncio.to_thread(_start, db_url, data_dir, extra)
+        server = await asyncio.to_thread(start_server, db_url, data_dir, extra)
         ctx.log(f"{name}: coalition-server pid {server.pid} on {server.target} ({db})")
         profiler = (
             _profile(ctx.profile_dir / f"{name}-{db}.txt", server) if ctx.profile_dir else None
@@ -456,12 +459,10 @@ class Benchmark:
 
     ``per_db``: run once per selected database (``db`` is passed) rather than once (``None``).
     ``needs``: baselines its ratios are taken against (run first, even if not selected).
-    ``run`` is None for a figure not measured yet; ``placeholder`` then gives its row.
     """
 
     name: str
     kind: Literal["baseline", "figure"]
     per_db: bool
-    run: Run | None
+    run: Run
     needs: tuple[str, ...] = ()
-    placeholder: Figure | None = None

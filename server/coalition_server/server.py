@@ -41,9 +41,10 @@ from coalition_server.policy import CoalitionPolicy
 from coalition_server.store import migrate
 from coalition_server.store.database import Database
 from coalition_server.store.items import destroy_retired_keks, retire_aged_keks
-from coalition_server.store.ledger import LedgerStore, LogIdentity
+from coalition_server.store.ledger import LedgerStore, LogIdentity, StoredCheckpoint
 from coalition_server.store.parties import PartyStore, register_coalition
-from coalition_server.store.sequencer import Sequencer
+from coalition_server.store.sequencer import Commit, Sequencer
+from coalition_server.store.tree_cache import TreeCache
 from coalition_server.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class CoalitionServer:
         self._db: Database | None = None
         self._sequencer: Sequencer | None = None
         self._background: list[asyncio.Task[None]] = []
+        # The tree's hashes in memory, for proofs (filled in the background at start).
+        self.tree: TreeCache | None = None
 
     async def start(self) -> int:
         """Open the database, check the log, bind and start serving; return the port."""
@@ -91,7 +94,8 @@ class CoalitionServer:
                 "the database is not migrated to this version: run `coalition-server migrate`"
             )
         keys = ServerKeys.load(settings.data_dir, settings.origin)
-        ledger = LedgerStore(db)
+        tree = self.tree = TreeCache()
+        ledger = LedgerStore(db, tree)
         await ledger.initialise(
             LogIdentity(
                 origin=keys.log_signer.name,
@@ -101,8 +105,13 @@ class CoalitionServer:
             keys.log_signer,
         )
         metrics = self.metrics = ServerMetrics() if settings.metrics_listen else None
+
+        def committed(commit: Commit) -> None:
+            tree.extend(commit.old_size, commit.new_size, commit.nodes)
+            ledger.saw_checkpoint(StoredCheckpoint(commit.new_size, commit.root_hash, commit.note))
+
         sequencer = self._sequencer = Sequencer(
-            db, keys.log_signer, max_batch=settings.max_batch, metrics=metrics
+            db, keys.log_signer, max_batch=settings.max_batch, metrics=metrics, on_commit=committed
         )
         sequencer.start()
         parties = self.parties = PartyStore(db)
@@ -129,6 +138,7 @@ class CoalitionServer:
                 _every(settings.negotiation_sweep_seconds, self.negotiations.expire_due),
                 name="negotiation-deadlines",
             ),
+            loop.create_task(ledger.warm(), name="tree-cache-warm-up"),
         ]
         if metrics is not None:
             metrics.declare_methods(SERVICES)

@@ -2,10 +2,18 @@
 
 Nodes are immutable once written and written in the same transaction as the checkpoint
 that first covers them, so any size up to the latest checkpoint can be proven.
+
+A server process gives its store a :class:`~coalition_server.store.tree_cache.TreeCache`:
+proofs are then assembled from memory, and "the latest checkpoint" is the newest one this
+process has seen, read again from the database when it is older than ``head_ttl`` seconds
+or when a request names a size or an entry beyond it (so a receipt from another replica is
+always provable here). Without a cache every proof reads its nodes and the head.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select
@@ -22,6 +30,13 @@ from coalition_server.domain.errors import (
 from coalition_server.store import models
 from coalition_server.store.database import Database
 from coalition_server.store.sequencer import read_nodes
+from coalition_server.store.tree_cache import (
+    NodeHash,
+    TreeCache,
+    consistency_proof,
+    inclusion_proof,
+    nodes_of,
+)
 from coalition_server.timeutil import utcnow
 
 # Indexes are stored as signed 64-bit integers; anything larger cannot exist.
@@ -62,8 +77,14 @@ class LogIdentityMismatchError(Exception):
 class LedgerStore:
     """Read access to one ledger, plus its one-time initialisation."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(
+        self, database: Database, tree: TreeCache | None = None, head_ttl: float = 0.1
+    ) -> None:
         self._db = database
+        self._tree = tree
+        self._head_ttl = head_ttl
+        self._head: StoredCheckpoint | None = None
+        self._head_read = 0.0
 
     async def initialise(self, identity: LogIdentity, signer: NoteSigner) -> None:
         """Record the log's identity and its empty tree on first start; else check it."""
@@ -171,8 +192,40 @@ class LedgerStore:
             raise NotFoundError("ENTRY_NOT_FOUND", "no such entry in the ledger")
         return StoredEntry(row.idx, row.leaf, row.leaf_hash)
 
-    async def _resolve_size(self, tree_size: int) -> tuple[int, StoredCheckpoint]:
-        latest = await self.latest_checkpoint()
+    async def warm(self) -> None:
+        """Fill the tree cache up to the latest checkpoint (a server does this at start)."""
+        if self._tree is None:
+            return
+        head = await self.latest_checkpoint()
+        async with self._db.reader.connect() as conn:
+            await self._tree.catch_up(conn, head.tree_size)
+
+    def saw_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        """Note a checkpoint this process just committed (the newest, until another replica
+        commits)."""
+        if self._head is None or checkpoint.tree_size > self._head.tree_size:
+            self._head = checkpoint
+            self._head_read = time.monotonic()
+
+    async def _known_head(self, at_least: int) -> StoredCheckpoint:
+        """The newest checkpoint: cached if fresh and covering ``at_least``, else read."""
+        head = self._head
+        if (
+            self._tree is None
+            or head is None
+            or head.tree_size < at_least
+            or time.monotonic() - self._head_read > self._head_ttl
+        ):
+            read = time.monotonic()
+            head = await self.latest_checkpoint()
+            if self._tree is not None:
+                self._head, self._head_read = head, read
+        return head
+
+    async def _resolve_size(
+        self, tree_size: int, at_least: int = 0
+    ) -> tuple[int, StoredCheckpoint]:
+        latest = await self._known_head(max(tree_size, at_least))
         if tree_size == 0:
             return latest.tree_size, latest
         if tree_size > latest.tree_size:
@@ -187,13 +240,16 @@ class LedgerStore:
         self, index: int, tree_size: int
     ) -> tuple[int, list[bytes], StoredCheckpoint]:
         """(tree size, audit path, latest checkpoint) for entry ``index``."""
-        size, latest = await self._resolve_size(tree_size)
+        size, latest = await self._resolve_size(tree_size, index + 1)
         if index >= size:
             raise FailedPreconditionError(
                 "INDEX_BEYOND_TREE_SIZE",
                 f"entry {index} is not in a tree of size {size}",
                 {"tree_size": str(size)},
             )
+        if self._tree is not None:
+            path = await self._prove(lambda node: inclusion_proof(index, size, node), size)
+            return size, path, latest
         plan = merkle.inclusion_plan(index, size)
         async with self._db.reader.connect() as conn:
             hashes = await read_nodes(conn, plan.node_ids)
@@ -208,10 +264,27 @@ class LedgerStore:
             raise InvalidArgumentError(
                 "BAD_TREE_SIZES", f"need 1 <= first_size <= second_size ({size})"
             )
+        if self._tree is not None:
+            proof = await self._prove(lambda node: consistency_proof(first_size, size, node), size)
+            return size, proof, latest
         plan = merkle.consistency_plan(first_size, size)
         async with self._db.reader.connect() as conn:
             hashes = await read_nodes(conn, plan.node_ids)
         return size, plan.assemble(hashes), latest
+
+    async def _prove(self, proof: Callable[[NodeHash], list[bytes]], size: int) -> list[bytes]:
+        """Run ``proof`` over the tree cache, first reading what it lacks of ``size``."""
+        tree = self._tree
+        assert tree is not None
+        extra: dict[tuple[int, int], bytes] = {}
+        if tree.size < size or tree.min_level:
+            async with self._db.reader.connect() as conn:
+                await tree.catch_up(conn, size)
+                missing = tree.uncached(nodes_of(proof)) if tree.min_level else []
+                if missing:
+                    found = await read_nodes(conn, [merkle.NodeId(*node) for node in missing])
+                    extra = {(node.level, node.index): digest for node, digest in found.items()}
+        return proof(tree.lookup(extra))
 
     async def entries_by_subject(
         self, subject: str, kind: str, start: int, limit: int

@@ -51,6 +51,7 @@ from coalition.v1 import ledger_pb2
 from coalition_server.domain.errors import AlreadyExistsError, DomainError, UnavailableError
 from coalition_server.store import models
 from coalition_server.store.database import Database, is_unavailable
+from coalition_server.store.tree_cache import inclusion_proof
 from coalition_server.timeutil import as_utc, to_timestamp, utcnow
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,25 @@ def statement_hash(envelope: dsse.Envelope) -> bytes:
     return hashlib.sha256(dsse.pae(envelope.payload_type, envelope.payload)).digest()
 
 
+@dataclass(frozen=True)
+class Commit:
+    """A batch this process committed: the tree grew from ``old_size`` to ``new_size``.
+
+    ``nodes`` holds the hash of every perfect subtree the batch completed (and the old
+    frontier's), keyed by (level, index).
+    """
+
+    old_size: int
+    new_size: int
+    root_hash: bytes
+    note: str
+    nodes: dict[tuple[int, int], bytes]
+
+
+CommitListener = Callable[[Commit], None]
+"""Told of each committed batch, before the callers are answered (it must not block)."""
+
+
 class SequencerMetrics(Protocol):
     """What the sequencer reports (implemented by coalition_server.metrics)."""
 
@@ -209,9 +229,11 @@ class Sequencer:
         max_batch: int = 1024,
         max_queue: int = 100_000,
         metrics: SequencerMetrics | None = None,
+        on_commit: CommitListener | None = None,
     ) -> None:
         self._db = database
         self._metrics = metrics
+        self._on_commit = on_commit
         self._signer = signer
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
@@ -396,8 +418,10 @@ class Sequencer:
                     last_integrated_time=integrated_time,
                 )
             )
+            # Keyed by plain tuples: the receipts' proofs look up ~20 nodes per entry.
+            flat = {(node.level, node.index): digest for node, digest in nodes.items()}
             results = [
-                self._result(accepted, nodes, frontier.size, note) for accepted in outcome.accepted
+                self._result(accepted, flat, frontier.size, note) for accepted in outcome.accepted
             ]
             idempotent_rows = [
                 {
@@ -415,6 +439,8 @@ class Sequencer:
                 await conn.execute(insert(models.IdempotentResponse), idempotent_rows)
         # Committed: from here on every accepted append is durable and may be acknowledged.
         self._frontier = frontier
+        if self._on_commit is not None:
+            self._on_commit(Commit(head.size, frontier.size, checkpoint.root_hash, note, flat))
         if self._metrics is not None:
             self._metrics.batch_committed(len(all_leaves), frontier.size)
         for accepted, result in zip(outcome.accepted, results, strict=True):
@@ -603,20 +629,29 @@ class Sequencer:
         )
 
     def _result(
-        self, accepted: _Accepted, nodes: dict[NodeId, bytes], size: int, note: str
+        self, accepted: _Accepted, nodes: dict[tuple[int, int], bytes], size: int, note: str
     ) -> AppendResult:
+        lookup = _lookup(nodes)
+        memo: dict[tuple[int, int], bytes] = {}
         receipts = tuple(
             ledger_pb2.Receipt(
                 index=item.index,
                 leaf_hash=item.leaf_hash,
                 checkpoint=note,
-                inclusion_proof=merkle.inclusion_plan(item.index, size).assemble(nodes),
+                inclusion_proof=inclusion_proof(item.index, size, lookup, memo),
                 tree_size=size,
                 leaf=item.leaf,
             )
             for item in accepted.leaves
         )
         return AppendResult(response=accepted.pending.group.respond(receipts), receipts=receipts)
+
+
+def _lookup(nodes: dict[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:
+    def node(level: int, index: int) -> bytes:
+        return nodes[(level, index)]
+
+    return node
 
 
 async def read_nodes(conn: AsyncConnection, ids: Sequence[NodeId]) -> dict[NodeId, bytes]:

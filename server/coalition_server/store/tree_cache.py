@@ -1,0 +1,251 @@
+"""An in-memory copy of the tree's stored hashes, and proofs assembled from it in microseconds.
+
+Reading a proof's ~20 nodes from the database costs a query (hundreds of microseconds to
+milliseconds); the same nodes held in memory, one ``bytearray`` per level, cost a slice each.
+At 1,000,000 entries the whole tree is 2,000,000 hashes, 64 MiB; past the cache's budget the
+lowest levels are left out (each level halves the size) and the proof reads just those few
+nodes from the database.
+
+The cache holds perfect subtrees only, which never change once complete, so it is never
+invalidated: it only grows, from this process's own commits (:meth:`TreeCache.extend`, no
+I/O) and from the database for what other replicas appended (:meth:`TreeCache.catch_up`).
+
+The proof functions walk the RFC 9162 recursions (2.1.3.1, 2.1.4.1) on plain integers; they
+compute the same proofs as :func:`coalition.merkle.inclusion_plan` and
+:func:`coalition.merkle.consistency_plan` (a property test compares them) without building
+plan objects, which cost more than the hashing itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coalition import merkle
+from coalition_server.store import models
+
+HASH = merkle.HASH_SIZE
+NodeHash = Callable[[int, int], bytes]
+"""Hash of the perfect subtree (level, index): ``2**level`` leaves from ``index << level``."""
+Memo = dict[tuple[int, int], bytes]
+"""Right-edge range hashes already computed, by (start, end) leaf range."""
+
+PAGE = 65_536
+"""Nodes read per query when catching up."""
+DEFAULT_BUDGET = 128 * 1024 * 1024
+"""Bytes of hashes held by default: the whole tree up to about 2,000,000 entries."""
+
+
+def _range_hash(start: int, end: int, node: NodeHash, memo: Memo | None) -> bytes:
+    """MTH of leaves ``[start, end)`` for a range the RFC recursion visits (``start`` aligned
+    to a power of two at least ``end - start``): one stored node when the range is a perfect
+    subtree, else the right fold of the perfect subtrees that cover it (remembered in
+    ``memo``: a batch's receipts share these right-edge hashes)."""
+    n = end - start
+    if n & (n - 1) == 0:
+        level = n.bit_length() - 1
+        return node(level, start >> level)
+    if memo is not None and (found := memo.get((start, end))) is not None:
+        return found
+    parts: list[bytes] = []
+    at = start
+    while at < end:
+        level = (end - at).bit_length() - 1
+        if at:
+            level = min(level, (at & -at).bit_length() - 1)
+        parts.append(node(level, at >> level))
+        at += 1 << level
+    acc = parts[-1]
+    for left in reversed(parts[:-1]):
+        acc = merkle.node_hash(left, acc)
+    if memo is not None:
+        memo[(start, end)] = acc
+    return acc
+
+
+def root(size: int, node: NodeHash) -> bytes:
+    """The root of the tree's first ``size`` leaves (``size`` >= 1)."""
+    return _range_hash(0, size, node, None)
+
+
+def inclusion_proof(index: int, size: int, node: NodeHash, memo: Memo | None = None) -> list[bytes]:
+    """RFC 9162 2.1.3.1 audit path of leaf ``index`` in the tree of ``size`` (0 <= index < size).
+
+    PATH(m, D[lo:hi]) top-down: the RFC appends each sibling after the sub-path, so the
+    siblings found top-down are the proof in reverse. A left sibling is always a perfect
+    subtree; at most one right sibling (where the path leaves the tree's right edge) is not.
+    """
+    out: list[bytes] = []
+    lo, hi = 0, size
+    while hi - lo > 1:
+        k = 1 << ((hi - lo - 1).bit_length() - 1)
+        mid = lo + k
+        if index < mid:
+            out.append(_range_hash(mid, hi, node, memo))
+            hi = mid
+        else:
+            level = k.bit_length() - 1
+            out.append(node(level, lo >> level))
+            lo = mid
+    out.reverse()
+    return out
+
+
+def consistency_proof(
+    old_size: int, new_size: int, node: NodeHash, memo: Memo | None = None
+) -> list[bytes]:
+    """RFC 9162 2.1.4.1 consistency proof between ``0 < old_size <= new_size``."""
+    out: list[bytes] = []
+    lo, hi, whole_old_tree = 0, new_size, True
+    while True:
+        if old_size == hi:
+            if not whole_old_tree:
+                out.append(_range_hash(lo, hi, node, memo))
+            break
+        k = 1 << ((hi - lo - 1).bit_length() - 1)
+        if old_size <= lo + k:
+            out.append(_range_hash(lo + k, hi, node, memo))
+            hi = lo + k
+        else:
+            level = k.bit_length() - 1
+            out.append(node(level, lo >> level))
+            lo += k
+            whole_old_tree = False
+    out.reverse()
+    return out
+
+
+def nodes_of(
+    proof: Callable[[NodeHash], list[bytes]],
+) -> list[tuple[int, int]]:
+    """The perfect subtrees a proof reads, found by running it with a recording lookup."""
+    seen: list[tuple[int, int]] = []
+
+    def record(level: int, index: int) -> bytes:
+        seen.append((level, index))
+        return bytes(HASH)
+
+    proof(record)
+    return seen
+
+
+class TreeCache:
+    """Stored perfect-subtree hashes of one tree, in memory, levels ``min_level`` and up.
+
+    ``size`` is the tree size the cache is complete for: every perfect subtree of a tree of
+    that size at a cached level is held.
+    """
+
+    def __init__(self, budget_bytes: int = DEFAULT_BUDGET) -> None:
+        self.budget_bytes = budget_bytes
+        self.size = 0
+        self.min_level = 0
+        self._levels: list[bytearray] = []
+        self._lock = asyncio.Lock()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of hashes held."""
+        return sum(len(level) for level in self._levels)
+
+    def get(self, level: int, index: int) -> bytes | None:
+        """The hash of (level, index) if cached."""
+        if level < self.min_level or level >= len(self._levels):
+            return None
+        data = self._levels[level]
+        start = index * HASH
+        if start + HASH > len(data):
+            return None
+        return bytes(data[start : start + HASH])
+
+    def extend(self, old_size: int, new_size: int, nodes: Mapping[tuple[int, int], bytes]) -> None:
+        """Take this process's commit from ``old_size`` to ``new_size``; ``nodes`` holds every
+        perfect subtree completed by it. Ignored unless the cache is at ``old_size``: another
+        replica's entries came between, and :meth:`catch_up` will read them. Ignored too while
+        a catch-up is reading (it fills the same arrays; the next proof catches up again)."""
+        if old_size != self.size or new_size <= old_size or self._lock.locked():
+            return
+        self._fit(new_size)
+        for level in range(self.min_level, new_size.bit_length()):
+            first, last = old_size >> level, new_size >> level
+            if first == last:
+                continue
+            array = self._level(level)
+            for index in range(first, last):
+                array += nodes[(level, index)]
+        self.size = new_size
+
+    async def catch_up(self, conn: AsyncConnection, size: int) -> None:
+        """Read from the database what the cache lacks of the tree of ``size``.
+
+        In pages of :data:`PAGE` nodes, so a warm-up never holds more than one page of rows.
+        """
+        async with self._lock:
+            if size <= self.size:
+                return
+            old = self.size
+            self._fit(size)
+            try:
+                for level in range(self.min_level, size.bit_length()):
+                    await self._read_level(conn, level, old >> level, size >> level)
+            except BaseException:
+                # Back to a consistent cache of ``old`` leaves (a read failed half-way).
+                for level in range(self.min_level, len(self._levels)):
+                    del self._levels[level][(old >> level) * HASH :]
+                raise
+            self.size = size
+
+    async def _read_level(self, conn: AsyncConnection, level: int, first: int, last: int) -> None:
+        array = self._level(level)
+        if len(array) != first * HASH:
+            raise RuntimeError(f"tree cache level {level} is out of step")
+        for start in range(first, last, PAGE):
+            stop = min(start + PAGE, last)
+            rows = (
+                await conn.execute(
+                    select(models.MerkleNode.hash)
+                    .where(
+                        models.MerkleNode.level == level,
+                        models.MerkleNode.idx >= start,
+                        models.MerkleNode.idx < stop,
+                    )
+                    .order_by(models.MerkleNode.idx)
+                )
+            ).scalars()
+            for digest in rows:
+                array += digest
+            if len(array) != stop * HASH:
+                raise RuntimeError(f"tree nodes of level {level} missing from the store")
+
+    def lookup(self, extra: Mapping[tuple[int, int], bytes]) -> NodeHash:
+        """A node lookup: the cache, else ``extra`` (nodes below ``min_level``, read for one
+        proof)."""
+        levels = self._levels
+        min_level = self.min_level
+
+        def node(level: int, index: int) -> bytes:
+            if level >= min_level:
+                start = index * HASH
+                return bytes(levels[level][start : start + HASH])
+            return extra[(level, index)]
+
+        return node
+
+    def uncached(self, wanted: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Which of these nodes are below the cached levels."""
+        return [(level, index) for level, index in wanted if level < self.min_level]
+
+    def _level(self, level: int) -> bytearray:
+        while len(self._levels) <= level:
+            self._levels.append(bytearray())
+        return self._levels[level]
+
+    def _fit(self, size: int) -> None:
+        """Raise ``min_level`` until a tree of ``size`` fits the budget (dropping levels)."""
+        while self.min_level < 63 and 2 * HASH * (size >> self.min_level) > self.budget_bytes:
+            if self.min_level < len(self._levels):
+                self._levels[self.min_level] = bytearray()
+            self.min_level += 1
