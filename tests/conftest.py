@@ -22,6 +22,10 @@ from coalition.keys import SigningKey
 from coalition_server.config import Settings
 from coalition_server.server import CoalitionServer
 
+# Every reuse of the server's cached pool is checked against a fresh load, in this process
+# and in server subprocesses (store/pool.py): a pool change the cache misses fails a test.
+os.environ["COALITION_CHECK_POOL_CACHE"] = "1"
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED = PROJECT_ROOT.parent / "shared"
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

@@ -8,6 +8,7 @@ from coalition.keys import SigningKey
 from coalition_server.keys.provider import KeyProvider
 from coalition_server.policy import CoalitionPolicy
 from coalition_server.store.database import Database
+from coalition_server.store.pool import PoolCache
 from coalition_server.store.sequencer import Sequencer
 
 
@@ -23,3 +24,5 @@ class ServerContext:
     currency: str = "USD"
     # How the coalition bargains (the operator's policy file).
     policy: CoalitionPolicy = field(default_factory=CoalitionPolicy)
+    # The pool as of its latest version, shared by every move (store/pool.py).
+    pools: PoolCache = field(default_factory=PoolCache)

@@ -23,7 +23,7 @@ from coalition.v1 import access_pb2, envelope_pb2, negotiation_pb2, terms_pb2
 from coalition_server import agreements
 from coalition_server.agreements import AgreementEffect
 from coalition_server.context import ServerContext
-from coalition_server.domain import bargaining, reservation
+from coalition_server.domain import bargaining, reservation, supply
 from coalition_server.domain import negotiation as machine
 from coalition_server.domain.errors import (
     AlreadyExistsError,
@@ -35,19 +35,18 @@ from coalition_server.domain.errors import (
 from coalition_server.domain.payouts import payout_statement
 from coalition_server.store import items
 from coalition_server.store import negotiation as store
-from coalition_server.store.pool import load_pool
 from coalition_server.store.sequencer import EffectContext, Submission
 from coalition_server.timeutil import to_timestamp
 
 
 async def candidates_for(
-    ctx: EffectContext, terms: terms_pb2.LicenceTerms, lab: str
+    context: ServerContext, ctx: EffectContext, terms: terms_pb2.LicenceTerms, lab: str
 ) -> list[reservation.Candidate]:
     """The eligible items under ``terms`` for ``lab``, from the consent in force now."""
-    pool = await load_pool(ctx.conn)
-    return reservation.candidates(
-        pool.items, pool.tokens, terms, lab, ctx.integrated_time, terms.scope
-    )
+    pools = context.pools
+    pool = await pools.load(ctx.conn)
+    view = supply.Pool(pool.items, pool.tokens, lab, ctx.integrated_time, pool.memo, pools.check)
+    return view.candidates(terms)
 
 
 def policy_for(
@@ -73,7 +72,7 @@ async def recheck(context: ServerContext, ctx: EffectContext, draft: access_pb2.
     terms = draft.terms
     bargaining.check_agreement(
         policy_for(context, terms),
-        await candidates_for(ctx, terms, draft.lab_key_id),
+        await candidates_for(context, ctx, terms, draft.lab_key_id),
         terms.price_per_item.micros,
         int(terms.scope.max_item_count),
     )

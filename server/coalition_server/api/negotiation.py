@@ -46,7 +46,6 @@ from coalition_server.domain.statements import (
 from coalition_server.store import items as items_store
 from coalition_server.store import negotiation as store
 from coalition_server.store.ledger import LedgerStore
-from coalition_server.store.pool import load_pool
 from coalition_server.store.sequencer import EffectContext, Group, Submission
 from coalition_server.timeutil import to_timestamp, utcnow
 
@@ -73,7 +72,7 @@ class NegotiationServicer:
     ) -> negotiation_pb2.GetCatalogueResponse:
         minimum = self._ctx.policy.catalogue.minimum_group_size
         async with self._ctx.database.reader.connect() as conn:
-            pool = await load_pool(conn)
+            pool = await self._ctx.pools.load(conn)
         now = utcnow()
         rows = pool_catalogue.catalogue(pool.items, pool.tokens, now, minimum)
         vocabulary = norms.Vocabulary.load()
@@ -118,7 +117,8 @@ class NegotiationServicer:
         check_declaration(terms.declaration)  # required here: the what-if is about a use
         minimum = self._ctx.policy.catalogue.minimum_group_size
         async with self._ctx.database.reader.connect() as conn:
-            pool = await load_pool(conn)
+            pool = await self._ctx.pools.load(conn)
+        # No memo: the what-if runs on a worker thread, away from the loop's shared memo.
         view = supply.Pool(pool.items, pool.tokens, lab.key_id, utcnow())
         # The quorum and price guard the negotiation would apply to these very terms.
         policy = deals.policy_for(self._ctx, terms)
@@ -618,10 +618,13 @@ class _LabMove:
         return follow_ups
 
     async def _pool(self, ctx: EffectContext) -> supply.Pool:
-        """The pool as this lab faces it now, read in the sequencing transaction with the
-        loader ``deals.candidates_for`` uses (so ``pool.candidates`` is the same)."""
-        pool = await load_pool(ctx.conn)
-        return supply.Pool(pool.items, pool.tokens, self.lab, ctx.integrated_time)
+        """The pool as this lab faces it now, read in the sequencing transaction through the
+        cache ``deals.candidates_for`` uses too (so ``pool.candidates`` is the same)."""
+        pools = self.ctx.pools
+        pool = await pools.load(ctx.conn)
+        return supply.Pool(
+            pool.items, pool.tokens, self.lab, ctx.integrated_time, pool.memo, pools.check
+        )
 
     def _policy(self, terms: terms_pb2.LicenceTerms) -> bargaining.BargainingPolicy:
         return deals.policy_for(self.ctx, terms)

@@ -18,6 +18,7 @@ and the number of eligible items, which the curve's last point shows anyway.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,25 +36,74 @@ from coalition_server.domain.reservation import (
     covered,
 )
 
+# Remembered candidate lists per loaded pool before the memo starts again.
+MEMO_LIMIT = 256
+
 # At most this many distinct declaration changes are weighed per question (the most widely
 # held first): each costs one pass over the pool.
 MAX_AMENDMENTS = 16
+
+
+@dataclass
+class CandidateMemo:
+    """Candidate lists computed from one loaded pool, shared by every view of it (all labs,
+    all moves until the pool changes). A list is remembered by lab, terms but price, and the
+    stretch between two token validity boundaries that the moment falls in: within it no
+    token comes into or goes out of force, so nothing else changes the answer."""
+
+    boundaries: list[datetime] | None = None
+    lists: dict[tuple[str, bytes, int], tuple[Candidate, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Pool:
     """The pool as one lab faces it at one moment: what ``candidates`` needs besides terms.
 
-    Built from ``store.pool.load_pool``, the loader the negotiation itself uses."""
+    Built from ``store.pool.load_pool``, the loader the negotiation itself uses. With a
+    ``memo`` candidates are remembered (see :class:`CandidateMemo`); ``check_memo``
+    recomputes each remembered list and fails if it differs (the test suite turns it on).
+    """
 
     items: Sequence[ItemLike]
     tokens_by_member: Mapping[str, Sequence[Token]]
     lab_key_id: str
     at: datetime
+    memo: CandidateMemo | None = field(default=None, compare=False)
+    check_memo: bool = field(default=False, compare=False)
 
     def candidates(self, terms: terms_pb2.LicenceTerms) -> list[Candidate]:
         """``reservation.candidates`` for these terms, scoped by the terms' own scope,
         exactly as the negotiation computes them."""
+        memo = self.memo
+        if memo is None:
+            return self._candidates(terms)
+        if memo.boundaries is None:
+            memo.boundaries = sorted(
+                {
+                    moment
+                    for tokens in self.tokens_by_member.values()
+                    for token in tokens
+                    for moment in (token.not_before, token.not_after)
+                }
+            )
+        probe = terms_pb2.LicenceTerms()
+        probe.CopyFrom(terms)
+        probe.ClearField("price_per_item")
+        key = (
+            self.lab_key_id,
+            probe.SerializeToString(deterministic=True),
+            bisect.bisect_right(memo.boundaries, self.at),
+        )
+        found = memo.lists.get(key)
+        if found is None:
+            if len(memo.lists) >= MEMO_LIMIT:
+                memo.lists.clear()
+            found = memo.lists[key] = tuple(self._candidates(terms))
+        elif self.check_memo and list(found) != self._candidates(terms):
+            raise AssertionError("remembered candidates differ from computed ones")
+        return list(found)
+
+    def _candidates(self, terms: terms_pb2.LicenceTerms) -> list[Candidate]:
         return candidates(
             self.items, self.tokens_by_member, terms, self.lab_key_id, self.at, terms.scope
         )
