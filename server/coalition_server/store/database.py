@@ -117,6 +117,12 @@ class Database:
         await self.reader.dispose()
 
 
+# SQLSTATEs of a server that cannot serve right now, though nothing is wrong with the call:
+# class 08 (connection exceptions), 57P01-57P03 (terminated by a shutdown, crash recovery,
+# "the database system is starting up / shutting down") and 53300 (too many connections).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the database cannot be reached (retryable), not a bug."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -125,4 +131,20 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, ConnectionError | OSError | TimeoutError)
+    if isinstance(exc, ConnectionError | OSError | TimeoutError):
+        return True
+    # asyncpg's server errors reach us as a plain DBAPIError whose driver error carries the
+    # SQLSTATE: a restarting PostgreSQL refuses connections with 57P03, which is retryable.
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        orig = getattr(error, "orig", None)
+        pending += [orig if isinstance(orig, BaseException) else None, error.__cause__]
+    return False

@@ -294,7 +294,12 @@ class Sequencer:
             try:
                 await self._run_batch(batch)
             except Exception as exc:  # never let the loop die: fail the batch instead
-                log.exception("sequencer batch failed")
+                if is_unavailable(exc):
+                    # Expected while the database is down or restarting: one line per batch,
+                    # not a traceback; callers are told to retry.
+                    log.warning("sequencer batch failed, database unavailable: %s", _brief(exc))
+                else:
+                    log.exception("sequencer batch failed")
                 self._fail_all(batch, exc)
             finally:
                 for _ in batch:
@@ -652,6 +657,12 @@ def _lookup(nodes: dict[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:
         return nodes[(level, index)]
 
     return node
+
+
+def _brief(exc: BaseException) -> str:
+    """The exception's type and first line (no SQL, and never row values: hide_parameters)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 async def read_nodes(conn: AsyncConnection, ids: Sequence[NodeId]) -> dict[NodeId, bytes]:

@@ -1,0 +1,1 @@
+"""Reliability tests (issue #7): faults, soak, transport security, secrets."""
