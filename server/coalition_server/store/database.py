@@ -57,6 +57,9 @@ def _sqlite_pragmas(immediate: bool):  # type: ignore[no-untyped-def]
     return on_connect, on_begin
 
 
+CONNECT_TIMEOUT_SECONDS = 10
+
+
 def _make_engine(url: URL, *, writer: bool, pool_size: int) -> AsyncEngine:
     if is_sqlite(url):
         # hide_parameters: an error's text never carries row values (statements, key
@@ -74,6 +77,8 @@ def _make_engine(url: URL, *, writer: bool, pool_size: int) -> AsyncEngine:
         pool_pre_ping=True,
         # A dead connection after a database restart is replaced, not reused.
         pool_recycle=3600,
+        # A host that drops packets fails a call in seconds (UNAVAILABLE), not asyncpg's 60.
+        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
     )
 
 
