@@ -22,6 +22,7 @@ __all__ = ["Checkpoint", "sign_checkpoint", "verify_checkpoint"]
 # ASCII decimal, no leading zeros (a bare "0" is the empty tree). str.isdigit and int()
 # accept other Unicode digits and underscores, so parse with an explicit pattern.
 _SIZE_RE: Final = re.compile(r"0|[1-9][0-9]*")
+_MAX_SIZE_DIGITS: Final = len(str(MAX_TREE_SIZE))
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,12 @@ class Checkpoint:
         if len(lines) < 3:
             raise CheckpointError("checkpoint needs origin, size and root hash lines")
         origin, size_line, root_line, *extensions = lines
-        if not _SIZE_RE.fullmatch(size_line):
-            raise CheckpointError(f"checkpoint size {size_line!r} is not a canonical decimal")
+        # Bounded before int(): a size has at most 20 digits (2**64-1), and int() refuses
+        # over 4300 digits with a ValueError, which must not escape as anything else.
+        if len(size_line) > _MAX_SIZE_DIGITS or not _SIZE_RE.fullmatch(size_line):
+            raise CheckpointError(
+                f"checkpoint size {size_line[:32]!r} is not a canonical decimal below 2**64"
+            )
         try:
             root_hash = base64.b64decode(root_line, validate=True)
         except (binascii.Error, ValueError):

@@ -46,9 +46,23 @@ RELEASE_ATTEMPTS = 5
 FEED_POLL_SECONDS = 0.5
 
 
-def _check_id(value: str, what: str) -> None:
+# Each refusal names its reason literally (not built with an f-string), so that
+# tests/test_docs.py finds it and checks docs/protocol.md documents it.
+
+
+def _check_agreement_id(value: str) -> None:
     if not HEX_ID.match(value):
-        raise InvalidArgumentError(f"BAD_{what.upper()}_ID", f"{what} ids are 32 lowercase hex")
+        raise InvalidArgumentError("BAD_AGREEMENT_ID", "agreement ids are 32 lowercase hex")
+
+
+def _check_lease_id(value: str) -> None:
+    if not HEX_ID.match(value):
+        raise InvalidArgumentError("BAD_LEASE_ID", "lease ids are 32 lowercase hex")
+
+
+def _check_notice_id(value: str) -> None:
+    if not HEX_ID.match(value):
+        raise InvalidArgumentError("BAD_NOTICE_ID", "notice ids are 32 lowercase hex")
 
 
 class AccessServicer:
@@ -113,7 +127,7 @@ class AccessServicer:
         envelope, statement = signed_statement(
             request, "lease_request", access_pb2.LeaseRequest, call
         )
-        _check_id(statement.agreement_id, "agreement")
+        _check_agreement_id(statement.agreement_id)
         effect = _LeaseEffect(statements.statement_id(envelope), lab.key_id, statement)
 
         def respond(receipts: Sequence[ledger_pb2.Receipt]) -> bytes:
@@ -139,10 +153,12 @@ class AccessServicer:
         self, request: access_pb2.FetchRequest, call: Call
     ) -> AsyncIterator[access_pb2.FetchResponse]:
         lab = call.require_role(LAB)
-        _check_id(request.lease_id, "lease")
+        _check_lease_id(request.lease_id)
         after = request.page_token
-        if after:
-            _check_id(after, "page_token")
+        # The cursor is the last item id of the previous page; anything else is refused
+        # like any listing's token we did not issue.
+        if after and not HEX_ID.match(after):
+            raise InvalidArgumentError("BAD_PAGE_TOKEN", "page_token is not valid")
         size = page_size(request.page_size) if request.page_size else 100
         for _attempt in range(RELEASE_ATTEMPTS):
             try:
@@ -275,7 +291,7 @@ class AccessServicer:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
         envelope, statement = signed_statement(request, "receipt", access_pb2.DeletionReceipt, call)
-        _check_id(statement.notice_id, "notice")
+        _check_notice_id(statement.notice_id)
         if not statement.HasField("deleted_time"):
             raise InvalidArgumentError("MISSING_DELETED_TIME", "say when the items were deleted")
         if timestamp(statement.deleted_time, "deleted_time") > utcnow() + MAX_CLOCK_SKEW:
