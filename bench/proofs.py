@@ -78,6 +78,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
         await database.dispose()
     common: dict[str, Any] = {
         "tree_size": size,
+        "build_seconds": round(big.build_seconds, 1),
         "warm_up_seconds": round(warm.seconds, 2),
         "cache_mib": round(tree.held_bytes / 2**20, 1),
     }

@@ -472,7 +472,7 @@ class LedgerReplay:
         if self._previous is not None and index + 1 == self._previous.size:
             # Check the earlier tree head on a copy, so a failure leaves no state changed.
             tentative = self._range.copy()
-            tentative.append(computed)
+            tentative.push(computed)
             self._check_previous(tentative.root())
         # Every check passed (or is deferred): from here on, only state changes.
         if registered is not None:
@@ -494,7 +494,7 @@ class LedgerReplay:
         self._deferred.extend(checks)
         self._kinds[statements.kind(envelope.payload_type)] += 1
         self._last_time = stamp
-        self._range.append(computed)
+        self._range.push(computed)
         return computed
 
     def finish(self, checkpoint: Checkpoint) -> ReplayResult:

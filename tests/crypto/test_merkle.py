@@ -550,3 +550,13 @@ def test_every_single_bit_flip_is_rejected_exhaustively() -> None:
             bad = [*consistency[:i], _flip(consistency[i], bit), *consistency[i + 1 :]]
             with pytest.raises(ProofError):
                 verify_consistency(old, size, old_root, root, bad)
+
+
+def test_push_folds_like_append() -> None:
+    appended, pushed = CompactRange.empty(), CompactRange.empty()
+    for i in range(300):
+        leaf = leaf_hash(i.to_bytes(4, "big"))
+        appended.append(leaf)
+        pushed.push(leaf)
+        assert pushed == appended
+        assert pushed.root() == appended.root()
