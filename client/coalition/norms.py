@@ -2112,10 +2112,17 @@ def _release_number(value: Any, vocabulary: Vocabulary) -> int:
 
 def _duration_value(value: Any, field: str) -> timedelta:
     """``"7776000s"`` (protobuf JSON) or a whole number of seconds."""
+    seconds: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str) and re.fullmatch(r"[0-9]+s", value):
-        return timedelta(seconds=int(value[:-1]))
+        seconds = value
+    # Bounded before int(): a huge digit string would raise ValueError, not our error.
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]{1,15}s", value):
+        seconds = int(value[:-1])
+    if seconds is not None:
+        try:
+            return timedelta(seconds=seconds)
+        except OverflowError:
+            pass  # beyond timedelta's range (about 2.7 million years)
     raise _file_error(f'{field}: give a duration such as "7776000s"', field)
 
 

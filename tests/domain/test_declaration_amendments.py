@@ -291,6 +291,20 @@ def test_the_declaration_file_reads_json_and_yaml() -> None:
             "mayConcede.distillation",
         ),
         (["closed"], "BAD_DECLARATION_FIELD", "file"),
+        # Found by review after the fuzzer's 4,300-digit checkpoint size: huge numbers are
+        # refused with the file's own error, not a ValueError or OverflowError.
+        *(
+            (
+                {
+                    "modelRelease": "closed",
+                    "jurisdictions": ["DE"],
+                    "mayConcede": {"excludeFromModelsReleasedAfter": huge},
+                },
+                "BAD_DECLARATION_FIELD",
+                "mayConcede.excludeFromModelsReleasedAfter",
+            )
+            for huge in ("9" * 5000 + "s", "9" * 15 + "s", 10**20)
+        ),
     ],
 )
 def test_bad_declaration_files_are_refused(document: Any, reason: str, field: str | None) -> None:
