@@ -64,6 +64,15 @@ def configure(level: str, log_format: str = TEXT, stream: IO[str] | None = None)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter(log_format))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # These print each SQL statement with its parameters at DEBUG: never below INFO, so row
+    # values (statements, ciphertext, key material) stay out of the logs at any level.
+    floor = max(logging.INFO, logging.getLogger().getEffectiveLevel())
+    for name in ROW_VALUE_LOGGERS:
+        logging.getLogger(name).setLevel(floor)
+
+
+ROW_VALUE_LOGGERS = ("aiosqlite", "asyncpg")
+"""Database drivers that log parameters (SQLAlchemy hides its own: hide_parameters)."""
 
 
 __all__ = ["FORMATS", "JSON", "TEXT", "JsonFormatter", "configure", "formatter"]

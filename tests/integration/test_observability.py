@@ -249,6 +249,21 @@ def test_text_and_json_formats() -> None:
         logs.formatter("yaml")
 
 
+def test_debug_logs_never_carry_the_drivers_sql_parameters() -> None:
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        logs.configure("DEBUG", stream=io.StringIO())
+        assert root.getEffectiveLevel() == logging.DEBUG
+        for name in ("aiosqlite", "asyncpg"):
+            assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+        logs.configure("WARNING", stream=io.StringIO())
+        assert not logging.getLogger("aiosqlite").isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+
+
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 

@@ -241,6 +241,7 @@ class AccessServicer:
             )
         )
         # Segments are read a few at a time: an item of any size streams in bounded memory.
+        sent = 0
         for start in range(0, item.segment_count, 8):
             async with self._ctx.database.reader.connect() as conn:
                 rows = await conn.execute(
@@ -253,7 +254,16 @@ class AccessServicer:
                     .order_by(models.ItemSegment.seq)
                 )
                 for row in rows:
+                    sent += 1
                     yield access_pb2.FetchResponse(segment=bytes(row.data))
+        if sent < item.segment_count:
+            # Withdrawn (and shredded) while it streamed: its key was released before the
+            # withdrawal, but the stream must not end as if the item were complete.
+            raise FailedPreconditionError(
+                "ITEM_WITHDRAWN",
+                "the item was withdrawn during the fetch; its content is gone",
+                {"item_id": record.item_id},
+            )
 
     @rpc(Policy.PARTY)
     async def WatchWithdrawals(
