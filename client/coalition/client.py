@@ -822,15 +822,31 @@ class Client:
         *,
         root_certificates: bytes | None = None,
         tls: bool = False,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
         timeout: float = 30.0,
     ) -> None:
+        """Connect to ``target`` (HOST:PORT); calls that need it are signed with ``key``.
+
+        Plaintext unless ``tls`` or ``root_certificates`` (PEM roots to trust for the
+        server's certificate; the system's roots with ``tls`` alone). ``client_cert`` and
+        ``client_key`` (PEM: a certificate chain and its private key) are presented to a
+        server that requires mutual TLS; they imply TLS. They are the transport's identity
+        only: who signs calls and statements is still ``key``.
+        """
+        if (client_cert is None) != (client_key is None):
+            raise CoalitionError("client_cert and client_key go together")
         self.key = key
         self.timeout = timeout
         self.retry_delay = 0.2
         """Seconds before the first retry of an UNAVAILABLE mutation; doubled each time."""
         self._signer = CallSigner(key) if key is not None else None
-        if tls or root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        if tls or root_certificates is not None or client_cert is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates,
+                private_key=client_key,
+                certificate_chain=client_cert,
+            )
             self._channel = grpc.aio.secure_channel(target, credentials)
         else:
             self._channel = grpc.aio.insecure_channel(target)

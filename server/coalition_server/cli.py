@@ -93,6 +93,7 @@ def main_command(
     origin: Annotated[str | None, _flag("origin")] = None,
     tls_cert: Annotated[Path | None, _flag("tls_cert")] = None,
     tls_key: Annotated[Path | None, _flag("tls_key")] = None,
+    tls_client_ca: Annotated[Path | None, _flag("tls_client_ca")] = None,
     max_batch: Annotated[int | None, _flag("max_batch")] = None,
     auth_window_seconds: Annotated[float | None, _flag("auth_window_seconds")] = None,
     max_message_bytes: Annotated[int | None, _flag("max_message_bytes")] = None,
@@ -197,14 +198,46 @@ def health(
         Path | None,
         typer.Option(help="Root certificate (PEM) to talk TLS; default: plaintext."),
     ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="Client certificate chain (PEM) for a mutual-TLS server (tls_client_ca); "
+            "with --key and --ca."
+        ),
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(help="The client certificate's private key (PEM); with --cert."),
+    ] = None,
+    server_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Name to check the server's certificate against, when the target's host is "
+            "not in it (e.g. probing 127.0.0.1 for a certificate of coalition.example.org)."
+        ),
+    ] = None,
 ) -> None:
     """Ask a server's grpc.health.v1 Check; exit 0 only when it is SERVING.
 
     For container health checks: it needs no client key and no database.
     """
     address = target or _local_address(_settings(ctx).listen)
+    if (cert is None) != (key is None):
+        raise _fail("--cert and --key go together")
+    if ca is None and (cert is not None or server_name is not None):
+        raise _fail("--cert, --key and --server-name are for TLS: give --ca too")
     try:
-        status = check_health(address, service=service, timeout=timeout, ca=ca)
+        status = check_health(
+            address,
+            service=service,
+            timeout=timeout,
+            ca=ca,
+            client_cert=cert,
+            client_key=key,
+            server_name=server_name,
+        )
+    except OSError as exc:
+        raise _fail(f"cannot read a TLS file: {exc}") from None
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         if code == grpc.StatusCode.NOT_FOUND:
@@ -216,11 +249,29 @@ def health(
         raise typer.Exit(EXIT_UNHEALTHY)
 
 
-def check_health(target: str, *, service: str = "", timeout: float = 3.0, ca: Path | None) -> int:
-    """The serving status a server reports for ``service`` ("" = overall)."""
+def check_health(
+    target: str,
+    *,
+    service: str = "",
+    timeout: float = 3.0,
+    ca: Path | None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
+    server_name: str | None = None,
+) -> int:
+    """The serving status a server reports for ``service`` ("" = overall).
+
+    With ``ca``, over TLS; with ``client_cert`` and ``client_key`` too, presenting that
+    certificate (a server with ``tls_client_ca`` refuses a client without one).
+    """
     if ca is not None:
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
-        channel = grpc.secure_channel(target, credentials)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca.read_bytes(),
+            private_key=client_key.read_bytes() if client_key is not None else None,
+            certificate_chain=client_cert.read_bytes() if client_cert is not None else None,
+        )
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        channel = grpc.secure_channel(target, credentials, options=options)
     else:
         channel = grpc.insecure_channel(target)
     with channel:

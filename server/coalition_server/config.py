@@ -79,6 +79,13 @@ class Settings:
     tls_key: Path | None = field(
         default=None, metadata=_meta("Server private key (PEM); with --tls-cert.")
     )
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "CA certificates (PEM) that sign clients' certificates: with it, mutual TLS, and "
+            "a client without such a certificate is refused; needs --tls-cert and --tls-key."
+        ),
+    )
     max_batch: int = field(
         default=1024, metadata=_meta("Most appends sequenced in one batch (one checkpoint).")
     )
@@ -460,6 +467,9 @@ def check(settings: Settings) -> None:
         problems.append(f"{_name('log_format')} must be one of {', '.join(logs.FORMATS)}")
     if (settings.tls_cert is None) != (settings.tls_key is None):
         problems.append("tls_cert and tls_key go together")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        # Client certificates are part of the TLS handshake: no server TLS, no mutual TLS.
+        problems.append(f"{_name('tls_client_ca')} needs tls_cert and tls_key (TLS) too")
     if settings.db_url:
         from coalition_server.store.database import normalise_url
 

@@ -191,8 +191,13 @@ class CoalitionServer:
     def _bind(self, server: grpc.aio.Server) -> int:
         settings = self.settings
         if settings.tls_cert and settings.tls_key:
+            # With a client CA, mutual TLS: the handshake fails unless the client presents a
+            # certificate that CA signed, before any call reaches a servicer.
+            client_ca = settings.tls_client_ca
             credentials = grpc.ssl_server_credentials(
-                [(_read(settings.tls_key), _read(settings.tls_cert))]
+                [(_read(settings.tls_key), _read(settings.tls_cert))],
+                root_certificates=_read(client_ca) if client_ca is not None else None,
+                require_client_auth=client_ca is not None,
             )
             port = server.add_secure_port(settings.listen, credentials)
         else:
