@@ -123,7 +123,7 @@ def check_invocation(cli: Any, args: list[str]) -> str:
     """Check ``coalition-server ARGS`` names real options and a real subcommand; return it."""
 
     def options(command: Any) -> dict[str, bool]:
-        found = {}
+        found = {"--help": True}  # click's own, not among the params
         for param in command.params:
             for opt in [*param.opts, *param.secondary_opts]:
                 found[opt] = bool(getattr(param, "is_flag", False))

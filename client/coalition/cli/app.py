@@ -74,6 +74,21 @@ def main_callback(
             help="Use TLS, trusting this root certificate (PEM) for the server.",
         ),
     ] = None,
+    tls_client_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COALITION_TLS_CLIENT_CERT",
+            help="Client certificate chain (PEM) for a server that requires mutual TLS; "
+            "with --tls-client-key.",
+        ),
+    ] = None,
+    tls_client_key: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COALITION_TLS_CLIENT_KEY",
+            help="The client certificate's private key (PEM); with --tls-client-cert.",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -83,7 +98,13 @@ def main_callback(
 ) -> None:
     """Global options, shared by every command."""
     del version  # handled eagerly by its callback
-    ctx.obj = Globals(server=server, key_path=key, tls_ca=tls_ca)
+    ctx.obj = Globals(
+        server=server,
+        key_path=key,
+        tls_ca=tls_ca,
+        tls_client_cert=tls_client_cert,
+        tls_client_key=tls_client_key,
+    )
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ from coalition.cli.common import (
     EXIT_UNUSABLE,
     JsonOpt,
     b64,
+    check_output_options,
     console,
     fail,
     format_timestamp,
@@ -74,6 +75,7 @@ app = typer.Typer(
 )
 
 PAGE_SIZE: Final = 1000
+STATEMENT_KINDS: Final = tuple(statements.kind(t) for t in statements.STATEMENT_TYPES)
 STATE_VERSION: Final = 1
 # Signature checks handed to a worker process at a time, and chunks kept in flight per
 # worker: enough to keep every core busy while the next page downloads.
@@ -144,21 +146,68 @@ def entries(
     ctx: typer.Context,
     start: Annotated[int, typer.Option(min=0, help="First index.")] = 0,
     count: Annotated[int, typer.Option(min=1, help="How many entries at most.")] = 100,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            metavar="KIND",
+            help="Only statements of this kind, e.g. Agreement, ConsentToken, Dispute "
+            "(from the whole ledger, by the server's index).",
+        ),
+    ] = None,
+    subject: Annotated[
+        str | None,
+        typer.Option(
+            "--subject",
+            metavar="KEYID",
+            help="Only entries about this party (by the server's index): those it signed, "
+            "and the coalition's statements addressed to it.",
+        ),
+    ] = None,
     json_output: JsonOpt = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only each entry's statement id, one per line: the id other commands "
+            "take (a consent's, an agreement's, a dispute's, ...).",
+        ),
+    ] = False,
 ) -> None:
-    """List entries: index, time, kind, signer and leaf hash (--json: everything)."""
+    """List entries: index, time, kind, signer and leaf hash (--json: everything, with each
+    statement's id). With --kind and/or --subject, the first --count matching entries from
+    --start."""
+    check_output_options(json_output, quiet)
+    if kind is not None and kind not in STATEMENT_KINDS:
+        fail(f"unknown --kind {kind!r}: use one of {', '.join(STATEMENT_KINDS)}", EXIT_UNUSABLE)
 
     async def fetch() -> list[ledger_pb2.Entry]:
         async with globals_of(ctx).client() as client:
             page = min(count, PAGE_SIZE)
-            return [e async for e in client.entries(start, start + count, page)]
+            if kind is None and subject is None:
+                return [e async for e in client.entries(start, start + count, page)]
+            found: list[ledger_pb2.Entry] = []
+            async for entry in client.entries_by_subject(subject or "", kind or "", page):
+                if entry.index >= start:
+                    found.append(entry)
+                    if len(found) == count:
+                        break
+            return found
 
     described = [_describe_entry(e) for e in run(ctx, fetch())]
     for d in described:
         if d["leaf_hash_mismatch"]:
             note(f"warning: entry {d['index']}: the server's leaf hash is not its leaf's hash")
+        if kind is not None and d["kind"] != kind:
+            fail(f"the server listed entry {d['index']}, a {d['kind']}, as a {kind}")
     if json_output:
         print_json(described)
+        return
+    if quiet:
+        for d in described:
+            if d["statement_id"] is not None:
+                typer.echo(d["statement_id"])
         return
     table = Table()
     table.add_column("index", justify="right")
@@ -278,6 +327,7 @@ def _describe_entry(entry: ledger_pb2.Entry) -> dict[str, Any]:
         "integrated_time": None,
         "kind": "?",
         "payload_type": None,
+        "statement_id": None,
         "signers": [],
         "leaf_hash": b64(computed),
         "leaf_hash_mismatch": computed != entry.leaf_hash,
@@ -291,6 +341,7 @@ def _describe_entry(entry: ledger_pb2.Entry) -> dict[str, Any]:
         envelope = dsse.Envelope.from_proto(record.envelope)
         out["payload_type"] = envelope.payload_type
         out["kind"] = statements.kind(envelope.payload_type)
+        out["statement_id"] = statements.statement_id(envelope)
         out["signers"] = [s.keyid for s in envelope.signatures]
         out["statement"] = json_format.MessageToDict(
             statements.decode_statement(envelope), preserving_proto_field_name=True

@@ -25,6 +25,8 @@ from coalition.cli.common import (
     EXIT_FAILED,
     EXIT_UNUSABLE,
     JsonOpt,
+    QuietOpt,
+    check_output_options,
     console,
     fail,
     format_timestamp,
@@ -363,7 +365,11 @@ async def _finish(
 
 
 async def _interactive(
-    client: Client, dialogue: _Dialogue, terms: terms_pb2.LicenceTerms, request_id: str
+    client: Client,
+    dialogue: _Dialogue,
+    terms: terms_pb2.LicenceTerms,
+    request_id: str,
+    open_only: bool = False,
 ) -> negotiation_pb2.Negotiation:
     await dialogue.trust(client)
     opened = await client.open_negotiation(terms, request_id=request_id)
@@ -374,6 +380,13 @@ async def _interactive(
     )
     dialogue.say(f"negotiation {negotiation.negotiation_id} opened")
     dialogue.answered(opened.coalition_move, negotiation)
+    if open_only:
+        if negotiation.state in (OFFERED, AGREED):
+            nid = negotiation.negotiation_id
+            dialogue.say(
+                f"your turn: `coalition lab accept {nid}` or `coalition lab terminate {nid}`"
+            )
+        return negotiation
     while negotiation.state == OFFERED:
         choice, price = await _lab_turn(dialogue, negotiation)
         round_ = negotiation.round + 1
@@ -404,7 +417,11 @@ def _report(
     negotiation: negotiation_pb2.Negotiation,
     dialogue: _Dialogue,
     json_output: bool,
+    quiet: bool = False,
 ) -> None:
+    if quiet:
+        typer.echo(negotiation.negotiation_id)
+        return
     if json_output:
         print_json(
             {
@@ -483,8 +500,17 @@ def negotiate(
             "mayConcede says which changes the coalition proposes you may take.",
         ),
     ] = None,
+    open_only: Annotated[
+        bool,
+        typer.Option(
+            "--open-only",
+            help="Only open the negotiation and show the coalition's first answer; go on with "
+            "`lab offers`, `lab accept` or `lab terminate`.",
+        ),
+    ] = False,
     request_id: RequestIdOpt = "",
     json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Negotiate a licence with the coalition, opening at --price.
 
@@ -497,7 +523,11 @@ def negotiate(
     The coalition may counter with changes to your --declare'd use that bring in more
     members' items (e.g. open weights instead of closed); each is shown. Accepting takes the
     declaration with the price; --auto takes one only within the file's mayConcede.
+
+    With --open-only, the negotiation is opened and left at the coalition's first answer.
+    With --quiet, the moves go to stderr and only the negotiation id to stdout.
     """
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     limits: norms.DeclarationLimits | None = None
     try:
@@ -520,6 +550,8 @@ def negotiate(
             terms.declaration.CopyFrom(declared.declaration)
             limits = declared.limits
         tactic = None
+        if auto and open_only:
+            raise CoalitionError("--open-only leaves the negotiation to you: not with --auto")
         if auto:
             if budget is None:
                 raise CoalitionError("--auto needs --budget")
@@ -534,13 +566,13 @@ def negotiate(
     except CoalitionError as exc:
         fail(str(exc), EXIT_UNUSABLE)
     key = options.signing_key()
-    dialogue = _Dialogue(json_output, currency)
+    dialogue = _Dialogue(json_output or quiet, currency)
     dialogue.own = terms.declaration
 
     async def go() -> negotiation_pb2.Negotiation:
         async with options.client(key) as client:
             if tactic is None:
-                negotiation = await _interactive(client, dialogue, terms, request_id)
+                negotiation = await _interactive(client, dialogue, terms, request_id, open_only)
             else:
                 negotiation = await client.negotiate_auto(
                     terms, tactic, on_step=dialogue.show, limits=limits
@@ -558,11 +590,13 @@ def negotiate(
         fail(f"the coalition's answer does not verify: {exc}", EXIT_FAILED)
     except CoalitionError as exc:
         fail(str(exc), EXIT_FAILED)
-    _report(negotiation, dialogue, json_output)
+    _report(negotiation, dialogue, json_output, quiet)
 
 
-def negotiations(ctx: typer.Context, json_output: JsonOpt = False) -> None:
-    """List your negotiations: state, round, the price on the table, agreement."""
+def negotiations(ctx: typer.Context, json_output: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    """List your negotiations: state, round, the price on the table, agreement; with
+    --quiet, only their negotiation ids."""
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     key = options.signing_key()
 
@@ -573,6 +607,10 @@ def negotiations(ctx: typer.Context, json_output: JsonOpt = False) -> None:
     found = run(ctx, go())
     if json_output:
         print_json([negotiation_json(n) for n in found])
+        return
+    if quiet:
+        for n in found:
+            typer.echo(n.negotiation_id)
         return
     table = Table()
     table.add_column("negotiation id")
@@ -872,8 +910,21 @@ def ballot_reasons(given: list[str]) -> list[str]:
     return reasons
 
 
-def ratifications(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+def ratifications(
+    ctx: typer.Context,
+    json_output: JsonOpt = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only each one's negotiation id and its lab's key id, one per line: "
+            "read -r NEGOTIATION LAB < <(coalition ratifications --quiet).",
+        ),
+    ] = False,
+) -> None:
     """The agreements you may vote on: they cover some of your items."""
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     key = options.signing_key()
 
@@ -898,6 +949,10 @@ def ratifications(ctx: typer.Context, json_output: JsonOpt = False) -> None:
         )
     if json_output:
         print_json(described)
+        return
+    if quiet:
+        for d in described:
+            typer.echo(f"{d['negotiation_id']} {d['lab_key_id']}")
         return
     table = Table()
     table.add_column("negotiation id")
@@ -955,9 +1010,22 @@ def _per(model: int) -> str:
     return ""
 
 
-def earnings(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+def earnings(
+    ctx: typer.Context,
+    json_output: JsonOpt = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only the ids of the agreements that paid you (each line verified), "
+            "one per line.",
+        ),
+    ] = False,
+) -> None:
     """Your payout lines, each verified: the line is in the payout statement the coalition
     signed and logged (a Merkle proof to the statement's lines root)."""
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     key = options.signing_key()
 
@@ -971,6 +1039,10 @@ def earnings(ctx: typer.Context, json_output: JsonOpt = False) -> None:
         check_verified(exc, "a payout line")
     if json_output:
         print_json([earning_json(e) for e in found])
+        return
+    if quiet:
+        for e in found:
+            typer.echo(e.agreement_id)
         return
     totals: dict[str, int] = {}
     table = Table()

@@ -39,6 +39,14 @@ EXIT_UNUSABLE: Final = 2
 PIPE_WIDTH: Final = 200
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Print only the id(s), one per line, for a script: ID=$(coalition ... --quiet).",
+    ),
+]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _UNREACHABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -51,6 +59,8 @@ class Globals:
     server: str = DEFAULT_SERVER
     key_path: Path | None = None
     tls_ca: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
 
     def signing_key(self, path: Path | None = None) -> SigningKey:
         """Load the key at ``path`` or ``--key``; exit 2 with a message if there is none."""
@@ -68,14 +78,29 @@ class Globals:
             fail(f"cannot load key {path}: {_describe(exc)}", EXIT_UNUSABLE)
 
     def client(self, key: SigningKey | None = None) -> Client:
-        """A client for ``--server``, over TLS with ``--tls-ca`` as the root when given."""
-        roots = None
-        if self.tls_ca is not None:
-            try:
-                roots = self.tls_ca.read_bytes()
-            except OSError as exc:
-                fail(f"cannot read --tls-ca {self.tls_ca}: {_describe(exc)}", EXIT_UNUSABLE)
-        return Client(self.server, key=key, root_certificates=roots)
+        """A client for ``--server``: over TLS with ``--tls-ca`` as the root when given, and
+        presenting ``--tls-client-cert``/``--tls-client-key`` to a mutual-TLS server."""
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            fail("--tls-client-cert and --tls-client-key go together", EXIT_UNUSABLE)
+        roots = _read_tls_file("--tls-ca", self.tls_ca)
+        cert = _read_tls_file("--tls-client-cert", self.tls_client_cert)
+        private = _read_tls_file("--tls-client-key", self.tls_client_key)
+        return Client(
+            self.server, key=key, root_certificates=roots, client_cert=cert, client_key=private
+        )
+
+
+def _read_tls_file(option: str, path: Path | None) -> bytes | None:
+    """The PEM file an option names (None when not given); exit 2 if it cannot be read.
+
+    The message names the file, never its content (a client key is a secret).
+    """
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {option} {path}: {_describe(exc)}", EXIT_UNUSABLE)
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -97,6 +122,12 @@ def run(ctx: typer.Context, coro: Coroutine[Any, Any, T]) -> T:
             server = globals_of(ctx).server
             fail(f"{exc} (cannot reach the server at {server})", EXIT_UNUSABLE)
         fail(str(exc), EXIT_FAILED)
+
+
+def check_output_options(json_output: bool, quiet: bool) -> None:
+    """Exit 2 when both --json and --quiet are given: each is the whole of stdout."""
+    if json_output and quiet:
+        fail("--json and --quiet both choose what stdout is: give one", EXIT_UNUSABLE)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

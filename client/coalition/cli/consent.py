@@ -16,6 +16,8 @@ from coalition import dsse, statements
 from coalition.cli.common import (
     EXIT_UNUSABLE,
     JsonOpt,
+    QuietOpt,
+    check_output_options,
     console,
     fail,
     format_timestamp,
@@ -202,6 +204,7 @@ def grant(
     ] = "USD",
     request_id: RequestIdOpt = "",
     json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Grant consent to use some of your items, for some purposes, at your floor terms.
 
@@ -211,7 +214,10 @@ def grant(
     Norms (--norm) say how the items may be used: a hard norm keeps them out of any deal
     whose use declaration breaks it; a priced one lets such a deal in only if it pays your
     floor plus the premium. Give them in any order: they are signed in canonical order.
+
+    With --quiet, only the new token's consent id is printed.
     """
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     ids = split_ids(items)
     if sum([bool(ids), tag is not None, all_items]) != 1:
@@ -254,6 +260,9 @@ def grant(
     if json_output:
         print_json({**record_json(record), "receipt": receipt_json(receipt)})
         return
+    if quiet:
+        typer.echo(record.consent_id)
+        return
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -270,8 +279,12 @@ def grant(
 
 
 @app.command("list")
-def list_consents(ctx: typer.Context, json_output: JsonOpt = False) -> None:
-    """List your consent tokens and their states (given, withdrawn, lapsed, invalidated)."""
+def list_consents(
+    ctx: typer.Context, json_output: JsonOpt = False, quiet: QuietOpt = False
+) -> None:
+    """List your consent tokens and their states (given, withdrawn, lapsed, invalidated);
+    with --quiet, only their consent ids."""
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     key = options.signing_key()
 
@@ -282,6 +295,10 @@ def list_consents(ctx: typer.Context, json_output: JsonOpt = False) -> None:
     records = run(ctx, go())
     if json_output:
         print_json([record_json(r) for r in records])
+        return
+    if quiet:
+        for record in records:
+            typer.echo(record.consent_id)
         return
     table = Table()
     table.add_column("consent id")

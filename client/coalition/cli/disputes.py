@@ -18,6 +18,8 @@ from coalition import statements
 from coalition.cli.common import (
     EXIT_UNUSABLE,
     JsonOpt,
+    QuietOpt,
+    check_output_options,
     console,
     fail,
     format_timestamp,
@@ -142,10 +144,13 @@ def file(
     ] = None,
     request_id: RequestIdOpt = "",
     json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """File a dispute about an agreement that covers your items: name at least one norm
     (--norm) or declaration field (--field) its lab breaks. Signed, logged, and shown in
-    every auditor's `coalition audit compliance`."""
+    every auditor's `coalition audit compliance`. With --quiet, only the dispute id is
+    printed."""
+    check_output_options(json_output, quiet)
     vocabulary = Vocabulary.load()
     norm_ids = _known(norm or [], list(vocabulary.norms), "--norm")
     fields = _known(field or [], list(vocabulary.declaration), "--field")
@@ -181,6 +186,9 @@ def file(
                 "receipt": receipt_json(response.receipt),
             }
         )
+        return
+    if quiet:
+        typer.echo(response.dispute_id)
         return
     console().print(
         f"dispute {response.dispute_id} about agreement {agreement_id.strip()} logged at entry "
@@ -258,8 +266,11 @@ def list_disputes(
         ),
     ] = False,
     json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Disputes in ledger order, open or answered (public: the ledger holds them all)."""
+    """Disputes in ledger order, open or answered (public: the ledger holds them all); with
+    --quiet, only their dispute ids."""
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     key = options.signing_key() if mine else None
 
@@ -288,6 +299,10 @@ def list_disputes(
         fail(f"the server sent a malformed dispute: {exc}")
     if json_output:
         print_json(described)
+        return
+    if quiet:
+        for d in described:
+            typer.echo(d["dispute_id"])
         return
     table = Table()
     table.add_column("dispute id")

@@ -20,6 +20,8 @@ from coalition.cli.common import (
     EXIT_FAILED,
     EXIT_UNUSABLE,
     JsonOpt,
+    QuietOpt,
+    check_output_options,
     console,
     fail,
     format_timestamp,
@@ -380,8 +382,10 @@ def notice_json(message: access_pb2.WatchWithdrawalsResponse) -> dict[str, Any]:
 
 
 @app.command("agreements")
-def agreements(ctx: typer.Context, json_output: JsonOpt = False) -> None:
-    """List your agreements: id, covered items, terms, expiry."""
+def agreements(ctx: typer.Context, json_output: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    """List your agreements: id, covered items, terms, expiry; with --quiet, only their
+    agreement ids."""
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     key = options.signing_key()
 
@@ -393,6 +397,10 @@ def agreements(ctx: typer.Context, json_output: JsonOpt = False) -> None:
     described = [agreement_json(r) for r in records]
     if json_output:
         print_json(described)
+        return
+    if quiet:
+        for record in records:
+            typer.echo(record.agreement_id)
         return
     table = Table()
     table.add_column("agreement id")
@@ -425,8 +433,11 @@ def lease(
     agreement_id: Annotated[str, typer.Argument(help="One of your agreements.")],
     request_id: RequestIdOpt = "",
     json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Take (or renew) a lease on an agreement; renewal re-checks consent."""
+    """Take (or renew) a lease on an agreement; renewal re-checks consent. With --quiet,
+    only the lease id is printed."""
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     key = options.signing_key()
 
@@ -451,6 +462,9 @@ def lease(
                 "receipt": receipt_json(response.receipt),
             }
         )
+        return
+    if quiet:
+        typer.echo(granted.lease_id)
         return
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
@@ -571,12 +585,17 @@ def watch(
         typer.Option(min=0.1, help="With --once: seconds without a new notice that end it."),
     ] = 2.0,
     json_output: JsonOpt = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Print only each notice's id, one per line."),
+    ] = False,
 ) -> None:
     """Follow your withdrawal notices (one line each; --json: one JSON object per line).
 
     Each notice names the withdrawn items and the deadline for your deletion receipt
     (`coalition lab ack`). Resume after a disconnect with --since LAST_INDEX+1.
     """
+    check_output_options(json_output, quiet)
     options = globals_of(ctx)
     key = options.signing_key()
     last: list[int] = []
@@ -590,6 +609,8 @@ def watch(
                 described = notice_json(message)
                 if json_output:
                     sys.stdout.write(json.dumps(described) + "\n")
+                elif quiet:
+                    sys.stdout.write(f"{described['notice_id']}\n")
                 else:
                     sys.stdout.write(
                         f"{described['index']} {described['notice_id']} "

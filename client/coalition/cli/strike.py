@@ -22,6 +22,8 @@ from rich.table import Table
 from coalition.cli.common import (
     EXIT_UNUSABLE,
     JsonOpt,
+    QuietOpt,
+    check_output_options,
     console,
     fail,
     format_timestamp,
@@ -153,6 +155,7 @@ def pledge(
     ] = DEFAULT_DAYS,
     request_id: RequestIdOpt = "",
     json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Pledge to withdraw all your consent from a lab (--lab) or every lab (--all-labs)
     once enough members pledge too: --min-members and/or --min-share (both: both must hold).
@@ -160,7 +163,9 @@ def pledge(
     The pledge is signed and logged (its receipt verified). If it completes a set, every
     pledge in the set executes now, together, in one batch: each member's consent is
     withdrawn, the struck lab is notified and no key for those items is released again.
+    With --quiet, only the pledge id is printed.
     """
+    check_output_options(json_output, quiet)
     if (lab is not None) == all_labs:
         fail("name the target: --lab KEYID or --all-labs", EXIT_UNUSABLE)
     if min_members is None and min_share is None:
@@ -206,6 +211,11 @@ def pledge(
                 "receipt": receipt_json(response.receipt),
             }
         )
+        return
+    if quiet:
+        typer.echo(response.pledge_id)
+        if response.executed:
+            note(f"pledge {response.pledge_id} EXECUTED now: your consent is withdrawn")
         return
     out = console()
     out.print(
