@@ -62,7 +62,7 @@ from coalition.cli.common import (
     print_json,
     run,
 )
-from coalition.client import PAYMENT_MODELS, Client
+from coalition.client import LEDGER, PAYMENT_MODELS, Client
 from coalition.compliance import ComplianceReport, DisputeState, NoticeState, compliance_report
 from coalition.errors import CoalitionError, KeyFormatError, ProofError, VerificationError
 from coalition.keys import PUBLIC_KEY_SIZE, PublicKey, key_id
@@ -75,6 +75,8 @@ app = typer.Typer(
 )
 
 PAGE_SIZE: Final = 1000
+# Pages requested ahead of the one being replayed, so replay never waits for the network.
+PAGES_AHEAD: Final = 2
 STATEMENT_KINDS: Final = tuple(statements.kind(t) for t in statements.STATEMENT_TYPES)
 STATE_VERSION: Final = 1
 # Signature checks handed to a worker process at a time, and chunks kept in flight per
@@ -723,12 +725,18 @@ async def _replay(
     replay = LedgerReplay(head, expected_coalition_keys=expected, defer_signatures=jobs > 1)
     with _progress(cp.size) as progress:
         task = progress.add_task("replaying", total=cp.size)
+
+        def advance(entries: int) -> None:
+            progress.advance(task, entries)
+
         if jobs == 1:
             async for entry in _all_entries(client, cp.size):
                 replay.feed(entry.index, entry.leaf, leaf_hash=entry.leaf_hash)
-                progress.advance(task)
-            return replay.finish(cp)
-        await _replay_in_pool(client, cp, replay, jobs, lambda: progress.advance(task))
+                if entry.index % PAGE_SIZE == PAGE_SIZE - 1:
+                    advance(PAGE_SIZE)
+        else:
+            await _replay_in_pool(client, cp, replay, jobs, advance)
+        progress.update(task, completed=cp.size)
         return replay.finish(cp)
 
 
@@ -737,7 +745,7 @@ async def _replay_in_pool(
     cp: Checkpoint,
     replay: LedgerReplay,
     jobs: int,
-    advance: Callable[[], None],
+    advance: Callable[[int], None],
 ) -> None:
     """Feed entries here, verify their signatures in worker processes, chunk by chunk."""
     loop = asyncio.get_running_loop()
@@ -764,7 +772,8 @@ async def _replay_in_pool(
                     )
                     await settle(0)
                     raise
-                advance()
+                if entry.index % PAGE_SIZE == PAGE_SIZE - 1:
+                    advance(PAGE_SIZE)  # per page: a progress update costs as much as a feed
                 if replay.deferred >= SIGNATURE_CHUNK:
                     chunk = replay.take_deferred()
                     in_flight.append(loop.run_in_executor(pool, find_signature_failure, chunk))
@@ -779,11 +788,41 @@ async def _replay_in_pool(
 
 
 async def _all_entries(client: Client, size: int) -> AsyncIterator[ledger_pb2.Entry]:
+    """Entries 0..size-1 in order; the next pages download while this one is replayed."""
     # end=0 would mean "the current size" to the server: an empty tree has nothing to fetch.
     if size == 0:
         return
-    async for entry in client.entries(0, size, PAGE_SIZE):
-        yield entry
+    ahead: deque[asyncio.Task[list[ledger_pb2.Entry]]] = deque()
+    starts = iter(range(0, size, PAGE_SIZE))
+    try:
+        for start in starts:
+            ahead.append(asyncio.create_task(_page(client, start, min(start + PAGE_SIZE, size))))
+            if len(ahead) > PAGES_AHEAD:
+                for entry in await ahead.popleft():
+                    yield entry
+        while ahead:
+            for entry in await ahead.popleft():
+                yield entry
+    finally:
+        for task in ahead:
+            task.cancel()
+
+
+async def _page(client: Client, start: int, end: int) -> list[ledger_pb2.Entry]:
+    """Entries start..end-1 (in more than one call if the server sends fewer)."""
+    found: list[ledger_pb2.Entry] = []
+    while start < end:
+        response = await client.call(
+            LEDGER + "ListEntries",
+            ledger_pb2.ListEntriesRequest(start=start, end=end, page_size=end - start),
+            ledger_pb2.ListEntriesResponse,
+            sign=False,
+        )
+        if not response.entries:
+            raise AuditError(f"the server sent no entries from {start} (below its tree size)")
+        found.extend(response.entries)
+        start += len(response.entries)
+    return found
 
 
 def _progress(total: int) -> Progress:
