@@ -133,3 +133,15 @@ async def make_client(target: str) -> AsyncIterator[Callable[..., Client]]:
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+def figure(pytestconfig: pytest.Config) -> Callable[[str], None]:
+    """Print a measured figure and repeat it under "reliability figures" at the end of the
+    run, where passing tests' output is otherwise hidden."""
+    from .reliability.harness import report
+
+    def show(line: str) -> None:
+        report(pytestconfig, line.strip())
+
+    return show

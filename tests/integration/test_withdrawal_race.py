@@ -81,17 +81,23 @@ async def run_race(
 
 
 async def test_withdraw_while_fetching_never_releases_after_withdrawal(
-    make_client: Callable[..., Client], server: CoalitionServer, anonymous: Client
+    make_client: Callable[..., Client],
+    server: CoalitionServer,
+    anonymous: Client,
+    figure: Callable[[str], None],
 ) -> None:
     trials, released = await run_race(make_client, server, anonymous, trials=30)
-    print(f"withdrawal race: {trials} trials, {released} releases, 0 after a withdrawal")
+    figure(f"withdrawal race: {trials} trials, {released} releases, 0 after a withdrawal")
     assert released > 0  # the race was real: releases did happen alongside withdrawals
 
 
 @pytest.mark.slow
 async def test_withdrawal_race_at_scale(
-    make_client: Callable[..., Client], server: CoalitionServer, anonymous: Client
+    make_client: Callable[..., Client],
+    server: CoalitionServer,
+    anonymous: Client,
+    figure: Callable[[str], None],
 ) -> None:
     trials, released = await run_race(make_client, server, anonymous, trials=500)
-    print(f"withdrawal race: {trials} trials, {released} releases, 0 after a withdrawal")
+    figure(f"withdrawal race: {trials} trials, {released} releases, 0 after a withdrawal")
     assert released > 0

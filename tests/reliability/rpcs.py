@@ -181,6 +181,8 @@ class Outcome:
     """Response messages received (for a stream: before we stopped reading)."""
     open: bool = False
     """A server stream that was still open, with no status, when we stopped waiting."""
+    response: bytes = field(default=b"", compare=False)
+    """A unary call's response, serialised (to check what an allowed call revealed)."""
 
     @property
     def ok(self) -> bool:
@@ -263,8 +265,8 @@ async def invoke(
         if not rpc.server_streaming:
             unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
             unary = channel.unary_unary(rpc.method)
-            await unary(request, metadata=metadata, timeout=deadline)
-            return Outcome(CODE.OK, messages=1)
+            raw = await unary(request, metadata=metadata, timeout=deadline)
+            return Outcome(CODE.OK, messages=1, response=raw)
         streaming: grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
         streaming = channel.unary_stream(rpc.method)
         stream = streaming(request, metadata=metadata, timeout=stream_wait)

@@ -16,10 +16,12 @@ was: "nothing is written when a call is refused" (docs/protocol.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
+from coalition.v1 import access_pb2, negotiation_pb2
 from coalition_server.api.access import AccessServicer
 from coalition_server.api.auth import Policy
 from coalition_server.api.consent import ConsentServicer
@@ -200,10 +202,13 @@ def test_every_refusal_in_the_table_is_documented() -> None:
     assert undocumented == []
 
 
-async def test_every_rpc_by_every_caller(settings: Settings, tmp_path: Path, db_url: str) -> None:
+async def test_every_rpc_by_every_caller(
+    settings: Settings, tmp_path: Path, db_url: str, figure: Callable[[str], None]
+) -> None:
     rpcs = all_rpcs()
     results: dict[str, list[str]] = {}
     wrote: list[str] = []
+    leaks: list[str] = []
     async with ratifying_server(settings, tmp_path) as server:
         world = await build_world(server)
         counter = RowCounter(db_url)
@@ -219,6 +224,10 @@ async def test_every_rpc_by_every_caller(settings: Settings, tmp_path: Path, db_
                             channel, rpc, request, call_metadata(who.call_key, rpc, request)
                         )
                         row.append(str(outcome))
+                        if caller == "other_lab" and outcome.ok:
+                            leaked = _reveals_the_lab_s(rpc.label, outcome, who.key.key_id)
+                            if leaked:
+                                leaks.append(f"{rpc.label} by the other lab: {leaked}")
                         if not outcome.ok:
                             difference = changed(before, await counter.counts())
                             if difference:
@@ -228,8 +237,8 @@ async def test_every_rpc_by_every_caller(settings: Settings, tmp_path: Path, db_
             await world.close()
     cells = [cell for row in results.values() for cell in row]
     refused = sum(cell.partition("/")[0] in (c.name for c in REFUSED) for cell in cells)
-    print(
-        f"\nauthorisation[{db_url.partition('+')[0]}]: {len(rpcs)} RPCs x {len(CALLERS)} callers"
+    figure(
+        f"authorisation[{db_url.partition('+')[0]}]: {len(rpcs)} RPCs x {len(CALLERS)} callers"
         f" = {len(cells)} cells: {len(cells) - refused} allowed"
         f" ({cells.count(OK)} OK, {len(cells) - refused - cells.count(OK)} refused for a"
         f" business reason), {refused} refused; {len(wrote)} refusals wrote rows"
@@ -245,3 +254,39 @@ async def test_every_rpc_by_every_caller(settings: Settings, tmp_path: Path, db_
     ]
     assert mismatches == [], "\n".join(mismatches)
     assert wrote == [], "refused calls wrote rows:\n" + "\n".join(wrote)
+    assert leaks == [], "the other lab saw the lab's objects:\n" + "\n".join(leaks)
+
+
+def _reveals_the_lab_s(label: str, outcome: Outcome, own: str) -> str:
+    """What an allowed call by the other lab (key id ``own``) showed of another lab's
+    objects ("" if nothing): its lists and feed may hold its own objects only."""
+    if label == "AccessService.ListAgreements":
+        records = access_pb2.ListAgreementsResponse.FromString(outcome.response).agreements
+        labs = [access_pb2.Agreement.FromString(r.agreement.payload).lab_key_id for r in records]
+        others = [lab for lab in labs if lab != own]
+        return f"{len(others)} agreements of another lab" if others else ""
+    if label == "NegotiationService.ListNegotiations":
+        found = negotiation_pb2.ListNegotiationsResponse.FromString(outcome.response)
+        others = [n.lab_key_id for n in found.negotiations if n.lab_key_id != own]
+        return f"{len(others)} negotiations of another lab" if others else ""
+    if label == "AccessService.WatchWithdrawals":
+        # The other lab holds no agreement, so any notice on its feed is someone else's.
+        return f"{outcome.messages} notices" if outcome.messages else ""
+    return ""
+
+
+def test_the_other_lab_s_lists_are_checked_for_leaks() -> None:
+    """The leak check reads what it should: a list with one agreement is a leak."""
+    theirs = negotiation_pb2.Negotiation(lab_key_id="a" * 64)
+    mine = negotiation_pb2.Negotiation(lab_key_id="b" * 64)
+    listed = negotiation_pb2.ListNegotiationsResponse(negotiations=[mine, theirs])
+    outcome = Outcome(grpc.StatusCode.OK, messages=1, response=listed.SerializeToString())
+    label = "NegotiationService.ListNegotiations"
+    assert _reveals_the_lab_s(label, outcome, "b" * 64) == "1 negotiations of another lab"
+    assert _reveals_the_lab_s(label, outcome, "a" * 64) == "1 negotiations of another lab"
+    only_mine = Outcome(
+        grpc.StatusCode.OK,
+        messages=1,
+        response=negotiation_pb2.ListNegotiationsResponse(negotiations=[mine]).SerializeToString(),
+    )
+    assert _reveals_the_lab_s(label, only_mine, "b" * 64) == ""

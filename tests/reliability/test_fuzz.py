@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,29 +68,33 @@ def _fuzz(target: str, tmp_path: Path, *flags: str, timeout: float) -> tuple[int
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_fuzz_target_starts_from_its_seeds(target: str, tmp_path: Path) -> None:
+def test_fuzz_target_starts_from_its_seeds(
+    target: str, tmp_path: Path, figure: Callable[[str], None]
+) -> None:
     runs, edges, _ = _fuzz(target, tmp_path, "-runs=300", timeout=120)
-    print(f"\nfuzz[{target}] smoke: {runs:,} executions, coverage {edges} edges")
+    figure(f"fuzz[{target}] smoke: {runs:,} executions, coverage {edges} edges")
     assert runs >= 300
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
-def test_fuzz_target_finds_nothing(target: str, tmp_path: Path) -> None:
+def test_fuzz_target_finds_nothing(
+    target: str, tmp_path: Path, figure: Callable[[str], None]
+) -> None:
     runs, edges, _ = _fuzz(
         target, tmp_path, f"-max_total_time={SECONDS}", timeout=SECONDS * 3 + 120
     )
-    print(
-        f"\nfuzz[{target}]: {runs:,} executions in {SECONDS} s, coverage {edges} edges, 0 crashes"
-    )
+    figure(f"fuzz[{target}]: {runs:,} executions in {SECONDS} s, coverage {edges} edges, 0 crashes")
     assert runs > 0
 
 
 @pytest.mark.parametrize("target", REGRESSED)
-def test_fuzz_target_replays_its_regressions(target: str, tmp_path: Path) -> None:
+def test_fuzz_target_replays_its_regressions(
+    target: str, tmp_path: Path, figure: Callable[[str], None]
+) -> None:
     found = sorted((REGRESSIONS / target).glob("*"))
     runs, _, _ = _fuzz(target, tmp_path, *(str(path) for path in found), timeout=120)
-    print(f"\nfuzz[{target}] regressions: {len(found)} inputs replayed")
+    figure(f"fuzz[{target}] regressions: {len(found)} inputs replayed")
     assert runs >= len(found)
 
 

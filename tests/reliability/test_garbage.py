@@ -719,7 +719,9 @@ def _health(channel: grpc.Channel) -> bool:
 
 
 @pytest.mark.slow
-async def test_garbage_against_every_rpc(settings: Settings, tmp_path: Path, db_url: str) -> None:
+async def test_garbage_against_every_rpc(
+    settings: Settings, tmp_path: Path, db_url: str, figure: Callable[[str], None]
+) -> None:
     database = db_url.partition("+")[0]
     rpcs = all_rpcs()
     tally = Tally()
@@ -758,7 +760,7 @@ async def test_garbage_against_every_rpc(settings: Settings, tmp_path: Path, db_
     categories = ", ".join(f"{name}: {n:,}" for name, n in tally.categories.most_common())
     reasons = ", ".join(f"{name}: {n:,}" for name, n in tally.reasons.most_common(8))
     rows = "unchanged" if not wrote else "CHANGED"
-    print(
+    figure(
         f"\ngarbage[{database}]: {tally.calls:,} calls over {len(rpcs)} RPCs in {seconds:.0f} s,"
         f" codes {{{codes}}}, {len(tally.unexpected)} unexpected, row counts {rows},"
         f" server {'up' if not down else 'DOWN'}\n  by category {{{categories}}}"

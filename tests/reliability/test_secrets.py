@@ -478,7 +478,7 @@ def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, Pki]]:
 
 
 async def test_no_secret_in_logs_errors_metrics_ledger_or_database(
-    server: tuple[ServerProcess, Pki], tmp_path: Path
+    server: tuple[ServerProcess, Pki], tmp_path: Path, figure: Callable[[str], None]
 ) -> None:
     process, pki = server
     started = time.perf_counter()
@@ -551,7 +551,7 @@ async def test_no_secret_in_logs_errors_metrics_ledger_or_database(
     seconds = time.perf_counter() - started
     sizes = ", ".join(f"{len(corpus):,} B of {name}" for name, corpus in corpora.items())
     hits = sum(len(h) for h in found.values())
-    print(
+    summary = (
         f"\nsecrets: {secrets.count} secrets × {ENCODING_KINDS} encodings (+ PEM lines) "
         f"scanned over {len(log) + len(stdout):,} bytes of logs, {len(ledger):,} of ledger, "
         f"{len(metrics):,} of metrics, {len(errors):,} of errors ({len(run.tally.errors)} "
@@ -560,6 +560,9 @@ async def test_no_secret_in_logs_errors_metrics_ledger_or_database(
         f"\nsecrets: {sizes}; {len(watcher.keys)} KEKs captured ({len(watcher.seen_destroyed)} "
         f"destroyed during the run), {len(distinct)} data keys; {seconds:.1f} s"
     )
+    for line in summary.strip().splitlines():
+        figure(line)
+
     leaks = [f"{secret} ({form}) in {where}" for where, h in found.items() for secret, form in h]
     assert not leaks, "secrets found:\n" + "\n".join(leaks[:50])
 

@@ -80,7 +80,7 @@ SETTLE_SECONDS: Final = 20.0
 @pytest.mark.slow
 @pytest.mark.timeout(SECONDS + 300)
 async def test_soak_mixed_load_without_unexpected_errors_or_memory_growth(
-    tmp_path: Path,
+    tmp_path: Path, figure: Callable[[str], None]
 ) -> None:
     server = start_server(
         tmp_path,
@@ -199,7 +199,7 @@ async def test_soak_mixed_load_without_unexpected_errors_or_memory_growth(
     mib = 1024 * 1024
     operations = ", ".join(f"{kind} {n}" for kind, n in sorted(tally.done.items()))
     refusals = ", ".join(f"{kind} {n}" for kind, n in sorted(tally.refused.items())) or "none"
-    print(
+    summary = (
         f"\nsoak: {load_seconds:.0f} s of load on SQLite, {sum(tally.done.values())} operations "
         f"({sum(tally.done.values()) / load_seconds:.0f}/s)"
         f"\nsoak: operations: {operations}"
@@ -215,6 +215,8 @@ async def test_soak_mixed_load_without_unexpected_errors_or_memory_growth(
         f"\nsoak: ledger {entries} entries verified ({auditor.rounds} audit rounds, "
         f"incremental replay, full replay and `coalition audit verify` in {verify_seconds:.1f} s)"
     )
+    for line in summary.strip().splitlines():
+        figure(line)
     curve = "  ".join(f"{at:.0f}s {rss / mib:.1f}" for at, rss in samples[::10])
     print(f"soak: server RSS (MiB) every 10 s: {curve}")
     for line in tally.unexpected[:20]:

@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +142,7 @@ async def tree_size(client: Client) -> int:
 
 
 async def test_tls_server_serves_tls_and_refuses_plaintext_and_untrusted_roots(
-    tmp_path: Path, pki: Pki
+    tmp_path: Path, pki: Pki, figure: Callable[[str], None]
 ) -> None:
     settings = _settings(tmp_path, tls_cert=pki.server.cert, tls_key=pki.server.key)
     async with serving(settings) as target:
@@ -161,7 +161,7 @@ async def test_tls_server_serves_tls_and_refuses_plaintext_and_untrusted_roots(
         for name, client in cases.items():
             assert await refusal(client) == grpc.StatusCode.UNAVAILABLE, name
         assert await tree_size(_client(target, roots=pki.server_ca)) == 3
-    print(f"\ntransport: TLS server: 2 TLS clients served; refused: {', '.join(cases)}")
+    figure(f"transport: TLS server: 2 TLS clients served; refused: {', '.join(cases)}")
 
 
 # --- mutual TLS -------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def _mtls(tmp_path: Path, pki: Pki) -> Settings:
 
 
 async def test_mutual_tls_serves_only_clients_with_a_certificate_from_the_client_ca(
-    tmp_path: Path, pki: Pki
+    tmp_path: Path, pki: Pki, figure: Callable[[str], None]
 ) -> None:
     async with serving(_mtls(tmp_path, pki)) as target:
         key = SigningKey.generate()
@@ -200,7 +200,7 @@ async def test_mutual_tls_serves_only_clients_with_a_certificate_from_the_client
         with pytest.raises(ServerError) as anonymous:
             await tree_size(_client(target, roots=pki.server_ca))
         assert anonymous.value.code == grpc.StatusCode.UNAVAILABLE
-    print(f"\ntransport: mutual TLS server: 1 client served; refused: {', '.join(cases)}")
+    figure(f"transport: mutual TLS server: 1 client served; refused: {', '.join(cases)}")
 
 
 def test_a_client_certificate_needs_its_key() -> None:
@@ -266,7 +266,9 @@ async def test_the_cli_presents_a_client_certificate_by_flag_or_environment(
     assert f"cannot read --tls-client-key {missing}" in result.stderr
 
 
-async def test_health_probes_tls_and_mutual_tls_servers(tmp_path: Path, pki: Pki) -> None:
+async def test_health_probes_tls_and_mutual_tls_servers(
+    tmp_path: Path, pki: Pki, figure: Callable[[str], None]
+) -> None:
     # A certificate for the public name only, as in production: the probe runs on the host
     # itself and dials 127.0.0.1, so it names the server it expects with --server-name.
     ca = CertificateAuthority(tmp_path, "public-ca", "public CA")
@@ -298,7 +300,7 @@ async def test_health_probes_tls_and_mutual_tls_servers(tmp_path: Path, pki: Pki
     result = await _server_cli("health", "--target", target, *client)
     assert result.exit_code == 2
     assert "give --ca too" in result.output
-    print(f"\ntransport: health over mutual TLS served; refused: {', '.join(refused)}")
+    figure(f"transport: health over mutual TLS served; refused: {', '.join(refused)}")
 
 
 # --- the setting ------------------------------------------------------------------------------
