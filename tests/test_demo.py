@@ -4,7 +4,12 @@ report), and the report, charts and summary rendered from a fixed result."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -341,3 +346,30 @@ def test_demo_help_needs_no_server() -> None:
     assert result.exit_code == 0
     assert "--members" in result.output
     assert "--report" in result.output
+
+
+@pytest.mark.slow
+def test_the_readme_s_demo_runs_at_full_size(tmp_path: Path, figure: Callable[[str], None]) -> None:
+    """`make demo` as the README gives it: the default coalition (300 members, three labs
+    bargaining by different strategies), with its report. Its time is printed, not bound."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "coalition"), "demo", "--report", "demo-report"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("COALITION_")},
+    )
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads((tmp_path / "demo-report" / RESULT_JSON).read_text())
+    assert data["members"] == 300
+    assert len({lab["strategy"] for lab in data["labs"]}) == 3
+    assert data["audit"]["verified"]
+    assert data["strike"]["executed"]
+    assert (tmp_path / "demo-report" / "index.html").exists()
+    figure(
+        f"demo (make demo): {data['members']} members, {len(data['labs'])} labs, "
+        f"{data['audit']['entries']:,} entries verified, {seconds:.1f} s"
+    )
