@@ -137,7 +137,7 @@ async def make_client(target: str) -> AsyncIterator[Callable[..., Client]]:
 
 @pytest.fixture
 def figure(pytestconfig: pytest.Config) -> Callable[[str], None]:
-    """Print a measured figure and repeat it under "reliability figures" at the end of the
+    """Print a measured figure and repeat it under "measured figures" at the end of the
     run, where passing tests' output is otherwise hidden."""
     from .reliability.harness import report
 

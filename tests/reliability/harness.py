@@ -71,7 +71,7 @@ class Figures:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         """Write every figures line under its own heading at the end of the run."""
         if self.lines:
-            terminalreporter.section("reliability figures")
+            terminalreporter.section("measured figures")
             for line in self.lines:
                 terminalreporter.write_line(line)
 
