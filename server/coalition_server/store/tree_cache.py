@@ -84,7 +84,12 @@ def inclusion_proof(index: int, size: int, node: NodeHash, memo: Memo | None = N
         k = 1 << ((hi - lo - 1).bit_length() - 1)
         mid = lo + k
         if index < mid:
-            out.append(_range_hash(mid, hi, node, memo))
+            n = hi - mid
+            if n & (n - 1):  # the one right sibling that is not a perfect subtree
+                out.append(_range_hash(mid, hi, node, memo))
+            else:
+                level = n.bit_length() - 1
+                out.append(node(level, mid >> level))
             hi = mid
         else:
             level = k.bit_length() - 1
@@ -106,13 +111,19 @@ def consistency_proof(
                 out.append(_range_hash(lo, hi, node, memo))
             break
         k = 1 << ((hi - lo - 1).bit_length() - 1)
-        if old_size <= lo + k:
-            out.append(_range_hash(lo + k, hi, node, memo))
-            hi = lo + k
+        mid = lo + k
+        if old_size <= mid:
+            n = hi - mid
+            if n & (n - 1):
+                out.append(_range_hash(mid, hi, node, memo))
+            else:
+                level = n.bit_length() - 1
+                out.append(node(level, mid >> level))
+            hi = mid
         else:
             level = k.bit_length() - 1
             out.append(node(level, lo >> level))
-            lo += k
+            lo = mid
             whole_old_tree = False
     out.reverse()
     return out
@@ -225,6 +236,14 @@ class TreeCache:
         proof)."""
         levels = self._levels
         min_level = self.min_level
+
+        if min_level == 0:
+
+            def cached(level: int, index: int) -> bytes:
+                start = index * HASH
+                return bytes(levels[level][start : start + HASH])
+
+            return cached
 
         def node(level: int, index: int) -> bytes:
             if level >= min_level:
