@@ -69,10 +69,6 @@ LAB_PERIOD: Final = 1.5
 WITHDRAW_PERIOD: Final = 2.0
 AUDIT_PERIOD: Final = 2.0
 READ_PERIOD: Final = 0.25
-AUTH_WINDOW: Final = "5"
-"""Seconds a signed call's timestamp may be off: the replay cache remembers each nonce for
-twice that, so it reaches its steady size within the warm-up (300 s by default: it would
-grow through the whole run, by design)."""
 SETTLE_SECONDS: Final = 20.0
 """Most seconds to wait, after the load, for the labs' last deletion receipts."""
 
@@ -90,8 +86,6 @@ async def test_soak_mixed_load_without_unexpected_errors_or_memory_growth(
         "1",
         "--metrics-refresh-seconds",
         "0.5",
-        "--auth-window-seconds",
-        AUTH_WINDOW,
         metrics=True,
     )
     tally = Tally()
