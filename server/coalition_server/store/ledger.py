@@ -12,6 +12,7 @@ always provable here). Without a cache every proof reads its nodes and the head.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from coalition_server.store.tree_cache import (
     nodes_of,
 )
 from coalition_server.timeutil import utcnow
+
+log = logging.getLogger(__name__)
 
 # Indexes are stored as signed 64-bit integers; anything larger cannot exist.
 MAX_INDEX = 2**63 - 1
@@ -193,12 +196,17 @@ class LedgerStore:
         return StoredEntry(row.idx, row.leaf, row.leaf_hash)
 
     async def warm(self) -> None:
-        """Fill the tree cache up to the latest checkpoint (a server does this at start)."""
+        """Fill the tree cache up to the latest checkpoint (a server does this at start).
+
+        A failure is logged, not raised: the first proof then catches up instead."""
         if self._tree is None:
             return
-        head = await self.latest_checkpoint()
-        async with self._db.reader.connect() as conn:
-            await self._tree.catch_up(conn, head.tree_size)
+        try:
+            head = await self.latest_checkpoint()
+            async with self._db.reader.connect() as conn:
+                await self._tree.catch_up(conn, head.tree_size)
+        except Exception as exc:
+            log.warning("tree cache warm-up failed (%s); proofs will read what they need", exc)
 
     def saw_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         """Note a checkpoint this process just committed (the newest, until another replica
