@@ -3,28 +3,27 @@ the database (another replica's appends), and past its budget it reads the low l
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coalition import merkle, statements
+from coalition import merkle
 from coalition.keys import SigningKey
-from coalition.v1 import items_pb2, ledger_pb2
+from coalition.v1 import ledger_pb2
 from coalition_server.config import Settings
 from coalition_server.server import CoalitionServer
 from coalition_server.store.database import Database
 from coalition_server.store.ledger import LedgerStore
-from coalition_server.store.sequencer import Group, Sequencer, Submission
+from coalition_server.store.sequencer import Group, Sequencer
 from coalition_server.store.tree_cache import (
     TreeCache,
     consistency_proof,
     inclusion_proof,
 )
 
-from ..integration.builders import now, ts
+from .test_sequencer import _statement
 
 
 def _tree(size: int) -> tuple[dict[merkle.NodeId, bytes], dict[tuple[int, int], bytes]]:
@@ -66,17 +65,6 @@ def test_extend_takes_only_a_contiguous_commit() -> None:
     assert cache.get(0, 36) == flat[(0, 36)]
     assert cache.get(5, 0) == flat[(5, 0)]
     assert cache.get(5, 1) is None  # not a complete subtree of 37 leaves
-
-
-def _statement(key: SigningKey) -> Submission:
-    registration = items_pb2.ItemRegistration(
-        commitment=hashlib.sha256(os.urandom(16)).digest(),
-        size_bytes=1,
-        media_type="text/plain",
-        created_time=ts(now()),
-        nonce=os.urandom(16),
-    )
-    return Submission(statements.sign_statement(registration, key), key.public_key.key_id)
 
 
 def _no_response(receipts: Sequence[ledger_pb2.Receipt]) -> bytes:
