@@ -70,10 +70,6 @@ time they only compete for the CPU and the one SQLite writer: measured slower). 
 auditor's guide comes after the contributor's and the lab's, to audit what they did."""
 
 NOT_RUN: Final[dict[tuple[str, str], str]] = {
-    ("README.md", "make demo"): (
-        "run as given, at full size, by "
-        "tests/test_demo.py::test_the_readme_s_demo_runs_at_full_size"
-    ),
     ("README.md", "make serve"): (
         "serves until stopped; the test starts the same coalition-server itself"
     ),
