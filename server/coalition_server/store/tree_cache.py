@@ -84,12 +84,7 @@ def inclusion_proof(index: int, size: int, node: NodeHash, memo: Memo | None = N
         k = 1 << ((hi - lo - 1).bit_length() - 1)
         mid = lo + k
         if index < mid:
-            n = hi - mid
-            if n & (n - 1):  # the one right sibling that is not a perfect subtree
-                out.append(_range_hash(mid, hi, node, memo))
-            else:
-                level = n.bit_length() - 1
-                out.append(node(level, mid >> level))
+            out.append(_range_hash(mid, hi, node, memo))
             hi = mid
         else:
             level = k.bit_length() - 1
@@ -113,12 +108,7 @@ def consistency_proof(
         k = 1 << ((hi - lo - 1).bit_length() - 1)
         mid = lo + k
         if old_size <= mid:
-            n = hi - mid
-            if n & (n - 1):
-                out.append(_range_hash(mid, hi, node, memo))
-            else:
-                level = n.bit_length() - 1
-                out.append(node(level, mid >> level))
+            out.append(_range_hash(mid, hi, node, memo))
             hi = mid
         else:
             level = k.bit_length() - 1
