@@ -4,6 +4,7 @@ checks, entry rows written before the effects that point at them, and group effe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
@@ -14,7 +15,11 @@ from sqlalchemy import func, select
 from coalition import statements
 from coalition.keys import SigningKey
 from coalition.v1 import items_pb2, ledger_pb2
-from coalition_server.domain.errors import AlreadyExistsError, FailedPreconditionError
+from coalition_server.domain.errors import (
+    AlreadyExistsError,
+    DomainError,
+    FailedPreconditionError,
+)
 from coalition_server.server import CoalitionServer
 from coalition_server.store import models
 from coalition_server.store.sequencer import (
@@ -22,6 +27,8 @@ from coalition_server.store.sequencer import (
     Group,
     GroupContext,
     IdempotencyKey,
+    RunContext,
+    RunRequest,
     Sequencer,
     Submission,
 )
@@ -150,3 +157,55 @@ async def test_request_ids_are_answered_once_within_a_batch_and_across_batches(
         await sequencer.submit(Group((_statement(key),), _respond, other))
     assert reused.value.reason == "REQUEST_ID_REUSED"
     assert await _entries(server) == before + 1
+
+
+async def test_a_run_is_decided_in_one_call_and_split_at_a_repeated_statement(
+    server: CoalitionServer,
+) -> None:
+    key = SigningKey.generate()
+    sequencer = _sequencer(server)
+    calls: list[list[str]] = []
+
+    @dataclasses.dataclass
+    class Plan:
+        outcomes: list[Sequence[Submission] | DomainError]
+
+        async def record(self, conn: object) -> None:
+            return None
+
+    async def runner(ctx: RunContext, requests: Sequence[object]) -> Plan:
+        names = [str(r) for r in requests]
+        calls.append(names)
+        return Plan(
+            [
+                FailedPreconditionError("NO", "refused") if name == "refuse" else [_statement(key)]
+                for name in names
+            ]
+        )
+
+    def group(name: str, submission: Submission | None = None) -> Group:
+        return Group((submission or _statement(key),), _respond, run=RunRequest(runner, name))
+
+    twice = _statement(key)
+    await asyncio.sleep(0.1)  # let the sequencer finish counting earlier batches
+    batches = server.sequencer_batches
+    outcomes = await asyncio.gather(
+        sequencer.submit(group("a")),
+        sequencer.submit(group("refuse")),
+        sequencer.submit(group("b", twice)),
+        sequencer.submit(group("c", twice)),  # the same statement: starts a new run
+        return_exceptions=True,
+    )
+    assert server.sequencer_batches == batches + 1
+    # The repeated statement is refused before its run's runner is asked.
+    assert calls == [["a", "refuse", "b"]]
+    first, refused, third, duplicate = outcomes
+    assert isinstance(refused, FailedPreconditionError)
+    assert isinstance(duplicate, AlreadyExistsError)
+    assert duplicate.reason == "DUPLICATE_STATEMENT"
+    assert not isinstance(first, BaseException)
+    assert not isinstance(third, BaseException)
+    # Each accepted statement is followed by its follow-up; the refused one took no index.
+    a = first.receipts[0].index
+    assert [r.index for r in first.receipts] == [a, a + 1]
+    assert [r.index for r in third.receipts] == [a + 2, a + 3]

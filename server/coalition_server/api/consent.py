@@ -27,9 +27,10 @@ from coalition_server.domain.errors import (
 from coalition_server.domain.pagination import decode_token, encode_token, page_size
 from coalition_server.domain.statements import HEX_ID
 from coalition_server.store import consent as store
+from coalition_server.store import withdrawal as withdrawals
 from coalition_server.store.ledger import LedgerStore
-from coalition_server.store.sequencer import Group, GroupContext, Submission
-from coalition_server.store.withdrawal import WithdrawalEffect, WithdrawalOutcome
+from coalition_server.store.sequencer import Group, GroupContext, RunRequest, Submission
+from coalition_server.store.withdrawal import WithdrawalOutcome, WithdrawalRequest
 from coalition_server.timeutil import utcnow
 
 CONTRIBUTOR = party_pb2.ROLE_CONTRIBUTOR
@@ -152,7 +153,7 @@ class ConsentServicer:
         envelope, statement = signed_statement(request, "withdrawal", consent_pb2.Withdrawal, call)
         _check_withdrawal_scope(statement)
         outcome = WithdrawalOutcome()
-        effect = WithdrawalEffect(
+        withdrawal = WithdrawalRequest(
             member=party.key_id,
             withdrawal_id=statements.statement_id(envelope),
             statement=statement,
@@ -167,8 +168,10 @@ class ConsentServicer:
                 notified_labs=len(outcome.notified_labs),
             ).SerializeToString()
 
+        # Withdrawals queued together are decided together (decision 35).
+        run = RunRequest(withdrawals.decide_run, withdrawal)
         result = await self._ctx.sequencer.submit(
-            Group((Submission(envelope, party.key_id, effect=effect),), respond, key)
+            Group((Submission(envelope, party.key_id),), respond, key, run=run)
         )
         return consent_pb2.WithdrawResponse.FromString(result.response)
 

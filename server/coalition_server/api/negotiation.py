@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition import dsse, merkle, norms, statements
 from coalition.v1 import (
@@ -33,6 +35,7 @@ from coalition_server.domain import catalogue as pool_catalogue
 from coalition_server.domain import negotiation as machine
 from coalition_server.domain.consent import check_declaration, duration
 from coalition_server.domain.errors import (
+    DomainError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -46,7 +49,14 @@ from coalition_server.domain.statements import (
 from coalition_server.store import items as items_store
 from coalition_server.store import negotiation as store
 from coalition_server.store.ledger import LedgerStore
-from coalition_server.store.sequencer import EffectContext, Group, Submission
+from coalition_server.store.pool import Pool
+from coalition_server.store.sequencer import (
+    EffectContext,
+    Group,
+    RunContext,
+    RunRequest,
+    Submission,
+)
 from coalition_server.timeutil import to_timestamp, utcnow
 
 LAB = party_pb2.ROLE_LAB
@@ -170,13 +180,14 @@ class NegotiationServicer:
         )
         result = await self._ctx.sequencer.submit(
             Group(
-                (Submission(envelope, lab.key_id, (effect.negotiation_id,), effect),),
+                (Submission(envelope, lab.key_id, (effect.negotiation_id,)),),
                 lambda receipts: negotiation_pb2.OpenNegotiationResponse(
                     negotiation=effect.proto(),
                     receipt=receipts[0],
                     coalition_move=effect.answer_proto(),
                 ).SerializeToString(),
                 key,
+                run=RunRequest(_decide_moves, effect),
             )
         )
         return negotiation_pb2.OpenNegotiationResponse.FromString(result.response)
@@ -196,13 +207,14 @@ class NegotiationServicer:
         effect = _LabMove(self._ctx, move.negotiation_id, lab.key_id, move=move)
         result = await self._ctx.sequencer.submit(
             Group(
-                (Submission(envelope, lab.key_id, (move.negotiation_id,), effect),),
+                (Submission(envelope, lab.key_id, (move.negotiation_id,)),),
                 lambda receipts: negotiation_pb2.MoveResponse(
                     negotiation=effect.proto(),
                     receipt=receipts[0],
                     coalition_move=effect.answer_proto(),
                 ).SerializeToString(),
                 key,
+                run=RunRequest(_decide_moves, effect),
             )
         )
         return negotiation_pb2.MoveResponse.FromString(result.response)
@@ -560,14 +572,22 @@ class _LabMove:
     def answer_proto(self) -> envelope_pb2.Envelope | None:
         return self.answer.to_proto() if self.answer is not None else None
 
-    async def __call__(self, ctx: EffectContext) -> list[Submission]:
-        now = ctx.integrated_time
+    def decide(
+        self,
+        current: store.NegotiationEntry | None,
+        pool: supply.Pool,
+        index: int,
+        now: datetime,
+    ) -> list[Submission]:
+        """Apply the lab's move at ``index`` to the negotiation as it is (``current``; None
+        before an opening) and answer it; return the coalition's moves to log after it.
+        Refuses (DomainError) before changing anything."""
         policy = self.ctx.policy.negotiation
         if self.opening is not None:
             entry = store.NegotiationEntry(
                 negotiation_id=self.negotiation_id,
                 lab_key_id=self.lab,
-                index=ctx.index,
+                index=index,
                 state=machine.REQUESTED,
                 round=0,
                 current_terms=self.opening,
@@ -579,10 +599,9 @@ class _LabMove:
                 agreement_id=None,
                 termination_reason=None,
             )
-            await store.insert_negotiation(ctx.conn, entry)
         else:
             assert self.move is not None
-            entry = _own(await store.negotiation(ctx.conn, self.negotiation_id), self.lab)
+            entry = _own(current, self.lab)
             if entry.state in machine.OPEN_STATES and entry.deadline <= now:
                 raise FailedPreconditionError(
                     "NEGOTIATION_EXPIRED", "the negotiation's deadline has passed"
@@ -608,44 +627,38 @@ class _LabMove:
         if entry.state == machine.AGREED:
             # The lab accepted the coalition's terms: draft the agreement, or end it if the
             # pool no longer supports those terms (consent changed since the offer).
-            entry, follow_up = await self._agree_or_end(ctx, entry)
+            entry, follow_up = self._agree_or_end(pool, now, entry)
             follow_ups.extend(follow_up)
         elif entry.state in (machine.REQUESTED, machine.COUNTERED):
-            entry, follow_up = await self._answer(ctx, entry)
+            entry, follow_up = self._answer(pool, now, entry)
             follow_ups.extend(follow_up)
-        await store.save(ctx.conn, entry)
         self.entry = entry
         return follow_ups
 
-    async def _pool(self, ctx: EffectContext) -> supply.Pool:
-        """The pool as this lab faces it now, read in the sequencing transaction through the
-        cache ``deals.candidates_for`` uses too (so ``pool.candidates`` is the same)."""
-        pools = self.ctx.pools
-        pool = await pools.load(ctx.conn)
-        return supply.Pool(
-            pool.items, pool.tokens, self.lab, ctx.integrated_time, pool.memo, pools.check
-        )
+    def pool_view(self, pool: Pool, now: datetime) -> supply.Pool:
+        """The pool as this lab faces it now (``pool`` read in the sequencing transaction
+        through the cache ``deals.candidates_for`` uses too, so candidates are the same)."""
+        return supply.Pool(pool.items, pool.tokens, self.lab, now, pool.memo, self.ctx.pools.check)
 
     def _policy(self, terms: terms_pb2.LicenceTerms) -> bargaining.BargainingPolicy:
         return deals.policy_for(self.ctx, terms)
 
-    async def _answer(
-        self, ctx: EffectContext, entry: store.NegotiationEntry
+    def _answer(
+        self, pool: supply.Pool, now: datetime, entry: store.NegotiationEntry
     ) -> tuple[store.NegotiationEntry, list[Submission]]:
         terms = entry.current_terms
-        pool = await self._pool(ctx)
         decision = bargaining.coalition_answer(
             self._policy(terms),
             pool,
             terms,
             entry.round + 1,
-            ctx.integrated_time - entry.opened_at,
+            now - entry.opened_at,
             self.ctx.policy.catalogue.minimum_group_size,
         )
         round_ = entry.round + 1
         if decision.kind == "accept":
             entry = replace(entry, round=round_, state=machine.AGREED)
-            entry, extra = await self._agree_or_end(ctx, entry, already_moved=True)
+            entry, extra = self._agree_or_end(pool, now, entry)
             move = _coalition_move(self.ctx, self.negotiation_id, round_, machine.ACCEPT, None)
             return entry, [self._submission(move), *extra]
         if decision.kind == "offer":
@@ -673,11 +686,10 @@ class _LabMove:
         )
         return entry, [self._submission(move)]
 
-    async def _agree_or_end(
-        self, ctx: EffectContext, entry: store.NegotiationEntry, already_moved: bool = False
+    def _agree_or_end(
+        self, pool: supply.Pool, now: datetime, entry: store.NegotiationEntry
     ) -> tuple[store.NegotiationEntry, list[Submission]]:
         terms = entry.current_terms
-        pool = await self._pool(ctx)
         try:
             covered = bargaining.check_agreement(
                 self._policy(terms),
@@ -697,9 +709,7 @@ class _LabMove:
         ids = sorted(c.item_id for c in covered)
         # Defence in depth: each covered item re-derived through consent.permits (no hard
         # norm broken, floor plus premiums met) before anything is drafted.
-        reservation.check_covered(
-            ids, pool.items, pool.tokens_by_member, terms, self.lab, ctx.integrated_time
-        )
+        reservation.check_covered(ids, pool.items, pool.tokens_by_member, terms, self.lab, now)
         draft = access_pb2.Agreement(
             negotiation_id=self.negotiation_id,
             lab_key_id=self.lab,
@@ -707,10 +717,8 @@ class _LabMove:
             covered_items_root=item_ids_root(ids),
             covered_item_count=len(ids),
             covered_item_ids=ids,
-            expiry_time=to_timestamp(
-                ctx.integrated_time + duration(terms.licence_duration, "licence_duration")
-            ),
-            created_time=to_timestamp(ctx.integrated_time),
+            expiry_time=to_timestamp(now + duration(terms.licence_duration, "licence_duration")),
+            created_time=to_timestamp(now),
             nonce=os.urandom(16),
         )
         return replace(entry, agreement_draft=draft.SerializeToString(deterministic=True)), []
@@ -719,6 +727,53 @@ class _LabMove:
         if self.answer is None:
             self.answer = move
         return Submission(move, self.ctx.coalition_key.key_id, (self.negotiation_id, self.lab))
+
+
+@dataclass
+class _DecidedMoves:
+    """A run of lab moves decided in memory, and the negotiation rows they leave."""
+
+    outcomes: list[Sequence[Submission] | DomainError] = field(default_factory=list)
+    opened: dict[str, store.NegotiationEntry] = field(default_factory=dict)
+    moved: dict[str, store.NegotiationEntry] = field(default_factory=dict)
+
+    async def record(self, conn: AsyncConnection) -> None:
+        await store.insert_negotiations(conn, list(self.opened.values()))
+        await store.save_all(conn, list(self.moved.values()))
+
+
+async def _decide_moves(ctx: RunContext, requests: Sequence[object]) -> _DecidedMoves:
+    """The sequencer's runner for OpenNegotiation and Move calls queued together (decision
+    35): the negotiations read in one query and the pool once, each move decided in order
+    against them in memory (a later move of the same negotiation sees the earlier one), the
+    rows written in two statements."""
+    moves = [m for m in requests if isinstance(m, _LabMove)]
+    if len(moves) != len(requests):
+        raise TypeError("a move run holds lab moves only")
+    current = await store.negotiations(
+        ctx.conn, {m.negotiation_id for m in moves if m.move is not None}
+    )
+    pool = await moves[0].ctx.pools.load(ctx.conn)
+    decided = _DecidedMoves()
+    index = ctx.first_index
+    for move in moves:
+        try:
+            follow_ups = move.decide(
+                current.get(move.negotiation_id),
+                move.pool_view(pool, ctx.integrated_time),
+                index,
+                ctx.integrated_time,
+            )
+        except DomainError as refused:
+            decided.outcomes.append(refused)
+            continue
+        assert move.entry is not None
+        current[move.negotiation_id] = move.entry
+        opened = move.opening is not None or move.negotiation_id in decided.opened
+        (decided.opened if opened else decided.moved)[move.negotiation_id] = move.entry
+        decided.outcomes.append(follow_ups)
+        index += 1 + len(follow_ups)
+    return decided
 
 
 @dataclass

@@ -32,7 +32,11 @@ from coalition_server.domain.statements import (
 from coalition_server.store import strikes as store
 from coalition_server.store.parties import PartyStore
 from coalition_server.store.sequencer import EffectContext, Group, Submission
-from coalition_server.store.withdrawal import WithdrawalEffect, WithdrawalOutcome
+from coalition_server.store.withdrawal import (
+    StrikeWithdrawals,
+    WithdrawalOutcome,
+    WithdrawalRequest,
+)
 from coalition_server.timeutil import utcnow
 
 CONTRIBUTOR = party_pb2.ROLE_CONTRIBUTOR
@@ -217,9 +221,8 @@ class _ExecuteStrike:
 
     async def __call__(self, ctx: EffectContext) -> list[Submission]:
         await store.set_state(ctx.conn, [p.pledge_id for p in self.chosen], store.EXECUTED)
-        follow_ups: list[Submission] = []
-        for pledge in self.chosen:
-            effect = WithdrawalEffect(
+        requests = [
+            WithdrawalRequest(
                 member=pledge.member_key_id,
                 withdrawal_id=pledge.pledge_id,
                 statement=consent_pb2.Withdrawal(everything=True),
@@ -228,8 +231,9 @@ class _ExecuteStrike:
                 struck_lab=self.target,
                 strict=False,
             )
-            follow_ups.extend(await effect(ctx))
-        return follow_ups
+            for pledge in self.chosen
+        ]
+        return await StrikeWithdrawals(requests)(ctx)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -127,12 +127,28 @@ async def agreements_covering(
         )
         for row in rows:
             covered.setdefault(row.agreement_id, []).append(row.item_id)
-    result = []
-    for agreement_id in sorted(covered):
-        entry = await agreement(conn, agreement_id)
-        if entry is not None:
-            result.append((entry, sorted(covered[agreement_id])))
-    return result
+    found = await agreements(conn, covered)
+    return [
+        (found[agreement_id], sorted(covered[agreement_id]))
+        for agreement_id in sorted(covered)
+        if agreement_id in found
+    ]
+
+
+async def agreements(
+    conn: AsyncConnection, agreement_ids: Iterable[str]
+) -> dict[str, AgreementEntry]:
+    """Agreements by id (missing ids are simply absent)."""
+    wanted = sorted(set(agreement_ids))
+    found: dict[str, AgreementEntry] = {}
+    for start in range(0, len(wanted), 500):
+        rows = await conn.execute(
+            select(models.AgreementRow).where(
+                models.AgreementRow.agreement_id.in_(wanted[start : start + 500])
+            )
+        )
+        found.update((row.agreement_id, _agreement(row)) for row in rows)
+    return found
 
 
 async def agreement_item_ids(
@@ -193,8 +209,10 @@ async def record_release(
         await conn.execute(insert(models.ReleasedItem), rows)
 
 
-async def record_notice(conn: AsyncConnection, notice: NoticeEntry) -> None:
-    """Insert a withdrawal notice."""
+async def record_notices(conn: AsyncConnection, notices: Sequence[NoticeEntry]) -> None:
+    """Insert withdrawal notices."""
+    if not notices:
+        return
     await conn.execute(
         insert(models.NoticeRow),
         [
@@ -207,6 +225,7 @@ async def record_notice(conn: AsyncConnection, notice: NoticeEntry) -> None:
                 "payload": notice.statement.SerializeToString(deterministic=True),
                 "respond_by": notice.respond_by,
             }
+            for notice in notices
         ],
     )
 

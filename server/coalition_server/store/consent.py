@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition.v1 import consent_pb2
@@ -205,14 +205,20 @@ def consented_at_all(item: ItemRecord, tokens: Iterable[rules.Token], at: dateti
     )
 
 
-async def mark_withdrawn(conn: AsyncConnection, consent_ids: list[str], index: int) -> None:
-    """Set tokens WITHDRAWN by the withdrawal at ``index``."""
-    for start in range(0, len(consent_ids), 500):
-        await conn.execute(
-            update(models.ConsentRow)
-            .where(models.ConsentRow.consent_id.in_(consent_ids[start : start + 500]))
-            .values(state=rules.WITHDRAWN, withdrawal_idx=index)
-        )
+async def set_states(conn: AsyncConnection, changes: Mapping[str, tuple[int, int]]) -> None:
+    """Record tokens' new states: consent_id -> (WITHDRAWN or INVALIDATED, the index of the
+    withdrawal that did it). One executemany for them all."""
+    if not changes:
+        return
+    await conn.execute(
+        update(models.ConsentRow)
+        .where(models.ConsentRow.consent_id == bindparam("b_consent_id"))
+        .values(state=bindparam("b_state"), withdrawal_idx=bindparam("b_index")),
+        [
+            {"b_consent_id": consent_id, "b_state": state, "b_index": index}
+            for consent_id, (state, index) in changes.items()
+        ],
+    )
 
 
 def require_withdrawable(entry: ConsentEntry | None, member: str, at: datetime) -> ConsentEntry:
@@ -230,37 +236,62 @@ def require_withdrawable(entry: ConsentEntry | None, member: str, at: datetime) 
     return entry
 
 
-async def invalidate_emptied(
-    conn: AsyncConnection, member: str, withdrawn_items: set[str], index: int
-) -> None:
-    """Tokens naming only items that are all withdrawn become INVALIDATED (ISO 27560)."""
-    emptied = [
-        entry.token.consent_id
-        for entry in await member_consents(conn, member)
-        if entry.recorded_state == rules.GIVEN
-        and entry.token.statement.items.WhichOneof("selector") == "item_ids"
-        and set(entry.token.statement.items.item_ids.item_ids) <= withdrawn_items
-    ]
-    if emptied:
-        await conn.execute(
-            update(models.ConsentRow)
-            .where(models.ConsentRow.consent_id.in_(emptied))
-            .values(state=rules.INVALIDATED, withdrawal_idx=index)
+async def members_consents(
+    conn: AsyncConnection, members: Iterable[str]
+) -> dict[str, list[ConsentEntry]]:
+    """Every token of each member (all states), in ledger order."""
+    wanted = sorted(set(members))
+    found: dict[str, list[ConsentEntry]] = {member: [] for member in wanted}
+    for start in range(0, len(wanted), 500):
+        rows = await conn.execute(
+            select(models.ConsentRow)
+            .where(models.ConsentRow.contributor_key_id.in_(wanted[start : start + 500]))
+            .order_by(models.ConsentRow.idx)
         )
+        for row in rows:
+            found[row.contributor_key_id].append(_entry(row))
+    return found
 
 
-async def exclude_lab(conn: AsyncConnection, member: str, lab: str, index: int) -> None:
-    """The member's consent no longer covers ``lab`` (an executed strike pledge)."""
-    exists = (
-        await conn.execute(
-            select(models.ConsentExclusion.idx).where(
-                models.ConsentExclusion.member_key_id == member,
-                models.ConsentExclusion.lab_key_id == lab,
+async def consents_by_id(
+    conn: AsyncConnection, consent_ids: Iterable[str]
+) -> dict[str, ConsentEntry]:
+    """Tokens by id (missing ids are simply absent)."""
+    wanted = sorted(set(consent_ids))
+    found: dict[str, ConsentEntry] = {}
+    for start in range(0, len(wanted), 500):
+        rows = await conn.execute(
+            select(models.ConsentRow).where(
+                models.ConsentRow.consent_id.in_(wanted[start : start + 500])
             )
         )
-    ).first()
-    if exists is None:
+        found.update((row.consent_id, _entry(row)) for row in rows)
+    return found
+
+
+async def struck_labs(conn: AsyncConnection, members: Iterable[str]) -> dict[str, set[str]]:
+    """The labs each member's consent no longer covers (executed strike pledges)."""
+    wanted = sorted(set(members))
+    found: dict[str, set[str]] = {member: set() for member in wanted}
+    for start in range(0, len(wanted), 500):
+        rows = await conn.execute(
+            select(models.ConsentExclusion).where(
+                models.ConsentExclusion.member_key_id.in_(wanted[start : start + 500])
+            )
+        )
+        for row in rows:
+            found[row.member_key_id].add(row.lab_key_id)
+    return found
+
+
+async def exclude_labs(conn: AsyncConnection, exclusions: Mapping[tuple[str, str], int]) -> None:
+    """Record (member, lab) exclusions, each with the index of the strike execution that
+    made it; the caller passes only pairs not yet recorded."""
+    if exclusions:
         await conn.execute(
             insert(models.ConsentExclusion),
-            [{"member_key_id": member, "lab_key_id": lab, "idx": index}],
+            [
+                {"member_key_id": member, "lab_key_id": lab, "idx": index}
+                for (member, lab), index in exclusions.items()
+            ],
         )

@@ -6,12 +6,12 @@ path; the database holds only wrapped data keys and sealed content segments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition.v1 import items_pb2
@@ -134,22 +134,75 @@ async def load_items(conn: AsyncConnection, item_ids: Iterable[str]) -> dict[str
 
 async def member_items(conn: AsyncConnection, contributor_key_id: str) -> list[ItemRecord]:
     """Every item of one member, in registration order."""
-    rows = (
-        await conn.execute(
+    return (await members_items(conn, [contributor_key_id]))[contributor_key_id]
+
+
+async def members_items(
+    conn: AsyncConnection, contributor_key_ids: Iterable[str]
+) -> dict[str, list[ItemRecord]]:
+    """Every item of each member, in registration order (two queries per 500 members)."""
+    members = sorted(set(contributor_key_ids))
+    found: dict[str, list[ItemRecord]] = {member: [] for member in members}
+    for start in range(0, len(members), 500):
+        chunk = members[start : start + 500]
+        tags: dict[str, set[str]] = {}
+        for tag_row in await conn.execute(
+            select(models.ItemTag.item_id, models.ItemTag.tag)
+            .join(models.ItemRow, models.ItemRow.item_id == models.ItemTag.item_id)
+            .where(models.ItemRow.contributor_key_id.in_(chunk))
+        ):
+            tags.setdefault(tag_row.item_id, set()).add(tag_row.tag)
+        for row in await conn.execute(
             select(models.ItemRow)
-            .where(models.ItemRow.contributor_key_id == contributor_key_id)
+            .where(models.ItemRow.contributor_key_id.in_(chunk))
             .order_by(models.ItemRow.registration_idx)
+        ):
+            found[row.contributor_key_id].append(_record(row, tags.get(row.item_id, set())))
+    return found
+
+
+async def withdrawn_item_ids(
+    conn: AsyncConnection, contributor_key_ids: Iterable[str]
+) -> dict[str, set[str]]:
+    """The ids of each member's items withdrawn item by item."""
+    members = sorted(set(contributor_key_ids))
+    found: dict[str, set[str]] = {member: set() for member in members}
+    for start in range(0, len(members), 500):
+        for row in await conn.execute(
+            select(models.ItemRow.item_id, models.ItemRow.contributor_key_id).where(
+                models.ItemRow.contributor_key_id.in_(members[start : start + 500]),
+                models.ItemRow.state == WITHDRAWN,
+            )
+        ):
+            found[row.contributor_key_id].add(row.item_id)
+    return found
+
+
+async def stored_item_ids(conn: AsyncConnection, item_ids: Iterable[str]) -> set[str]:
+    """Which of these items have content (a wrapped data key) stored."""
+    ids = sorted(set(item_ids))
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(
+            select(models.ItemContent.item_id).where(
+                models.ItemContent.item_id.in_(ids[start : start + 500])
+            )
         )
-    ).all()
-    tags: dict[str, set[str]] = {row.item_id: set() for row in rows}
-    tag_rows = await conn.execute(
-        select(models.ItemTag.item_id, models.ItemTag.tag)
-        .join(models.ItemRow, models.ItemRow.item_id == models.ItemTag.item_id)
-        .where(models.ItemRow.contributor_key_id == contributor_key_id)
+        found.update(row.item_id for row in rows)
+    return found
+
+
+async def mark_withdrawn(conn: AsyncConnection, withdrawals: Mapping[str, int]) -> None:
+    """Set items WITHDRAWN, each by the withdrawal at the given ledger index (one
+    executemany for them all)."""
+    if not withdrawals:
+        return
+    await conn.execute(
+        update(models.ItemRow)
+        .where(models.ItemRow.item_id == bindparam("b_item_id"))
+        .values(state=WITHDRAWN, withdrawal_idx=bindparam("b_index")),
+        [{"b_item_id": item_id, "b_index": index} for item_id, index in withdrawals.items()],
     )
-    for tag_row in tag_rows:
-        tags[tag_row.item_id].add(tag_row.tag)
-    return [_record(row, tags[row.item_id]) for row in rows]
 
 
 def _record(row: Any, tags: set[str]) -> ItemRecord:
@@ -211,54 +264,43 @@ async def current_kek(
     return kek_id
 
 
-async def shred_items(conn: AsyncConnection, item_ids: Iterable[str]) -> list[str]:
-    """Delete the wrapped data keys and sealed content of these items; return those shredded.
+async def shred_items(conn: AsyncConnection, item_ids: Iterable[str]) -> None:
+    """Delete the wrapped data keys and sealed content of these items (those with content).
 
     The data key exists only wrapped in ``item_content``: once that row is gone and the KEK
     that wrapped it is destroyed (``retire_keks`` retires it at once, the retention job
     destroys it), nothing left anywhere decrypts the content.
     """
     ids = sorted(set(item_ids))
-    shredded: list[str] = []
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        rows = await conn.execute(
-            select(models.ItemContent.item_id).where(models.ItemContent.item_id.in_(chunk))
-        )
-        present = [row.item_id for row in rows]
-        if not present:
-            continue
-        await conn.execute(
-            delete(models.ItemSegment).where(models.ItemSegment.item_id.in_(present))
-        )
-        await conn.execute(
-            delete(models.ItemContent).where(models.ItemContent.item_id.in_(present))
-        )
+        await conn.execute(delete(models.ItemSegment).where(models.ItemSegment.item_id.in_(chunk)))
+        await conn.execute(delete(models.ItemContent).where(models.ItemContent.item_id.in_(chunk)))
         await conn.execute(
             update(models.ItemRow)
-            .where(models.ItemRow.item_id.in_(present), models.ItemRow.state == STORED)
+            .where(models.ItemRow.item_id.in_(chunk), models.ItemRow.state == STORED)
             .values(state=REGISTERED)
         )
-        shredded.extend(present)
-    return shredded
 
 
-async def retire_keks(conn: AsyncConnection, owner: str, now: datetime) -> None:
-    """Retire the owner's current KEK (after shredding); a new one is made on next use.
+async def retire_keks(conn: AsyncConnection, owners: Iterable[str], now: datetime) -> None:
+    """Retire these owners' current KEKs (after shredding); a new one is made on next use.
 
     Cheap on purpose: it runs inside the withdrawal's transaction. The data keys still
     wrapped under a retired KEK are moved to the current one by ``maintain_keks``, before
     the retired KEK is destroyed at the end of the retention window. From then on a copy of
     a shredded item's wrapped key that survives somewhere (a WAL page, a backup) is useless.
     """
-    await conn.execute(
-        update(models.KeyEncryptionKey)
-        .where(
-            models.KeyEncryptionKey.owner_key_id == owner,
-            models.KeyEncryptionKey.retired_at.is_(None),
+    wanted = sorted(set(owners))
+    for start in range(0, len(wanted), 500):
+        await conn.execute(
+            update(models.KeyEncryptionKey)
+            .where(
+                models.KeyEncryptionKey.owner_key_id.in_(wanted[start : start + 500]),
+                models.KeyEncryptionKey.retired_at.is_(None),
+            )
+            .values(retired_at=now)
         )
-        .values(retired_at=now)
-    )
 
 
 async def retire_aged_keks(conn: AsyncConnection, created_before: datetime, now: datetime) -> None:

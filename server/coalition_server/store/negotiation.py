@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition.v1 import negotiation_pb2, terms_pb2
@@ -78,8 +79,10 @@ def _entry(row: Any) -> NegotiationEntry:
     )
 
 
-async def insert_negotiation(conn: AsyncConnection, entry: NegotiationEntry) -> None:
-    """Record a new negotiation."""
+async def insert_negotiations(conn: AsyncConnection, entries: Sequence[NegotiationEntry]) -> None:
+    """Record new negotiations (one statement)."""
+    if not entries:
+        return
     await conn.execute(
         insert(models.NegotiationRow),
         [
@@ -100,39 +103,71 @@ async def insert_negotiation(conn: AsyncConnection, entry: NegotiationEntry) -> 
                 "lab_signature": entry.lab_signature,
                 "ratification_closes_at": entry.ratification_closes_at,
             }
+            for entry in entries
         ],
     )
 
 
 async def save(conn: AsyncConnection, entry: NegotiationEntry) -> None:
     """Write a negotiation's new state."""
+    await save_all(conn, [entry])
+
+
+async def save_all(conn: AsyncConnection, entries: Sequence[NegotiationEntry]) -> None:
+    """Write negotiations' new states (one executemany)."""
+    if not entries:
+        return
     await conn.execute(
         update(models.NegotiationRow)
-        .where(models.NegotiationRow.negotiation_id == entry.negotiation_id)
+        .where(models.NegotiationRow.negotiation_id == bindparam("b_negotiation_id"))
         .values(
-            state=entry.state,
-            round=entry.round,
-            current_terms=entry.current_terms.SerializeToString(deterministic=True),
-            coalition_offered_last=entry.coalition_offered_last,
-            agreement_draft=entry.agreement_draft,
-            agreement_id=entry.agreement_id,
-            termination_reason=entry.termination_reason,
-            lab_signature=entry.lab_signature,
-            ratification_closes_at=entry.ratification_closes_at,
-        )
+            state=bindparam("b_state"),
+            round=bindparam("b_round"),
+            current_terms=bindparam("b_current_terms"),
+            coalition_offered_last=bindparam("b_coalition_offered_last"),
+            agreement_draft=bindparam("b_agreement_draft"),
+            agreement_id=bindparam("b_agreement_id"),
+            termination_reason=bindparam("b_termination_reason"),
+            lab_signature=bindparam("b_lab_signature"),
+            ratification_closes_at=bindparam("b_ratification_closes_at"),
+        ),
+        [
+            {
+                "b_negotiation_id": entry.negotiation_id,
+                "b_state": entry.state,
+                "b_round": entry.round,
+                "b_current_terms": entry.current_terms.SerializeToString(deterministic=True),
+                "b_coalition_offered_last": entry.coalition_offered_last,
+                "b_agreement_draft": entry.agreement_draft,
+                "b_agreement_id": entry.agreement_id,
+                "b_termination_reason": entry.termination_reason,
+                "b_lab_signature": entry.lab_signature,
+                "b_ratification_closes_at": entry.ratification_closes_at,
+            }
+            for entry in entries
+        ],
     )
 
 
 async def negotiation(conn: AsyncConnection, negotiation_id: str) -> NegotiationEntry | None:
     """One negotiation by id."""
-    row = (
-        await conn.execute(
+    return (await negotiations(conn, [negotiation_id])).get(negotiation_id)
+
+
+async def negotiations(
+    conn: AsyncConnection, negotiation_ids: Iterable[str]
+) -> dict[str, NegotiationEntry]:
+    """Negotiations by id (missing ids are simply absent)."""
+    wanted = sorted(set(negotiation_ids))
+    found: dict[str, NegotiationEntry] = {}
+    for start in range(0, len(wanted), 500):
+        rows = await conn.execute(
             select(models.NegotiationRow).where(
-                models.NegotiationRow.negotiation_id == negotiation_id
+                models.NegotiationRow.negotiation_id.in_(wanted[start : start + 500])
             )
         )
-    ).one_or_none()
-    return None if row is None else _entry(row)
+        found.update((row.negotiation_id, _entry(row)) for row in rows)
+    return found
 
 
 async def lab_negotiations(

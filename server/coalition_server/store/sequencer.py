@@ -100,6 +100,45 @@ raise DomainError to refuse the whole group. It cannot add follow-up statements.
 
 
 @dataclass(frozen=True)
+class RunContext:
+    """What a runner sees: the open transaction, the index the run's first accepted statement
+    gets, and the batch time."""
+
+    conn: AsyncConnection
+    first_index: int
+    integrated_time: datetime
+
+
+class RunPlan(Protocol):
+    """A runner's decisions on a run of groups, and the writes that carry them out."""
+
+    @property
+    def outcomes(self) -> Sequence[Sequence[Submission] | DomainError]:
+        """Per request, in order: its follow-up statements (appended right after the group's
+        statement, with no effects of their own), or why the group is refused."""
+
+    async def record(self, conn: AsyncConnection) -> None:
+        """Write every accepted request's rows (called once, after the run's entries)."""
+
+
+Runner = Callable[[RunContext, Sequence[Any]], Awaitable[RunPlan]]
+"""Decides a *run* of consecutive groups of one kind together, in the run's order, without
+writing; then records them all at once. The k-th follow-up of an accepted request at index
+``i`` gets index ``i + 1 + k``, and the next accepted request comes after its follow-ups.
+A refused request changes nothing and consumes no index."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Marks a single-statement group as one of a run: consecutive groups of a batch with the
+    same ``runner`` are decided by one call (a fixed number of queries for the whole run,
+    instead of a savepoint and a dozen queries each)."""
+
+    runner: Runner
+    request: Any
+
+
+@dataclass(frozen=True)
 class IdempotencyKey:
     """Identifies a mutation so a retry returns the first answer."""
 
@@ -136,6 +175,13 @@ class Group:
     respond: Respond
     idempotency: IdempotencyKey | None = None
     effect: GroupEffect | None = None
+    run: RunRequest | None = None
+
+    def __post_init__(self) -> None:
+        if self.run is not None and (
+            len(self.submissions) != 1 or self.effect is not None or self.submissions[0].effect
+        ):
+            raise ValueError("a group in a run is one statement without effects of its own")
 
 
 @dataclass(frozen=True)
@@ -258,6 +304,11 @@ class Sequencer:
             await self._task
         self._task = None
 
+    @property
+    def queued(self) -> int:
+        """Groups waiting for the next batch."""
+        return self._queue.qsize()
+
     async def submit(self, group: Group) -> AppendResult:
         """Append a group; return once it is durable, integrated and signed over."""
         if not group.submissions:
@@ -366,8 +417,26 @@ class Sequencer:
             seen_keys: set[tuple[str, str]] = set()
             seen_statements: set[bytes] = set()
             known = await self._prefetch(conn, batch)
-            for pending in batch:
+            position = 0
+            while position < len(batch):
+                pending = batch[position]
                 group = pending.group
+                if group.run is not None:
+                    run = _run_at(batch, position)
+                    position += len(run)
+                    await self._apply_run(
+                        conn,
+                        run,
+                        frontier,
+                        nodes,
+                        integrated_time,
+                        seen_keys,
+                        seen_statements,
+                        known,
+                        outcome,
+                    )
+                    continue
+                position += 1
                 key = group.idempotency
                 memo_before = dict(memo)
                 try:
@@ -451,6 +520,78 @@ class Sequencer:
         for accepted, result in zip(outcome.accepted, results, strict=True):
             accepted.pending.future.set_result(result)
         return outcome
+
+    async def _apply_run(
+        self,
+        conn: AsyncConnection,
+        run: Sequence[_Pending],
+        frontier: CompactRange,
+        nodes: dict[NodeId, bytes],
+        integrated_time: datetime,
+        seen_keys: set[tuple[str, str]],
+        seen_statements: set[bytes],
+        known: _Known,
+        outcome: _Batch,
+    ) -> None:
+        """Decide a run of groups with one call of its runner, write its entries in one
+        statement, then the runner's rows. The run holds no two groups with the same
+        request_id or statement (see :func:`_run_at`), so checking each against what the
+        batch accepted before the run is exact."""
+        candidates: list[_Pending] = []
+        for pending in run:
+            group = pending.group
+            key = group.idempotency
+            try:
+                if key is not None and self._check_request_id(key, known, seen_keys):
+                    outcome.replays.append((pending, key))
+                    continue
+                await self._check_new_statement(
+                    conn, group.submissions[0].statement_hash, seen_statements, known
+                )
+            except DomainError as exc:
+                outcome.failures.append((pending, exc))
+                continue
+            candidates.append(pending)
+        if not candidates:
+            return
+        runner = candidates[0].group.run
+        assert runner is not None
+        plan = await runner.runner(
+            RunContext(conn, frontier.size, integrated_time),
+            [pending.group.run.request for pending in candidates if pending.group.run],
+        )
+        if len(plan.outcomes) != len(candidates):
+            raise RuntimeError("a runner answered for a different number of requests")
+        stamp = to_timestamp(integrated_time)
+        accepted: list[_Accepted] = []
+        next_index = frontier.size
+        for pending, decided in zip(candidates, plan.outcomes, strict=True):
+            if isinstance(decided, DomainError):
+                outcome.failures.append((pending, decided))
+                continue
+            leaves: list[_Leaf] = []
+            for submission in (pending.group.submissions[0], *decided):
+                digest = submission.statement_hash
+                if digest in seen_statements:
+                    # Follow-ups name their statement (its id), so they are as new as it is.
+                    raise RuntimeError("a run's follow-up statement is already in this batch")
+                seen_statements.add(digest)
+                data = ledger_pb2.LedgerLeaf(
+                    integrated_time=stamp, envelope=submission.envelope.to_proto()
+                ).SerializeToString(deterministic=True)
+                leaves.append(_Leaf(next_index, submission, data, merkle.leaf_hash(data), digest))
+                next_index += 1
+            accepted.append(_Accepted(pending, leaves))
+        await self._write_entries(
+            conn, [leaf for item in accepted for leaf in item.leaves], integrated_time
+        )
+        await plan.record(conn)
+        for item in accepted:
+            for written in item.leaves:
+                nodes.update(frontier.append(written.leaf_hash))
+            if (key := item.pending.group.idempotency) is not None:
+                seen_keys.add((key.caller_key_id, key.request_id))
+            outcome.accepted.append(item)
 
     async def _apply_group(
         self,
@@ -650,6 +791,30 @@ class Sequencer:
             for item in accepted.leaves
         )
         return AppendResult(response=accepted.pending.group.respond(receipts), receipts=receipts)
+
+
+def _run_at(batch: Sequence[_Pending], start: int) -> list[_Pending]:
+    """The run starting at ``start``: the following groups with the same runner, up to (not
+    including) one whose request_id or statement another group of the run has already."""
+    first = batch[start].group.run
+    assert first is not None
+    keys: set[tuple[str, str]] = set()
+    digests: set[bytes] = set()
+    run: list[_Pending] = []
+    for pending in batch[start:]:
+        group = pending.group
+        if group.run is None or group.run.runner is not first.runner:
+            break
+        key = group.idempotency
+        pair = (key.caller_key_id, key.request_id) if key is not None else None
+        digest = group.submissions[0].statement_hash
+        if (pair is not None and pair in keys) or digest in digests:
+            break
+        if pair is not None:
+            keys.add(pair)
+        digests.add(digest)
+        run.append(pending)
+    return run
 
 
 def _lookup(nodes: dict[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:

@@ -1,0 +1,124 @@
+"""Withdrawals queued together are decided together (decision 35), with exactly the outcome
+they have one at a time: a later withdrawal sees what an earlier one of the same batch did,
+a refused one consumes no index, and every follow-up (shredding record, notice) lands right
+after its withdrawal, where the notice rows say it is. On both databases, over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from coalition.client import Client, ServerError
+from coalition.statements import sign_statement
+from coalition.v1 import consent_pb2, ledger_pb2
+from coalition_server.server import CoalitionServer
+
+from . import builders
+from .helpers import held
+from .world import CONSENT, agree, lab, member
+
+CODE = grpc.StatusCode
+
+
+def _kinds(entries: Sequence[ledger_pb2.Entry]) -> list[str]:
+    return [
+        ledger_pb2.LedgerLeaf.FromString(e.leaf).envelope.payload_type.rsplit(".", 1)[-1]
+        for e in entries
+    ]
+
+
+async def test_withdrawals_in_one_batch_see_each_other(
+    make_client: Callable[..., Client], server: CoalitionServer, anonymous: Client
+) -> None:
+    alice, bob = await member(make_client, "alice"), await member(make_client, "bob")
+    a, b, c = await alice.add([b"a", b"b", b"c"])
+    (x,) = await bob.add([b"x"])
+    only_a = await alice.grant(builders.consent_token(item_ids=[a]))
+    b_and_c = await alice.grant(builders.consent_token(item_ids=[b, c]))
+    bobs = await bob.grant(builders.consent_token(item_ids=[x]))
+    acme = await lab(make_client, "acme")
+    await agree(server, acme, [a, b, c, x])
+    await asyncio.sleep(0.1)  # let the sequencer finish counting the batch above
+    batches = server.sequencer_batches
+    calls = [
+        (alice, builders.withdrawal(item_ids=[a])),  # a shredded; only_a invalidated
+        (alice, builders.withdrawal(item_ids=[a])),  # a is withdrawn already: refused
+        (bob, builders.withdrawal(consent_id=bobs)),
+        (alice, builders.withdrawal(consent_id=b_and_c)),
+        (alice, builders.withdrawal()),  # nothing left in force: refused
+    ]
+    async with held(server) as until:
+        tasks = []
+        for position, (who, statement) in enumerate(calls):
+            tasks.append(asyncio.create_task(who.withdraw(statement)))
+            await until(position + 1)  # queued in this order
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert server.sequencer_batches == batches + 2  # the held batch, then all five at once
+
+    refused = [(o.code, o.reason) for o in outcomes if isinstance(o, ServerError)]
+    assert refused == [
+        (CODE.FAILED_PRECONDITION, "ITEM_WITHDRAWN"),
+        (CODE.FAILED_PRECONDITION, "NOTHING_TO_WITHDRAW"),
+    ]
+    first, third, fourth = (o for o in outcomes if isinstance(o, consent_pb2.WithdrawResponse))
+    assert (list(first.shredded_item_ids), first.notified_labs) == ([a], 1)
+    assert (list(third.shredded_item_ids), third.notified_labs) == ([x], 1)
+    assert (list(fourth.shredded_item_ids), fourth.notified_labs) == (sorted([b, c]), 1)
+
+    # Each withdrawal is followed by its shredding record and its notice; no gaps.
+    start = first.receipt.index
+    assert (third.receipt.index, fourth.receipt.index) == (start + 3, start + 6)
+    entries = [e async for e in anonymous.entries(start=start)]
+    each = ["Withdrawal+proto", "ShreddingRecord+proto", "WithdrawalNotice+proto"]
+    assert _kinds(entries) == each * 3
+    assert len(entries) == 9
+
+    # The notice rows point at the notices' own entries.
+    notices = await acme.notices(count=3)
+    assert [n.index for n in notices] == [start + 2, start + 5, start + 8]
+    for notice in notices:
+        leaf = ledger_pb2.LedgerLeaf.FromString(entries[notice.index - start].leaf)
+        assert leaf.envelope.payload == notice.notice.payload
+
+    states: dict[str, int] = {}
+    for who in (alice, bob):
+        listed = await who.client.call(
+            CONSENT + "ListConsents",
+            consent_pb2.ListConsentsRequest(),
+            consent_pb2.ListConsentsResponse,
+            sign=True,
+        )
+        states.update((c.consent_id, c.state) for c in listed.consents)
+    assert states == {
+        only_a: consent_pb2.CONSENT_STATE_INVALIDATED,
+        b_and_c: consent_pb2.CONSENT_STATE_WITHDRAWN,
+        bobs: consent_pb2.CONSENT_STATE_WITHDRAWN,
+    }
+
+
+async def test_a_retried_withdrawal_in_the_same_batch_is_answered_once(
+    make_client: Callable[..., Client], server: CoalitionServer
+) -> None:
+    copies = 3
+    alice = await member(make_client, "alice")
+    ids = await alice.add([b"one", b"two"])
+    await alice.grant(builders.consent_token(item_ids=ids))
+    request = consent_pb2.WithdrawRequest(
+        withdrawal=sign_statement(builders.withdrawal(item_ids=ids[:1]), alice.key).to_proto(),
+        request_id="retry-1",
+    )
+    async with held(server) as until:
+        tasks = []
+        for position in range(copies):
+            tasks.append(
+                asyncio.create_task(
+                    alice.client.call(
+                        CONSENT + "Withdraw", request, consent_pb2.WithdrawResponse, sign=True
+                    )
+                )
+            )
+            await until(position + 1)
+    answers = await asyncio.gather(*tasks)
+    assert all(answer == answers[0] for answer in answers)
