@@ -166,15 +166,8 @@ async def given_tokens(
         )
         for row in rows:
             tokens[row.contributor_key_id].append(_entry(row).token)
-        exclusions = await conn.execute(
-            select(models.ConsentExclusion).where(
-                models.ConsentExclusion.member_key_id.in_(wanted[start : start + 500])
-            )
-        )
-        struck: dict[str, set[str]] = {}
-        for exclusion in exclusions:
-            struck.setdefault(exclusion.member_key_id, set()).add(exclusion.lab_key_id)
-        for member, labs in struck.items():
+    for member, labs in (await struck_labs(conn, wanted)).items():
+        if labs:
             tokens[member] = [replace(t, struck_labs=frozenset(labs)) for t in tokens[member]]
     return tokens
 
