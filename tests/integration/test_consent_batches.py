@@ -8,11 +8,15 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from coalition.client import Client, ServerError
+from coalition.dsse import Envelope
 from coalition.statements import sign_statement
 from coalition.v1 import consent_pb2, envelope_pb2, items_pb2
 from coalition_server.api.mutations import MAX_PAYLOAD_BYTES, PARALLEL_BATCH
+from coalition_server.store import models
 
 from . import builders
 from .helpers import row_counts
@@ -190,3 +194,33 @@ async def test_concurrent_uploads_all_succeed(make_client: Callable[..., Client]
     for m, ids in zip(members, registered, strict=True):
         states = {item.item_id: item.state async for item in m.client.items()}
         assert all(states[i] == items_pb2.ITEM_STATE_STORED for i in ids)
+
+
+async def test_a_batch_answers_and_stores_each_token_as_signed(
+    make_client: Callable[..., Client], db_url: str
+) -> None:
+    alice = await member(make_client)
+    ids = await alice.add([b"one"])
+    envelopes = _envelopes(alice, ids, SIZE)
+    # An envelope carrying a field this version does not know: the server keeps (and
+    # answers with) the DSSE envelope it verified, never the extra bytes.
+    padded = envelope_pb2.Envelope.FromString(
+        envelopes[7].SerializeToString() + b"\xf8\x07\x01"  # field 127, varint 1
+    )
+    assert padded.SerializeToString() != envelopes[7].SerializeToString()
+    envelopes[7] = padded
+    response = await _grant(alice, envelopes)
+    assert isinstance(response, consent_pb2.GrantConsentResponse)
+    clean = [Envelope.from_proto(envelope).to_proto() for envelope in envelopes]
+    answered = [record.token.SerializeToString() for record in response.consents]
+    assert answered == [envelope.SerializeToString() for envelope in clean]
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(models.ConsentRow.idx, models.ConsentRow.payload))
+            stored = {row.idx: row.payload for row in rows}
+    finally:
+        await engine.dispose()
+    assert [stored[record.index] for record in response.consents] == [
+        envelope.payload for envelope in clean
+    ]

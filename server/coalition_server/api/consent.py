@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from coalition import statements
 from coalition.v1 import consent_pb2, ledger_pb2, party_pb2
@@ -66,19 +67,33 @@ class ConsentServicer:
             lambda statement: rules.check_token(statement, self._ctx.currency, now),
         )
         records: list[consent_pb2.ConsentRecord] = []
-        tokens: list[tuple[str, consent_pb2.ConsentToken]] = []
+        tokens: list[_Granted] = []
         submissions = []
-        for envelope, statement in opened:
+        for message, (envelope, statement) in zip(request.tokens, opened, strict=True):
             consent_id = statements.statement_id(envelope)
-            records.append(
-                consent_pb2.ConsentRecord(
-                    consent_id=consent_id,
-                    contributor_key_id=party.key_id,
-                    token=envelope.to_proto(),
-                    state=consent_pb2.CONSENT_STATE_GIVEN,
+            record = consent_pb2.ConsentRecord(
+                consent_id=consent_id,
+                contributor_key_id=party.key_id,
+                token=message,
+                state=consent_pb2.CONSENT_STATE_GIVEN,
+            )
+            # Exactly envelope.to_proto() (the fields a DSSE envelope has), copied from the
+            # request in C rather than rebuilt field by field for every token.
+            record.token.DiscardUnknownFields()
+            records.append(record)
+            # What recording the token needs, read from it here rather than in the sequencer's
+            # transaction. The payload is the statement's canonical encoding (open_statement
+            # refuses any other), so it is stored as is rather than serialised again.
+            tokens.append(
+                _Granted(
+                    consent_id,
+                    statement,
+                    envelope.payload,
+                    rules.validity(statement),
+                    bytes(statement.nonce),
+                    rules.named_items(statement),
                 )
             )
-            tokens.append((consent_id, statement))
             submissions.append(Submission(envelope, party.key_id))
         effect = _GrantAll(party.key_id, tokens, records)
 
@@ -230,13 +245,24 @@ def _record(entry: store.ConsentEntry, leaf: bytes, now: datetime) -> consent_pb
     )
 
 
+class _Granted(NamedTuple):
+    """A verified token of a GrantConsent request, with what recording it needs."""
+
+    consent_id: str
+    statement: consent_pb2.ConsentToken
+    payload: bytes
+    window: tuple[datetime | None, datetime]
+    nonce: bytes
+    item_ids: list[str]
+
+
 class _GrantAll:
     """Records a request's tokens in bulk; fills in their indices for the response."""
 
     def __init__(
         self,
         member: str,
-        tokens: list[tuple[str, consent_pb2.ConsentToken]],
+        tokens: list[_Granted],
         records: list[consent_pb2.ConsentRecord],
     ) -> None:
         self._member = member
@@ -245,11 +271,19 @@ class _GrantAll:
 
     async def __call__(self, ctx: GroupContext) -> None:
         grants = []
-        for (consent_id, statement), index in zip(self._tokens, ctx.indices, strict=True):
-            token = rules.parse_token(consent_id, self._member, statement, ctx.integrated_time)
+        for granted, index in zip(self._tokens, ctx.indices, strict=True):
+            token = rules.parse_token(
+                granted.consent_id,
+                self._member,
+                granted.statement,
+                ctx.integrated_time,
+                window=granted.window,
+            )
             if token.not_after <= ctx.integrated_time:
                 raise FailedPreconditionError("TOKEN_EXPIRED", "the token lapsed before sequencing")
-            grants.append(store.Grant(token, index, bytes(statement.nonce)))
+            grants.append(
+                store.Grant(token, index, granted.nonce, granted.payload, granted.item_ids)
+            )
         await store.record_grants(ctx.conn, grants)
         for record, index in zip(self._records, ctx.indices, strict=True):
             record.index = index

@@ -82,20 +82,35 @@ def parse_token(
     contributor: str,
     statement: consent_pb2.ConsentToken,
     integrated_time: datetime,
+    window: tuple[datetime | None, datetime] | None = None,
 ) -> Token:
-    """A Token from a stored statement (already validated when it was granted)."""
-    not_before = (
-        timestamp(statement.not_before, "not_before")
-        if statement.HasField("not_before")
-        else integrated_time
-    )
+    """A Token from a stored statement (already validated when it was granted).
+
+    ``window`` is the statement's :func:`validity`, when the caller has it already.
+    """
+    not_before, not_after = validity(statement) if window is None else window
     return Token(
         consent_id,
         contributor,
         statement,
-        not_before,
-        timestamp(statement.not_after, "not_after"),
+        integrated_time if not_before is None else not_before,
+        not_after,
     )
+
+
+def validity(statement: consent_pb2.ConsentToken) -> tuple[datetime | None, datetime]:
+    """The token's own window: not_before (None when unset: it starts when it is sequenced)
+    and not_after."""
+    not_before = (
+        timestamp(statement.not_before, "not_before") if statement.HasField("not_before") else None
+    )
+    return not_before, timestamp(statement.not_after, "not_after")
+
+
+def named_items(statement: consent_pb2.ConsentToken) -> list[str]:
+    """The item ids a token names one by one (none when it selects by tag or all items)."""
+    items = statement.items
+    return list(items.item_ids.item_ids) if items.WhichOneof("selector") == "item_ids" else []
 
 
 def check_token(statement: consent_pb2.ConsentToken, currency: str, now: datetime) -> None:

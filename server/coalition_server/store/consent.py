@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition.v1 import consent_pb2
@@ -18,7 +19,7 @@ from coalition_server.domain.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from coalition_server.store import models
+from coalition_server.store import bulk, models
 from coalition_server.store.items import WITHDRAWN, ItemRecord, load_items, require_own_items
 from coalition_server.timeutil import as_utc
 
@@ -51,60 +52,87 @@ def _entry(row: Any) -> ConsentEntry:
 
 @dataclass(frozen=True)
 class Grant:
-    """A token to record, the ledger index it got and its nonce."""
+    """A token to record, the ledger index it got, its nonce, its signed payload (the
+    canonical encoding of ``token.statement``, stored verbatim) and the item ids it names
+    (``rules.named_items``)."""
 
     token: rules.Token
     index: int
     nonce: bytes
+    payload: bytes
+    item_ids: Sequence[str]
+
+
+_CONSENT_COLUMNS = (
+    "consent_id",
+    "contributor_key_id",
+    "idx",
+    "payload",
+    "state",
+    "not_before",
+    "not_after",
+    "nonce",
+)
 
 
 async def record_grants(conn: AsyncConnection, grants: Sequence[Grant]) -> None:
     """Record granted tokens inside the sequencer's transaction, checking their items.
 
     A fixed number of queries however many tokens (one member's batch of a thousand costs
-    what one token did): the items are read, and the nonces checked, in bulk.
+    what one token did): the items are read in bulk, and the rows written with the driver's
+    executemany (:mod:`bulk`). A nonce used before is caught by the (member, nonce) unique
+    constraint as the tokens are inserted, then named by the same query the check always ran.
     """
-    named = [
-        list(grant.token.statement.items.item_ids.item_ids)
-        if grant.token.statement.items.WhichOneof("selector") == "item_ids"
-        else []
-        for grant in grants
-    ]
+    named = [grant.item_ids for grant in grants]
     found = await load_items(conn, {item_id for ids in named for item_id in ids})
     for grant, ids in zip(grants, named, strict=True):
         if ids:
             require_own_items(found, ids, grant.token.contributor_key_id, usable=True)
-    await _check_nonces(conn, grants)
-    await conn.execute(
-        insert(models.ConsentRow),
-        [
-            {
-                "consent_id": grant.token.consent_id,
-                "contributor_key_id": grant.token.contributor_key_id,
-                "idx": grant.index,
-                "payload": grant.token.statement.SerializeToString(deterministic=True),
-                "state": rules.GIVEN,
-                "not_before": grant.token.not_before,
-                "not_after": grant.token.not_after,
-                "nonce": grant.nonce,
-            }
-            for grant in grants
-        ],
-    )
-    item_rows = [
-        {"consent_id": grant.token.consent_id, "item_id": item_id}
-        for grant, ids in zip(grants, named, strict=True)
-        for item_id in ids
-    ]
-    if item_rows:
-        await conn.execute(insert(models.ConsentItem), item_rows)
-
-
-async def _check_nonces(conn: AsyncConnection, grants: Sequence[Grant]) -> None:
-    """A member never uses a nonce twice, within these grants or with an earlier token."""
     pairs = [(grant.token.contributor_key_id, grant.nonce) for grant in grants]
     if len(set(pairs)) != len(pairs):
-        raise AlreadyExistsError("DUPLICATE_NONCE", "you used this nonce in another token")
+        raise _duplicate_nonce()
+    rows = [
+        (
+            grant.token.consent_id,
+            grant.token.contributor_key_id,
+            grant.index,
+            grant.payload,
+            rules.GIVEN,
+            grant.token.not_before,
+            grant.token.not_after,
+            grant.nonce,
+        )
+        for grant in grants
+    ]
+    try:
+        # Its own savepoint: after a constraint violation PostgreSQL refuses every further
+        # query of the transaction until it is rolled back.
+        async with conn.begin_nested():
+            await bulk.insert_rows(conn, models.ConsentRow, _CONSENT_COLUMNS, rows)
+    except IntegrityError:
+        # Querying the nonces up front cost more than the inserts (on PostgreSQL, until it
+        # has statistics, a scan of the member's tokens): ask only when the insert failed.
+        if await _nonce_used(conn, pairs):
+            raise _duplicate_nonce() from None
+        raise
+    await bulk.insert_rows(
+        conn,
+        models.ConsentItem,
+        ("consent_id", "item_id"),
+        [
+            (grant.token.consent_id, item_id)
+            for grant, ids in zip(grants, named, strict=True)
+            for item_id in ids
+        ],
+    )
+
+
+def _duplicate_nonce() -> AlreadyExistsError:
+    return AlreadyExistsError("DUPLICATE_NONCE", "you used this nonce in another token")
+
+
+async def _nonce_used(conn: AsyncConnection, pairs: Sequence[tuple[str, bytes]]) -> bool:
+    """Whether an earlier token of the member already used one of these nonces."""
     by_member: dict[str, list[bytes]] = {}
     for member, nonce in pairs:
         by_member.setdefault(member, []).append(nonce)
@@ -122,7 +150,8 @@ async def _check_nonces(conn: AsyncConnection, grants: Sequence[Grant]) -> None:
                 )
             ).first()
             if clash is not None:
-                raise AlreadyExistsError("DUPLICATE_NONCE", "you used this nonce in another token")
+                return True
+    return False
 
 
 async def consent(conn: AsyncConnection, consent_id: str) -> ConsentEntry | None:

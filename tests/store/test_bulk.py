@@ -1,0 +1,123 @@
+"""Driver-level bulk inserts store exactly what SQLAlchemy's ``insert`` stores, on both
+databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert, select
+
+from coalition_server.store import bulk, migrate, models
+from coalition_server.store.database import Database
+
+COLUMNS = (
+    "consent_id",
+    "contributor_key_id",
+    "idx",
+    "payload",
+    "state",
+    "not_before",
+    "not_after",
+    "nonce",
+)
+AT = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
+def _entry(index: int) -> dict[str, object]:
+    return {
+        "idx": index,
+        "leaf_hash": bytes([index]) * 32,
+        "leaf": b"leaf %d" % index,
+        "statement_hash": bytes([index + 100]) * 32,
+        "kind": "ConsentToken",
+        "signer_key_id": "a" * 64,
+        "integrated_time": AT,
+    }
+
+
+def _consent(index: int) -> tuple[object, ...]:
+    return (
+        f"{index:032x}",
+        "a" * 64,
+        index,
+        b"\x00signed payload\xff",
+        1,
+        AT,
+        AT + timedelta(days=365),
+        bytes([index]) * 16,
+    )
+
+
+async def test_insert_rows_stores_what_insert_stores(db_url: str) -> None:
+    database = Database.connect(db_url)
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            await conn.execute(insert(models.LogEntry), [_entry(0), _entry(1)])
+            first = dict(zip(COLUMNS, _consent(0), strict=True))
+            await conn.execute(insert(models.ConsentRow), [first])
+            await bulk.insert_rows(conn, models.ConsentRow, COLUMNS, [_consent(1)])
+            await bulk.insert_rows(conn, models.ConsentRow, COLUMNS, [])
+        async with database.reader.connect() as conn:
+            # Plain SQL: the values as the driver returns them (SQLite's datetimes as text).
+            stored = (
+                await conn.exec_driver_sql(
+                    "SELECT payload, state, not_before, not_after, withdrawal_idx, "
+                    "contributor_key_id FROM consents ORDER BY idx"
+                )
+            ).all()
+        assert len(stored) == 2
+        assert tuple(stored[0]) == tuple(stored[1])
+    finally:
+        await database.dispose()
+
+
+async def test_insert_rows_refuses_columns_out_of_table_order(db_url: str) -> None:
+    database = Database.connect(db_url)
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            with pytest.raises(ValueError, match="table order"):
+                await bulk.insert_rows(
+                    conn, models.ConsentItem, ("item_id", "consent_id"), [("a", "b")]
+                )
+    finally:
+        await database.dispose()
+
+
+async def test_insert_rows_chunks_large_inserts_into_multi_row_statements(db_url: str) -> None:
+    database = Database.connect(db_url)
+    statements: list[tuple[str, bool]] = []
+
+    def seen(*args: Any) -> None:
+        statement, executemany = args[2], args[5]
+        if statement.startswith("INSERT INTO merkle_nodes"):
+            statements.append((statement, executemany))
+
+    event.listen(database.writer.sync_engine, "before_cursor_execute", seen)
+    rows = [(level, index, bytes([index % 256]) * 32) for level in (0, 1) for index in range(1250)]
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            await bulk.insert_rows(conn, models.MerkleNode, ("level", "idx", "hash"), rows)
+        async with database.reader.connect() as conn:
+            stored = (
+                await conn.execute(
+                    select(models.MerkleNode.level, models.MerkleNode.idx, models.MerkleNode.hash)
+                )
+            ).all()
+        assert sorted(tuple(row) for row in stored) == rows
+        if database.is_sqlite:
+            # VALUES lists of at most 1000 rows: one GIL release per statement, not per row.
+            assert [executemany for _, executemany in statements] == [False, False, False]
+            assert [statement.count("(?, ?, ?)") for statement, _ in statements] == [
+                1000,
+                1000,
+                500,
+            ]
+        else:
+            assert [executemany for _, executemany in statements] == [True]
+    finally:
+        await database.dispose()
