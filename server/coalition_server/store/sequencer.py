@@ -40,6 +40,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Protocol
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -205,6 +206,14 @@ class _Leaf:
     leaf: bytes
     leaf_hash: bytes
     statement_hash: bytes
+
+    @classmethod
+    def of(cls, index: int, submission: Submission, stamp: Timestamp) -> _Leaf:
+        """The ledger leaf of ``submission`` at ``index``, integrated at ``stamp``."""
+        leaf = ledger_pb2.LedgerLeaf(
+            integrated_time=stamp, envelope=submission.envelope.to_proto()
+        ).SerializeToString(deterministic=True)
+        return cls(index, submission, leaf, merkle.leaf_hash(leaf), submission.statement_hash)
 
 
 @dataclass
@@ -576,10 +585,7 @@ class Sequencer:
                     # Follow-ups name their statement (its id), so they are as new as it is.
                     raise RuntimeError("a run's follow-up statement is already in this batch")
                 seen_statements.add(digest)
-                data = ledger_pb2.LedgerLeaf(
-                    integrated_time=stamp, envelope=submission.envelope.to_proto()
-                ).SerializeToString(deterministic=True)
-                leaves.append(_Leaf(next_index, submission, data, merkle.leaf_hash(data), digest))
+                leaves.append(_Leaf.of(next_index, submission, stamp))
                 next_index += 1
             accepted.append(_Accepted(pending, leaves))
         await self._write_entries(
@@ -621,10 +627,7 @@ class Sequencer:
             await self._check_new_statement(conn, digest, seen_statements, known)
             in_group.add(digest)
             index = next_index + len(leaves)
-            leaf = ledger_pb2.LedgerLeaf(
-                integrated_time=stamp, envelope=submission.envelope.to_proto()
-            ).SerializeToString(deterministic=True)
-            leaves.append(_Leaf(index, submission, leaf, merkle.leaf_hash(leaf), digest))
+            leaves.append(_Leaf.of(index, submission, stamp))
             unwritten.append(leaves[-1])
             if own:
                 own_indices.append(index)
