@@ -9,6 +9,7 @@ moment (members may have joined or withdrawn since the terms were agreed).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import Counter
@@ -41,7 +42,7 @@ from coalition_server.timeutil import to_timestamp
 
 async def candidates_for(
     context: ServerContext, ctx: EffectContext, terms: terms_pb2.LicenceTerms, lab: str
-) -> list[reservation.Candidate]:
+) -> reservation.Candidates:
     """The eligible items under ``terms`` for ``lab``, from the consent in force now."""
     pools = context.pools
     pool = await pools.load(ctx.conn)
@@ -53,10 +54,16 @@ def policy_for(
     context: ServerContext, terms: terms_pb2.LicenceTerms
 ) -> bargaining.BargainingPolicy:
     """The bargaining policy, with the quorum raised to the terms' own minimum item count."""
-    policy = context.policy.negotiation
+    return _with_min_items(context.policy.negotiation, terms.scope.min_item_count or 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _with_min_items(
+    policy: bargaining.BargainingPolicy, min_items: int
+) -> bargaining.BargainingPolicy:
+    # Remembered: every move asks, and a policy keeps its exact fractions once computed.
     quorum = reservation.QuorumRule(
-        fraction=policy.quorum.fraction,
-        min_items=max(policy.quorum.min_items, terms.scope.min_item_count or 1),
+        fraction=policy.quorum.fraction, min_items=max(policy.quorum.min_items, min_items)
     )
     return replace(policy, quorum=quorum)
 

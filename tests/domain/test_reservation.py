@@ -22,6 +22,7 @@ from coalition.v1 import consent_pb2, items_pb2, terms_pb2
 from coalition_server.domain.consent import Token, covers_item, parse_token, permits
 from coalition_server.domain.reservation import (
     Candidate,
+    Candidates,
     QuorumRule,
     candidates,
     covered,
@@ -526,6 +527,24 @@ def test_reservation_is_minimal(
         return
     assert len(covered(pool_, price, max_items)) >= required
     assert len(covered(pool_, price - 1, max_items)) < required
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=50), max_size=30),
+    st.integers(min_value=0, max_value=60),
+    st.integers(min_value=0, max_value=40),
+    st.floats(min_value=0.01, max_value=1.0),
+)
+def test_a_remembered_candidate_list_answers_as_a_plain_one(
+    floors: list[int], price: int, max_items: int, fraction: float
+) -> None:
+    # Candidates (a pool memo's frozen list, floors sorted once) takes shortcuts in covered
+    # and reservation_price: they must give what the plain list gives.
+    plain = cands(*floors)
+    frozen = Candidates(sorted(plain, key=lambda c: c.item_id))
+    assert covered(frozen, price, max_items) == covered(plain, price, max_items)
+    rule = QuorumRule(fraction)
+    assert reservation_price(frozen, rule, max_items) == reservation_price(plain, rule, max_items)
 
 
 def test_reservation_from_a_real_pool_matches_permits() -> None:

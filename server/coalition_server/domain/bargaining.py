@@ -29,6 +29,7 @@ Error messages never reveal the reservation, floors or counts: they go to the la
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,11 +108,14 @@ class BargainingPolicy:
         if not 0 <= changes <= MAX_DECLARATION_CHANGES:
             raise ValueError(f"max_declaration_changes must be 0 to {MAX_DECLARATION_CHANGES}")
 
+    @functools.cached_property
+    def _exact_multiplier(self) -> Fraction:
+        return Fraction(repr(float(self.aspiration_multiplier)))
+
     def aspiration(self, reservation_micros: int) -> int:
         """Where the coalition opens: ceil(reservation * multiplier), capped at the max
         price but never below the reservation."""
-        multiplier = Fraction(repr(float(self.aspiration_multiplier)))
-        wanted = math.ceil(reservation_micros * multiplier)
+        wanted = math.ceil(reservation_micros * self._exact_multiplier)
         return max(reservation_micros, min(wanted, self.max_price_micros))
 
     def strategy(self, reservation_micros: int) -> ConcessionStrategy:

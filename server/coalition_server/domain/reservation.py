@@ -14,6 +14,7 @@ PriceFloor, so "floor <= p" holds exactly when ``permits`` would hold at price `
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,18 @@ class Candidate:
     item_id: str
     member_key_id: str
     floor_micros: int
+
+
+class Candidates(tuple[Candidate, ...]):
+    """Candidates in item-id order, one per item (what :func:`candidates` returns, frozen).
+
+    A pool's memo hands the same list to every move of every negotiation until the pool
+    changes, so the floors are sorted once here rather than on every reservation."""
+
+    @functools.cached_property
+    def sorted_floors(self) -> list[int]:
+        """Every candidate's floor, ascending."""
+        return sorted(c.floor_micros for c in self)
 
 
 def in_scope(item: ItemLike, scope: terms_pb2.ItemFilter) -> bool:
@@ -161,9 +174,16 @@ def covered(
     """
     if max_items < 0:
         raise ValueError("max_items must not be negative")
-    chosen = sorted(
-        (c for c in candidates if c.floor_micros <= price_micros), key=lambda c: c.item_id
-    )
+    if isinstance(candidates, Candidates):
+        # Already in item-id order; with nothing above the price, nothing to filter.
+        if candidates.sorted_floors and candidates.sorted_floors[-1] <= price_micros:
+            chosen = list(candidates)
+        else:
+            chosen = [c for c in candidates if c.floor_micros <= price_micros]
+    else:
+        chosen = sorted(
+            (c for c in candidates if c.floor_micros <= price_micros), key=lambda c: c.item_id
+        )
     return chosen[:max_items] if max_items else chosen
 
 
@@ -190,9 +210,13 @@ class QuorumRule:
         if self.min_items < 1:
             raise ValueError("quorum min_items must be at least 1")
 
+    @functools.cached_property
+    def _exact_fraction(self) -> Fraction:
+        return Fraction(repr(float(self.fraction)))
+
     def required(self, eligible_count: int) -> int:
         """max(min_items, ceil(fraction * eligible_count))."""
-        share = math.ceil(Fraction(repr(float(self.fraction))) * eligible_count)
+        share = math.ceil(self._exact_fraction * eligible_count)
         return max(self.min_items, share)
 
 
@@ -209,6 +233,8 @@ def reservation_price(
     required = rule.required(len(candidates))
     if required > len(candidates) or (max_items and max_items < required):
         return None
+    if isinstance(candidates, Candidates):
+        return candidates.sorted_floors[required - 1]
     floors = sorted(c.floor_micros for c in candidates)
     return floors[required - 1]
 

@@ -29,6 +29,7 @@ from coalition.v1 import terms_pb2
 from coalition_server.domain.consent import Token
 from coalition_server.domain.reservation import (
     Candidate,
+    Candidates,
     ItemLike,
     QuorumRule,
     bounded_reservation,
@@ -52,7 +53,23 @@ class CandidateMemo:
     token comes into or goes out of force, so nothing else changes the answer."""
 
     boundaries: list[datetime] | None = None
-    lists: dict[tuple[str, bytes, int], tuple[Candidate, ...]] = field(default_factory=dict)
+    lists: dict[tuple[str, bytes, int], Candidates] = field(default_factory=dict)
+    amendments: dict[tuple[bytes, int, int], tuple[Amendment, ...]] = field(default_factory=dict)
+    """:func:`amendments` by declaration, stretch and limit: they depend on the tokens in
+    force only, not on the lab."""
+
+    def stretch(self, tokens_by_member: Mapping[str, Sequence[Token]], at: datetime) -> int:
+        """Which stretch between two token validity boundaries ``at`` falls in."""
+        if self.boundaries is None:
+            self.boundaries = sorted(
+                {
+                    moment
+                    for tokens in tokens_by_member.values()
+                    for token in tokens
+                    for moment in (token.not_before, token.not_after)
+                }
+            )
+        return bisect.bisect_right(self.boundaries, at)
 
 
 @dataclass(frozen=True)
@@ -71,41 +88,34 @@ class Pool:
     memo: CandidateMemo | None = field(default=None, compare=False)
     check_memo: bool = field(default=False, compare=False)
 
-    def candidates(self, terms: terms_pb2.LicenceTerms) -> list[Candidate]:
+    def candidates(self, terms: terms_pb2.LicenceTerms) -> Candidates:
         """``reservation.candidates`` for these terms, scoped by the terms' own scope,
         exactly as the negotiation computes them."""
         memo = self.memo
         if memo is None:
             return self._candidates(terms)
-        if memo.boundaries is None:
-            memo.boundaries = sorted(
-                {
-                    moment
-                    for tokens in self.tokens_by_member.values()
-                    for token in tokens
-                    for moment in (token.not_before, token.not_after)
-                }
-            )
         probe = terms_pb2.LicenceTerms()
         probe.CopyFrom(terms)
         probe.ClearField("price_per_item")
         key = (
             self.lab_key_id,
             probe.SerializeToString(deterministic=True),
-            bisect.bisect_right(memo.boundaries, self.at),
+            memo.stretch(self.tokens_by_member, self.at),
         )
         found = memo.lists.get(key)
         if found is None:
             if len(memo.lists) >= MEMO_LIMIT:
                 memo.lists.clear()
-            found = memo.lists[key] = tuple(self._candidates(terms))
-        elif self.check_memo and list(found) != self._candidates(terms):
+            found = memo.lists[key] = self._candidates(terms)
+        elif self.check_memo and found != self._candidates(terms):
             raise AssertionError("remembered candidates differ from computed ones")
-        return list(found)
+        return found
 
-    def _candidates(self, terms: terms_pb2.LicenceTerms) -> list[Candidate]:
-        return candidates(
-            self.items, self.tokens_by_member, terms, self.lab_key_id, self.at, terms.scope
+    def _candidates(self, terms: terms_pb2.LicenceTerms) -> Candidates:
+        return Candidates(
+            candidates(
+                self.items, self.tokens_by_member, terms, self.lab_key_id, self.at, terms.scope
+            )
         )
 
 
@@ -222,7 +232,26 @@ def amendments(
 ) -> list[Amendment]:
     """The distinct valid declarations that each keep one norm the pool's tokens in force
     hold and ``declaration`` breaks (``norms.amend_to_keep``), most widely held first (ties:
-    by norm id, then encoding), at most ``limit``."""
+    by norm id, then encoding), at most ``limit``. Remembered in the pool's memo."""
+    memo = pool.memo
+    if memo is None:
+        return _amendments(pool, declaration, limit)
+    key = (
+        declaration.SerializeToString(deterministic=True),
+        memo.stretch(pool.tokens_by_member, pool.at),
+        limit,
+    )
+    found = memo.amendments.get(key)
+    if found is None:
+        if len(memo.amendments) >= MEMO_LIMIT:
+            memo.amendments.clear()
+        found = memo.amendments[key] = tuple(_amendments(pool, declaration, limit))
+    elif pool.check_memo and list(found) != _amendments(pool, declaration, limit):
+        raise AssertionError("remembered amendments differ from computed ones")
+    return list(found)
+
+
+def _amendments(pool: Pool, declaration: terms_pb2.UseDeclaration, limit: int) -> list[Amendment]:
     found: dict[bytes, tuple[str, terms_pb2.UseDeclaration, set[str]]] = {}
     for member, tokens in pool.tokens_by_member.items():
         for token in tokens:

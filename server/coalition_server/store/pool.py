@@ -73,9 +73,10 @@ async def load_pool(conn: AsyncConnection) -> Pool:
     return Pool([found[i] for i in sorted(found)], tokens)
 
 
-async def pool_version(conn: AsyncConnection) -> Version:
-    """The pool's version: one index seek per kind (the (kind, idx) index)."""
-    newest = [
+# Built once: the statement is the same on every call, and building it (a union of one
+# subquery per kind) cost more than running it.
+_POOL_VERSION = union_all(
+    *(
         select(models.LogEntry.kind, models.LogEntry.idx, models.LogEntry.leaf_hash)
         .where(models.LogEntry.kind == kind)
         .order_by(models.LogEntry.idx.desc())
@@ -83,8 +84,13 @@ async def pool_version(conn: AsyncConnection) -> Version:
         .subquery()
         .select()
         for kind in POOL_KINDS
-    ]
-    rows = {row.kind: (row.idx, row.leaf_hash) for row in await conn.execute(union_all(*newest))}
+    )
+)
+
+
+async def pool_version(conn: AsyncConnection) -> Version:
+    """The pool's version: one index seek per kind (the (kind, idx) index)."""
+    rows = {row.kind: (row.idx, row.leaf_hash) for row in await conn.execute(_POOL_VERSION)}
     return tuple(rows.get(kind, (-1, b"")) for kind in POOL_KINDS)
 
 
