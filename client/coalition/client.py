@@ -356,6 +356,26 @@ class _FetchEvent:
     done: bool
 
 
+_SEGMENT_TAG: Final = 0x1A  # FetchResponse.segment: field 3, length-delimited
+
+
+def _segment_payload(raw: bytes) -> bytes | None:
+    """The segment of a serialised FetchResponse that is exactly one ``segment`` field, else
+    None (the caller parses it as a FetchResponse): a 1 MiB segment is copied once, not
+    decoded into a message and copied out of it."""
+    if not raw or raw[0] != _SEGMENT_TAG:
+        return None
+    length = shift = 0
+    for offset in range(1, min(len(raw), 11)):
+        byte = raw[offset]
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            start = offset + 1
+            return raw[start:] if len(raw) - start == length else None
+        shift += 7
+    return None
+
+
 @dataclass
 class _ItemReader:
     """Decrypts and checks one item's segments, in order."""
@@ -1452,11 +1472,9 @@ class Client:
         verifier = NoteVerifier.parse(info.verifier_key)
         coalition = PublicKey(bytes(info.coalition_public_key))
         method = ACCESS + "Fetch"
-        stub: grpc.aio.UnaryStreamMultiCallable[bytes, access_pb2.FetchResponse] = (
-            self._channel.unary_stream(
-                method, response_deserializer=access_pb2.FetchResponse.FromString
-            )
-        )
+        # Messages arrive undecoded: a segment's bytes are taken from the wire directly
+        # (_segment_payload), anything else is parsed as a FetchResponse.
+        stub: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = self._channel.unary_stream(method)
         items_done = 0
         total = 0
         page_token = ""
@@ -1472,8 +1490,17 @@ class Client:
             next_token = ""
             first = True
             try:
-                async for message in call:
-                    part = message.WhichOneof("part")
+                async for raw_message in call:
+                    part: str | None = "segment"
+                    segment = _segment_payload(raw_message)
+                    if segment is None:
+                        try:
+                            message = access_pb2.FetchResponse.FromString(raw_message)
+                        except DecodeError:
+                            raise FetchError("a fetch message does not parse") from None
+                        part = message.WhichOneof("part")
+                        if part == "segment":
+                            segment = bytes(message.segment)
                     if first:
                         if part != "release":
                             raise FetchError("the fetch stream does not start with its release")
@@ -1504,10 +1531,10 @@ class Client:
                             if result is not None:
                                 result.items.append(header)
                             continue
-                    elif part == "segment":
+                    elif part == "segment" and segment is not None:
                         if reader is None:
                             raise FetchError("a segment arrived before any item")
-                        plaintext = reader.open(bytes(message.segment))
+                        plaintext = reader.open(segment)
                         total += len(plaintext)
                         yield _FetchEvent(reader.header, plaintext, False)
                         if reader.complete:

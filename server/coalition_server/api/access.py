@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +41,7 @@ from coalition_server.keys.provider import WrappedKey
 from coalition_server.store import access as store
 from coalition_server.store import consent as consents
 from coalition_server.store import items, models
+from coalition_server.store.database import Database
 from coalition_server.store.sequencer import EffectContext, Group, Submission
 from coalition_server.timeutil import to_timestamp, utcnow
 
@@ -63,6 +67,99 @@ def _check_lease_id(value: str) -> None:
 def _check_notice_id(value: str) -> None:
     if not HEX_ID.match(value):
         raise InvalidArgumentError("BAD_NOTICE_ID", "notice ids are 32 lowercase hex")
+
+
+SEGMENTS_PER_READ = 8
+"""Sealed segments read from the database at once (8 MiB at the default segment size). A
+fetch holds at most two reads: the one streaming and the next, read meanwhile."""
+
+
+class _EncodedResponse:
+    """A response already in wire format (dispatch serialises with ``SerializeToString``)."""
+
+    __slots__ = ("_wire",)
+
+    def __init__(self, wire: bytes) -> None:
+        self._wire = wire
+
+    def SerializeToString(self) -> bytes:
+        return self._wire
+
+
+def _segment_wire(segment: bytes) -> bytes:
+    n = len(segment)
+    head = bytearray(b"\x1a")
+    while n > 0x7F:
+        head.append(0x80 | (n & 0x7F))
+        n >>= 7
+    head.append(n)
+    return b"".join((head, segment))
+
+
+def _segment_reads(released: Sequence[_ReleasedItem]) -> list[list[items.SegmentSpan]]:
+    """The reads of a page's content, in streaming order: whole items together, up to
+    SEGMENTS_PER_READ segments a read; an item with more is read alone, that many at a time."""
+    reads: list[list[items.SegmentSpan]] = []
+    group: list[items.SegmentSpan] = []
+    held = 0
+    for item in released:
+        item_id, count = item.record.item_id, item.segment_count
+        if group and (held + count > SEGMENTS_PER_READ or count > SEGMENTS_PER_READ):
+            reads.append(group)
+            group, held = [], 0
+        if count > SEGMENTS_PER_READ:
+            reads.extend(
+                [items.SegmentSpan(item_id, start, min(start + SEGMENTS_PER_READ, count))]
+                for start in range(0, count, SEGMENTS_PER_READ)
+            )
+        elif count > 0:
+            group.append(items.SegmentSpan(item_id, 0, count))
+            held += count
+    if group:
+        reads.append(group)
+    return reads
+
+
+class _ReadAhead:
+    """Runs a fetch's segment reads in order, each next one while the previous streams."""
+
+    def __init__(self, database: Database, reads: Sequence[list[items.SegmentSpan]]) -> None:
+        self._database = database
+        self._reads = deque(reads)
+        self._current: dict[str, tuple[items.SegmentSpan, list[bytes]]] = {}
+        self._next: asyncio.Task[dict[str, tuple[items.SegmentSpan, list[bytes]]]] | None = None
+        self._start_next()
+
+    def _start_next(self) -> None:
+        self._next = (
+            asyncio.ensure_future(self._read(self._reads.popleft())) if self._reads else None
+        )
+
+    async def _read(
+        self, spans: list[items.SegmentSpan]
+    ) -> dict[str, tuple[items.SegmentSpan, list[bytes]]]:
+        async with self._database.reader.connect() as conn:
+            found = await items.read_segments(conn, spans)
+        return {span.item_id: (span, found[span.item_id]) for span in spans}
+
+    async def take(self, item_id: str) -> tuple[items.SegmentSpan, list[bytes]]:
+        """The next span of ``item_id`` (the items' order is the reads' order) and what of
+        it is stored."""
+        if item_id not in self._current:
+            if self._next is None:
+                raise AssertionError(f"no read left for item {item_id}")
+            self._current = await self._next
+            self._start_next()
+        return self._current.pop(item_id)
+
+    async def close(self) -> None:
+        """Stop the read in flight, if any (the stream ended or failed)."""
+        pending, self._next = self._next, None
+        if pending is not None:
+            pending.cancel()
+            # Its outcome no longer matters (the stream is over), but it is collected.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
 
 
 class AccessServicer:
@@ -151,7 +248,7 @@ class AccessServicer:
     @rpc(Policy.PARTY)
     async def Fetch(
         self, request: access_pb2.FetchRequest, call: Call
-    ) -> AsyncIterator[access_pb2.FetchResponse]:
+    ) -> AsyncIterator[access_pb2.FetchResponse | _EncodedResponse]:
         lab = call.require_role(LAB)
         _check_lease_id(request.lease_id)
         after = request.page_token
@@ -168,14 +265,33 @@ class AccessServicer:
                 continue
         else:
             raise UnavailableError("CONSENT_CHANGING", "consent kept changing; retry")
-        yield access_pb2.FetchResponse(
-            release=access_pb2.FetchRelease(
-                receipt=release.receipt, next_page_token=release.next_page_token
+        # The first read of content starts now and each next one while the previous streams.
+        segments = _ReadAhead(self._ctx.database, _segment_reads(release.items))
+        try:
+            yield access_pb2.FetchResponse(
+                release=access_pb2.FetchRelease(
+                    receipt=release.receipt, next_page_token=release.next_page_token
+                )
             )
-        )
-        for item in release.items:
-            async for message in self._stream_item(release, item, lab.encryption_key):
-                yield message
+            for item in release.items:
+                yield self._item_header(release, item, lab.encryption_key)
+                sent = 0
+                while sent < item.segment_count:
+                    span, found = await segments.take(item.record.item_id)
+                    for segment in found:
+                        yield _EncodedResponse(_segment_wire(segment))
+                    sent += len(found)
+                    if len(found) < span.stop - span.start:
+                        # Withdrawn (and shredded) while it streamed: its key was released
+                        # before the withdrawal, but the stream must not end as if the item
+                        # were complete.
+                        raise FailedPreconditionError(
+                            "ITEM_WITHDRAWN",
+                            "the item was withdrawn during the fetch; its content is gone",
+                            {"item_id": item.record.item_id},
+                        )
+        finally:
+            await segments.close()
 
     async def _release(self, lab: str, lease_id: str, after: str, size: int) -> _Release:
         """Plan a page of releasable items, then sequence the KeyRelease (re-checked)."""
@@ -215,9 +331,10 @@ class AccessServicer:
         release.receipt = result.receipts[0]
         return release
 
-    async def _stream_item(
+    def _item_header(
         self, release: _Release, item: _ReleasedItem, lab_encryption_key: bytes
-    ) -> AsyncIterator[access_pb2.FetchResponse]:
+    ) -> access_pb2.FetchResponse:
+        """An item's header: its data key unwrapped and sealed to the lab (HPKE)."""
         record = item.record
         aad = items.data_key_associated_data(record.item_id, record.contributor_key_id)
         data_key = self._ctx.key_provider.unwrap(item.wrapped, aad)
@@ -228,7 +345,7 @@ class AccessServicer:
                 release.agreement.agreement_id, release.lease.lease_id, record.item_id
             ),
         )
-        yield access_pb2.FetchResponse(
+        return access_pb2.FetchResponse(
             item=access_pb2.FetchedItem(
                 item_id=record.item_id,
                 contributor_key_id=record.contributor_key_id,
@@ -240,30 +357,6 @@ class AccessServicer:
                 has_content=True,
             )
         )
-        # Segments are read a few at a time: an item of any size streams in bounded memory.
-        sent = 0
-        for start in range(0, item.segment_count, 8):
-            async with self._ctx.database.reader.connect() as conn:
-                rows = await conn.execute(
-                    select(models.ItemSegment.data)
-                    .where(
-                        models.ItemSegment.item_id == record.item_id,
-                        models.ItemSegment.seq >= start,
-                        models.ItemSegment.seq < start + 8,
-                    )
-                    .order_by(models.ItemSegment.seq)
-                )
-                for row in rows:
-                    sent += 1
-                    yield access_pb2.FetchResponse(segment=bytes(row.data))
-        if sent < item.segment_count:
-            # Withdrawn (and shredded) while it streamed: its key was released before the
-            # withdrawal, but the stream must not end as if the item were complete.
-            raise FailedPreconditionError(
-                "ITEM_WITHDRAWN",
-                "the item was withdrawn during the fetch; its content is gone",
-                {"item_id": record.item_id},
-            )
 
     @rpc(Policy.PARTY)
     async def WatchWithdrawals(

@@ -369,3 +369,38 @@ async def destroy_retired_keks(
             .values(destroyed_at=now)
         )
     return destroyed
+
+
+@dataclass(frozen=True)
+class SegmentSpan:
+    """Segments ``start`` (included) to ``stop`` (excluded) of one item's stored content."""
+
+    item_id: str
+    start: int
+    stop: int
+
+
+async def read_segments(
+    conn: AsyncConnection, spans: Sequence[SegmentSpan]
+) -> dict[str, list[bytes]]:
+    """The sealed segments of these spans (of distinct items), by item, in order, in one query.
+
+    A span whose item was shredded meanwhile comes back short (or empty): the caller checks.
+    Several spans are read by item id (meant for whole items; rows outside a span are dropped).
+    """
+    segment = models.ItemSegment
+    query = select(segment.item_id, segment.seq, segment.data)
+    if len(spans) == 1:
+        only = spans[0]
+        query = query.where(
+            segment.item_id == only.item_id, segment.seq >= only.start, segment.seq < only.stop
+        )
+    else:
+        query = query.where(segment.item_id.in_([span.item_id for span in spans]))
+    by_item = {span.item_id: span for span in spans}
+    found: dict[str, list[bytes]] = {span.item_id: [] for span in spans}
+    for item_id, seq, data in await conn.execute(query.order_by(segment.item_id, segment.seq)):
+        span = by_item[item_id]
+        if span.start <= seq < span.stop:
+            found[item_id].append(bytes(data))
+    return found
