@@ -13,10 +13,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from coalition.client import Client, ServerError
 from coalition.dsse import Envelope
-from coalition.statements import sign_statement
-from coalition.v1 import consent_pb2, envelope_pb2, items_pb2
+from coalition.keys import SigningKey
+from coalition.statements import sign_statement, statement_id
+from coalition.v1 import consent_pb2, envelope_pb2, items_pb2, ledger_pb2
+from coalition_server.api import consent as api
 from coalition_server.api.mutations import MAX_PAYLOAD_BYTES, PARALLEL_BATCH
 from coalition_server.store import models
+from coalition_server.store.sequencer import Receipts
 
 from . import builders
 from .helpers import row_counts
@@ -214,6 +217,13 @@ async def test_a_batch_answers_and_stores_each_token_as_signed(
     clean = [Envelope.from_proto(envelope).to_proto() for envelope in envelopes]
     answered = [record.token.SerializeToString() for record in response.consents]
     assert answered == [envelope.SerializeToString() for envelope in clean]
+    # The ledger leaves embed the same envelopes, and the ids are the statements' ids.
+    for record, receipt, envelope in zip(response.consents, response.receipts, clean, strict=True):
+        stamp = ledger_pb2.LedgerLeaf.FromString(receipt.leaf).integrated_time
+        assert receipt.leaf == ledger_pb2.LedgerLeaf(
+            integrated_time=stamp, envelope=envelope
+        ).SerializeToString(deterministic=True)
+        assert record.consent_id == statement_id(Envelope.from_proto(envelope))
     engine = create_async_engine(db_url)
     try:
         async with engine.connect() as conn:
@@ -224,3 +234,48 @@ async def test_a_batch_answers_and_stores_each_token_as_signed(
     assert [stored[record.index] for record in response.consents] == [
         envelope.payload for envelope in clean
     ]
+
+
+@pytest.mark.parametrize("first_index", [0, 1, 127, 128, 2**40])
+def test_the_response_is_encoded_as_protobuf_encodes_it(first_index: int) -> None:
+    key = SigningKey.generate()
+    member = key.public_key.key_id
+    tokens = [
+        sign_statement(builders.consent_token(item_ids=["ab" * 16]), key).to_proto()
+        for _ in range(3)
+    ]
+    ids = [statement_id(Envelope.from_proto(token)) for token in tokens]
+    receipts = [
+        ledger_pb2.Receipt(
+            index=first_index + n,
+            leaf_hash=bytes([n]) * 32,
+            checkpoint="origin\n3\nroot\n\n— sig\n",
+            inclusion_proof=[bytes([n + 1]) * 32] * n,
+            tree_size=first_index + 3,
+            leaf=b"leaf %d" % n,
+        )
+        for n in range(3)
+    ]
+    heads = [
+        api._record_head(consent_id, api._record_member(member), token.SerializeToString())
+        for consent_id, token in zip(ids, tokens, strict=True)
+    ]
+    expected = consent_pb2.GrantConsentResponse(
+        consents=[
+            consent_pb2.ConsentRecord(
+                consent_id=consent_id,
+                contributor_key_id=member,
+                token=token,
+                state=consent_pb2.CONSENT_STATE_GIVEN,
+                index=receipt.index,
+            )
+            for consent_id, token, receipt in zip(ids, tokens, receipts, strict=True)
+        ],
+        receipts=receipts,
+    ).SerializeToString(deterministic=True)
+    assert api._grant_response(heads, receipts) == expected
+    # As the sequencer hands them over: encoded.
+    encoded = Receipts(
+        tuple(r.index for r in receipts), tuple(r.SerializeToString() for r in receipts)
+    )
+    assert api._grant_response(heads, encoded) == expected

@@ -98,6 +98,7 @@ async def test_insert_rows_chunks_large_inserts_into_multi_row_statements(db_url
 
     event.listen(database.writer.sync_engine, "before_cursor_execute", seen)
     rows = [(level, index, bytes([index % 256]) * 32) for level in (0, 1) for index in range(1250)]
+    rows += [(2, index, bytes([index % 256]) * 32) for index in range(10_000)]
     try:
         await migrate.upgrade(database)
         async with database.writer.begin() as conn:
@@ -110,14 +111,33 @@ async def test_insert_rows_chunks_large_inserts_into_multi_row_statements(db_url
             ).all()
         assert sorted(tuple(row) for row in stored) == rows
         if database.is_sqlite:
-            # VALUES lists of at most 1000 rows: one GIL release per statement, not per row.
-            assert [executemany for _, executemany in statements] == [False, False, False]
+            # VALUES lists of as many rows as one statement may bind: one round trip to the
+            # driver's thread (and one GIL release) per statement, not per row.
+            per_statement = database.writer.dialect.insertmanyvalues_max_parameters // 3
+            assert [executemany for _, executemany in statements] == [False, False]
             assert [statement.count("(?, ?, ?)") for statement, _ in statements] == [
-                1000,
-                1000,
-                500,
+                per_statement,
+                2 * 1250 + 10_000 - per_statement,
             ]
         else:
             assert [executemany for _, executemany in statements] == [True]
+    finally:
+        await database.dispose()
+
+
+async def test_present_finds_exactly_the_stored_values(db_url: str) -> None:
+    database = Database.connect(db_url)
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            await conn.execute(insert(models.LogEntry), [_entry(0), _entry(1)])
+        stored = [bytes([100]) * 32, bytes([101]) * 32]
+        # More values than one query asks about, the stored ones among them.
+        count = 1200 if not database.is_sqlite else 33_000
+        asked = [bytes([n % 256, n // 256]) * 16 for n in range(count)] + stored
+        async with database.reader.connect() as conn:
+            found = await bulk.present(conn, models.LogEntry, "statement_hash", asked)
+            assert await bulk.present(conn, models.LogEntry, "statement_hash", []) == set()
+        assert found == set(stored)
     finally:
         await database.dispose()

@@ -10,9 +10,11 @@ import os
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from coalition import statements
+from coalition import merkle, statements
 from coalition.keys import SigningKey
 from coalition.v1 import items_pb2, ledger_pb2
 from coalition_server.domain.errors import (
@@ -27,10 +29,12 @@ from coalition_server.store.sequencer import (
     Group,
     GroupContext,
     IdempotencyKey,
+    Receipts,
     RunContext,
     RunRequest,
     Sequencer,
     Submission,
+    _Edge,
 )
 
 from ..integration.builders import now, ts
@@ -209,3 +213,59 @@ async def test_a_run_is_decided_in_one_call_and_split_at_a_repeated_statement(
     a = first.receipts[0].index
     assert [r.index for r in first.receipts] == [a, a + 1]
     assert [r.index for r in third.receipts] == [a + 2, a + 3]
+
+
+async def test_leaves_are_the_ledger_leaf_as_protobuf_encodes_it(server: CoalitionServer) -> None:
+    key = SigningKey.generate()
+    plain, given = _statement(key), _statement(key)
+    # The encoding a caller may hand in: its request's message, which protobuf encodes alike.
+    encoded = given.envelope.to_proto().SerializeToString(deterministic=True)
+    group = Group(
+        (plain, Submission(given.envelope, given.signer_key_id, encoded=encoded)), _respond
+    )
+    result = await _sequencer(server).submit(group)
+    for receipt, submission in zip(result.receipts, (plain, given), strict=True):
+        stamp = ledger_pb2.LedgerLeaf.FromString(receipt.leaf).integrated_time
+        assert receipt.leaf == ledger_pb2.LedgerLeaf(
+            integrated_time=stamp, envelope=submission.envelope.to_proto()
+        ).SerializeToString(deterministic=True)
+        assert receipt.leaf_hash == merkle.leaf_hash(receipt.leaf)
+    # Each receipt is encoded as protobuf encodes it.
+    assert isinstance(result.receipts, Receipts)
+    for receipt, encoded in zip(result.receipts, result.receipts.encoded, strict=True):
+        assert receipt.SerializeToString() == encoded
+        assert (
+            ledger_pb2.Receipt(
+                index=receipt.index,
+                leaf_hash=receipt.leaf_hash,
+                checkpoint=receipt.checkpoint,
+                inclusion_proof=list(receipt.inclusion_proof),
+                tree_size=receipt.tree_size,
+                leaf=receipt.leaf,
+            ).SerializeToString()
+            == encoded
+        )
+    assert list(result.receipts.indices) == [receipt.index for receipt in result.receipts]
+    assert [r.index for r in result.receipts[1:]] == [result.receipts[1].index]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 70), st.integers(1, 70))
+def test_the_batch_edge_grows_as_a_compact_range_does(old: int, added: int) -> None:
+    compact = merkle.CompactRange(0, [])
+    for _ in range(old):
+        compact.push(merkle.leaf_hash(os.urandom(8)))
+    edge = _Edge(compact.copy())
+    expected = {
+        (node.level, node.index): digest
+        for node, digest in zip(merkle.CompactRange.frontier_ids(old), compact.hashes, strict=True)
+    }
+    completed = []
+    for _ in range(added):
+        digest = merkle.leaf_hash(os.urandom(8))
+        edge.append(digest)
+        completed.extend(compact.append(digest))
+    expected.update({(node.level, node.index): digest for node, digest in completed})
+    assert edge.compact() == compact
+    assert edge.nodes == expected
+    assert edge.added == [(node.level, node.index, digest) for node, digest in completed]

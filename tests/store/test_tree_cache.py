@@ -27,6 +27,7 @@ from coalition_server.store.tree_cache import (
     TreeCache,
     consistency_proof,
     inclusion_proof,
+    inclusion_proofs,
 )
 
 from .test_sequencer import _statement
@@ -57,6 +58,21 @@ def test_proofs_equal_the_reference_plans(size: int, data: st.DataObject) -> Non
     assert consistency_proof(old, size, lookup) == merkle.consistency_plan(old, size).assemble(
         nodes
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.data())
+def test_a_batch_of_proofs_equals_one_proof_per_leaf(size: int, data: st.DataObject) -> None:
+    _, flat = _tree(size)
+
+    def lookup(level: int, index: int) -> bytes:
+        return flat[(level, index)]
+
+    first = data.draw(st.integers(0, size - 1))
+    end = data.draw(st.integers(first, size))
+    expected = [inclusion_proof(index, size, lookup) for index in range(first, end)]
+    assert inclusion_proofs(first, end, size, lookup) == expected
+    assert inclusion_proofs(first, end, size, lookup, {}) == expected
 
 
 def test_extend_takes_only_a_contiguous_commit() -> None:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from coalition import norms
 from coalition.v1 import consent_pb2, norms_pb2, terms_pb2
 from coalition_server.domain.errors import FailedPreconditionError, InvalidArgumentError
 from coalition_server.domain.statements import (
+    MAX_CLOCK_SKEW,
     check_fresh,
     check_item_id,
     check_key_id,
@@ -36,17 +38,26 @@ MAX_DURATION = timedelta(days=36525)
 # Money: up to a billion currency units per item is already absurd; beyond is refused.
 MAX_MICROS = 10**15
 DEFAULT_MAX_DELETION_DEADLINE = timedelta(days=30)
+_MAX_DURATION_SECONDS = MAX_DURATION.total_seconds()
+_ONE_HOUR = timedelta(hours=1)
 KNOWN_PURPOSES = frozenset(v for v in terms_pb2.Purpose.values() if v)
 KNOWN_PAYMENT_MODELS = frozenset(v for v in terms_pb2.PaymentModel.values() if v)
 
 
 def duration(value: Duration, field: str) -> timedelta:
     """A protobuf duration as a timedelta, checked to be non-negative and not absurd."""
-    if value.seconds < 0 or value.nanos < 0:
+    seconds, nanos = _check_duration(value, field)
+    return timedelta(seconds=seconds, microseconds=nanos // 1000)
+
+
+def _check_duration(value: Duration, field: str) -> tuple[int, int]:
+    """:func:`duration`'s checks; the duration's seconds and nanos."""
+    seconds, nanos = value.seconds, value.nanos
+    if seconds < 0 or nanos < 0:
         raise InvalidArgumentError("BAD_DURATION", f"{field} must not be negative")
-    if value.seconds > MAX_DURATION.total_seconds():
+    if seconds > _MAX_DURATION_SECONDS:
         raise InvalidArgumentError("BAD_DURATION", f"{field} is longer than 100 years")
-    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+    return seconds, nanos
 
 
 @dataclass(frozen=True)
@@ -102,9 +113,23 @@ def validity(statement: consent_pb2.ConsentToken) -> tuple[datetime | None, date
     """The token's own window: not_before (None when unset: it starts when it is sequenced)
     and not_after."""
     not_before = (
-        timestamp(statement.not_before, "not_before") if statement.HasField("not_before") else None
+        _instant(statement.not_before, "not_before") if statement.HasField("not_before") else None
     )
-    return not_before, timestamp(statement.not_after, "not_after")
+    return not_before, _instant(statement.not_after, "not_after")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECONDS = range(-62_135_596_800, 253_402_300_800)
+"""What a Timestamp may hold: 0001-01-01 to 9999-12-31."""
+
+
+def _instant(value: Timestamp, field: str) -> datetime:
+    """What :func:`timestamp` gives (protobuf's ``ToDatetime``), a few times faster: a batch
+    of a thousand tokens reads two thousand of them. Out of range, :func:`timestamp` says why."""
+    seconds, nanos = value.seconds, value.nanos
+    if seconds in _SECONDS and 0 <= nanos < 1_000_000_000:
+        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return timestamp(value, field)
 
 
 def named_items(statement: consent_pb2.ConsentToken) -> list[str]:
@@ -114,14 +139,26 @@ def named_items(statement: consent_pb2.ConsentToken) -> list[str]:
 
 
 def check_token(statement: consent_pb2.ConsentToken, currency: str, now: datetime) -> None:
-    """Refuse a token that is malformed, outside its window, or not in the vocabulary."""
-    check_fresh(statement.created_time, statement.HasField("created_time"), now)
+    """Refuse a token that is malformed, outside its window, or not in the vocabulary.
+
+    Each field is read once (a protobuf attribute costs a lookup): a batch of a thousand
+    tokens is checked on the verifying threads, whose Python holds the GIL the event loop
+    needs."""
+    has_created = statement.HasField("created_time")
+    created_time = statement.created_time
+    # check_fresh's test, with a faster reading of the time: it is asked only to say why not.
+    if not has_created:
+        check_fresh(created_time, has_created, now)
+    created = _instant(created_time, "created_time")
+    if abs(created - now) > MAX_CLOCK_SKEW:
+        check_fresh(created_time, has_created, now)
     check_nonce(statement.nonce)
-    selector = statement.items.WhichOneof("selector")
+    items = statement.items
+    selector = items.WhichOneof("selector")
     if selector is None:
         raise InvalidArgumentError("MISSING_ITEMS", "name the items: ids, a tag or all_items")
     if selector == "item_ids":
-        ids = list(statement.items.item_ids.item_ids)
+        ids = list(items.item_ids.item_ids)
         if not 1 <= len(ids) <= MAX_ITEMS_PER_TOKEN:
             raise InvalidArgumentError("BAD_ITEMS", f"name 1 to {MAX_ITEMS_PER_TOKEN} item ids")
         for item_id in ids:
@@ -129,8 +166,8 @@ def check_token(statement: consent_pb2.ConsentToken, currency: str, now: datetim
         if len(set(ids)) != len(ids):
             raise InvalidArgumentError("BAD_ITEMS", "an item id appears twice")
     elif selector == "tag":
-        check_tag(statement.items.tag)
-    elif not statement.items.all_items:
+        check_tag(items.tag)
+    elif not items.all_items:
         raise InvalidArgumentError("MISSING_ITEMS", "all_items must be true when used")
     purposes = list(statement.purposes)
     if not purposes:
@@ -145,21 +182,23 @@ def check_token(statement: consent_pb2.ConsentToken, currency: str, now: datetim
     if len(set(purposes)) != len(purposes):
         raise InvalidArgumentError("BAD_PURPOSES", "a purpose appears twice")
     check_floor(statement.floor, currency)
-    check_norms(statement.norms, currency)
-    if len(statement.excluded_lab_key_ids) > MAX_EXCLUDED_LABS:
+    norms_ = statement.norms
+    if norms_:
+        check_norms(norms_, currency)
+    excluded = statement.excluded_lab_key_ids
+    if len(excluded) > MAX_EXCLUDED_LABS:
         raise InvalidArgumentError("BAD_EXCLUDED_LABS", "too many excluded labs")
-    for lab in statement.excluded_lab_key_ids:
+    for lab in excluded:
         check_key_id(lab, "excluded_lab_key_ids")
     if not statement.HasField("not_after"):
         raise InvalidArgumentError("MISSING_NOT_AFTER", "not_after is required")
-    not_after = timestamp(statement.not_after, "not_after")
-    created = timestamp(statement.created_time, "created_time")
+    not_after = _instant(statement.not_after, "not_after")
     if not_after <= now:
         raise FailedPreconditionError("TOKEN_EXPIRED", "the token's not_after has passed")
     if not_after - created > MAX_VALIDITY:
         raise InvalidArgumentError("BAD_VALIDITY", "a token is valid for at most ten years")
     if statement.HasField("not_before"):
-        not_before = timestamp(statement.not_before, "not_before")
+        not_before = _instant(statement.not_before, "not_before")
         if not_before >= not_after:
             raise InvalidArgumentError("BAD_VALIDITY", "not_before must be before not_after")
         if not_before > now + timedelta(minutes=10):
@@ -198,22 +237,23 @@ def check_money(money: terms_pb2.Money, currency: str, field: str) -> None:
 
 def check_floor(floor: terms_pb2.FloorTerms, currency: str) -> None:
     """Floor terms: one price per known payment model, sane durations."""
-    if not floor.prices:
+    prices = floor.prices
+    if not prices:
         raise InvalidArgumentError("MISSING_PRICES", "give a floor price for a payment model")
-    models = [price.payment_model for price in floor.prices]
-    if any(model not in KNOWN_PAYMENT_MODELS for model in models):
+    models = [price.payment_model for price in prices]
+    if not KNOWN_PAYMENT_MODELS.issuperset(models):
         raise InvalidArgumentError("UNKNOWN_PAYMENT_MODEL", "payment model not in the vocabulary")
     if len(set(models)) != len(models):
         raise InvalidArgumentError("BAD_PRICES", "one floor per payment model")
-    for price in floor.prices:
+    for price, model in zip(prices, models, strict=True):
         check_money(price.minimum_per_item, currency, "minimum_per_item")
-        subscription = price.payment_model == terms_pb2.PAYMENT_MODEL_SUBSCRIPTION
-        if subscription and duration(price.period, "period") < timedelta(hours=1):
-            raise InvalidArgumentError("BAD_PERIOD", "a subscription floor needs a period")
-        if not subscription and price.HasField("period"):
+        if model == terms_pb2.PAYMENT_MODEL_SUBSCRIPTION:
+            if duration(price.period, "period") < _ONE_HOUR:
+                raise InvalidArgumentError("BAD_PERIOD", "a subscription floor needs a period")
+        elif price.HasField("period"):
             raise InvalidArgumentError("BAD_PERIOD", "only subscriptions have a period")
-    duration(floor.max_licence_duration, "max_licence_duration")
-    duration(floor.max_deletion_deadline, "max_deletion_deadline")
+    _check_duration(floor.max_licence_duration, "max_licence_duration")
+    _check_duration(floor.max_deletion_deadline, "max_deletion_deadline")
 
 
 def norms_premium(token: Token, terms: terms_pb2.LicenceTerms) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -50,65 +50,51 @@ def _entry(row: Any) -> ConsentEntry:
     return ConsentEntry(token, row.state, row.idx, row.withdrawal_idx)
 
 
-@dataclass(frozen=True)
-class Grant:
-    """A token to record, the ledger index it got, its nonce, its signed payload (the
-    canonical encoding of ``token.statement``, stored verbatim) and the item ids it names
-    (``rules.named_items``)."""
+class Grant(NamedTuple):
+    """A GIVEN token to record, as its ``consents`` row (in the table's column order: the
+    bulk insert takes it as it is): ``idx`` is the ledger index it got, ``payload`` its signed
+    payload (the token's canonical encoding, stored verbatim), ``not_before`` the integration
+    time when the token leaves it open."""
 
-    token: rules.Token
-    index: int
-    nonce: bytes
+    consent_id: str
+    contributor_key_id: str
+    idx: int
     payload: bytes
-    item_ids: Sequence[str]
+    state: int
+    not_before: datetime
+    not_after: datetime
+    nonce: bytes
 
 
-_CONSENT_COLUMNS = (
-    "consent_id",
-    "contributor_key_id",
-    "idx",
-    "payload",
-    "state",
-    "not_before",
-    "not_after",
-    "nonce",
-)
+_CONSENT_COLUMNS = Grant._fields
 
 
-async def record_grants(conn: AsyncConnection, grants: Sequence[Grant]) -> None:
-    """Record granted tokens inside the sequencer's transaction, checking their items.
+async def record_grants(
+    conn: AsyncConnection, grants: Sequence[Grant], item_ids: Sequence[Sequence[str]]
+) -> None:
+    """Record granted tokens inside the sequencer's transaction, checking the items each
+    names (``item_ids``, in the same order: ``rules.named_items``).
 
     A fixed number of queries however many tokens (one member's batch of a thousand costs
     what one token did): the items are read in bulk, and the rows written with the driver's
     executemany (:mod:`bulk`). A nonce used before is caught by the (member, nonce) unique
     constraint as the tokens are inserted, then named by the same query the check always ran.
     """
-    named = [grant.item_ids for grant in grants]
-    found = await load_items(conn, {item_id for ids in named for item_id in ids})
-    for grant, ids in zip(grants, named, strict=True):
-        if ids:
-            require_own_items(found, ids, grant.token.contributor_key_id, usable=True)
-    pairs = [(grant.token.contributor_key_id, grant.nonce) for grant in grants]
+    found = await load_items(conn, {item_id for ids in item_ids for item_id in ids})
+    _require_items(found, grants, item_ids)
+    pairs = [(grant.contributor_key_id, grant.nonce) for grant in grants]
     if len(set(pairs)) != len(pairs):
         raise _duplicate_nonce()
-    rows = [
-        (
-            grant.token.consent_id,
-            grant.token.contributor_key_id,
-            grant.index,
-            grant.payload,
-            rules.GIVEN,
-            grant.token.not_before,
-            grant.token.not_after,
-            grant.nonce,
-        )
-        for grant in grants
-    ]
     try:
-        # Its own savepoint: after a constraint violation PostgreSQL refuses every further
-        # query of the transaction until it is rolled back.
-        async with conn.begin_nested():
-            await bulk.insert_rows(conn, models.ConsentRow, _CONSENT_COLUMNS, rows)
+        if conn.dialect.name == "sqlite":
+            # A failed statement undoes itself and the transaction goes on: no savepoint
+            # (two round trips to the driver's thread).
+            await bulk.insert_rows(conn, models.ConsentRow, _CONSENT_COLUMNS, grants)
+        else:
+            # Its own savepoint: after a constraint violation PostgreSQL refuses every
+            # further query of the transaction until it is rolled back.
+            async with conn.begin_nested():
+                await bulk.insert_rows(conn, models.ConsentRow, _CONSENT_COLUMNS, grants)
     except IntegrityError:
         # Querying the nonces up front cost more than the inserts (on PostgreSQL, until it
         # has statistics, a scan of the member's tokens): ask only when the insert failed.
@@ -120,11 +106,35 @@ async def record_grants(conn: AsyncConnection, grants: Sequence[Grant]) -> None:
         models.ConsentItem,
         ("consent_id", "item_id"),
         [
-            (grant.token.consent_id, item_id)
-            for grant, ids in zip(grants, named, strict=True)
+            (grant.consent_id, item_id)
+            for grant, ids in zip(grants, item_ids, strict=True)
             for item_id in ids
         ],
     )
+
+
+def _require_items(
+    found: dict[str, ItemRecord], grants: Sequence[Grant], item_ids: Sequence[Sequence[str]]
+) -> None:
+    """Refuse unknown, other members' and withdrawn items, with the error a token-by-token
+    check raises first. Each (member, item) pair is checked once (a batch names the same
+    items again and again); only when one fails are the tokens checked in order."""
+    named = {
+        (grant.contributor_key_id, item_id)
+        for grant, ids in zip(grants, item_ids, strict=True)
+        for item_id in ids
+    }
+    if all(
+        (record := found.get(item_id)) is not None
+        and record.contributor_key_id == member
+        and record.state != WITHDRAWN
+        for member, item_id in named
+    ):
+        return
+    for grant, ids in zip(grants, item_ids, strict=True):
+        if ids:
+            require_own_items(found, ids, grant.contributor_key_id, usable=True)
+    raise AssertionError("an item failed the check once but not in order")
 
 
 def _duplicate_nonce() -> AlreadyExistsError:

@@ -37,10 +37,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, overload
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -50,9 +48,9 @@ from coalition.merkle import CompactRange, NodeId
 from coalition.note import NoteSigner
 from coalition.v1 import ledger_pb2
 from coalition_server.domain.errors import AlreadyExistsError, DomainError, UnavailableError
-from coalition_server.store import models
+from coalition_server.store import bulk, models
 from coalition_server.store.database import Database, is_unavailable
-from coalition_server.store.tree_cache import inclusion_proof
+from coalition_server.store.tree_cache import inclusion_proofs
 from coalition_server.timeutil import as_utc, to_timestamp, utcnow
 
 log = logging.getLogger(__name__)
@@ -149,19 +147,41 @@ class IdempotencyKey:
     request_digest: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Submission:
-    """A signed statement to append and what it concerns."""
+    """A signed statement to append and what it concerns.
+
+    ``encoded`` is the envelope's protobuf encoding (``envelope.to_proto()`` serialised), when
+    the caller has it already, as a request's message: it is what the ledger leaf embeds.
+
+    What its batch needs of it is computed once, when it is made: on the caller's task,
+    while the batch before it may be waiting on the database, rather than in the transaction.
+    """
 
     envelope: dsse.Envelope
     signer_key_id: str
     subjects: tuple[str, ...] = ()
     effect: Effect | None = None
+    encoded: bytes | None = field(default=None, repr=False, compare=False)
+    statement_hash: bytes = field(init=False, repr=False, compare=False)
+    """SHA-256 of the signed bytes (:func:`statement_hash`)."""
+    leaf_tail: bytes = field(init=False, repr=False, compare=False)
+    """The ledger leaf's envelope field. Protobuf writes fields in number order, so a leaf is
+    its batch's time field followed by this: the envelope is encoded once, not per leaf."""
+    kind: str = field(init=False, repr=False, compare=False)
+    """The statement's kind, as its entry row records it."""
+    subject_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """The keys its entry is indexed under: its signer and its subjects, once each."""
 
-    @cached_property
-    def statement_hash(self) -> bytes:
-        """SHA-256 of the signed bytes (computed once: the batch's prefetch needs it too)."""
-        return statement_hash(self.envelope)
+    def __post_init__(self) -> None:
+        envelope = self.encoded
+        if envelope is None:
+            envelope = self.envelope.to_proto().SerializeToString(deterministic=True)
+        init = object.__setattr__  # frozen
+        init(self, "statement_hash", statement_hash(self.envelope))
+        init(self, "leaf_tail", length_delimited(_LEAF_ENVELOPE, envelope))
+        init(self, "kind", statements.kind(self.envelope.payload_type))
+        init(self, "subject_ids", tuple(sorted({self.signer_key_id, *self.subjects})))
 
 
 Respond = Callable[[Sequence[ledger_pb2.Receipt]], bytes]
@@ -185,12 +205,43 @@ class Group:
             raise ValueError("a group in a run is one statement without effects of its own")
 
 
+class Receipts(Sequence[ledger_pb2.Receipt]):
+    """A group's receipts, in append order, as the sequencer encodes them: each is decoded
+    when asked for. A thousand Receipt messages per batch cost more to build than to encode,
+    and as objects the garbage collector tracks they brought on full collections; a response
+    that embeds them (GrantConsent's) takes :attr:`encoded` as it is."""
+
+    __slots__ = ("encoded", "indices")
+
+    def __init__(self, indices: tuple[int, ...], encoded: tuple[bytes, ...]) -> None:
+        self.indices = indices
+        """Each receipt's entry index."""
+        self.encoded = encoded
+        """Each receipt's protobuf encoding."""
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    @overload
+    def __getitem__(self, position: int) -> ledger_pb2.Receipt: ...
+
+    @overload
+    def __getitem__(self, position: slice) -> Sequence[ledger_pb2.Receipt]: ...
+
+    def __getitem__(
+        self, position: int | slice
+    ) -> ledger_pb2.Receipt | Sequence[ledger_pb2.Receipt]:
+        if isinstance(position, slice):
+            return tuple(ledger_pb2.Receipt.FromString(e) for e in self.encoded[position])
+        return ledger_pb2.Receipt.FromString(self.encoded[position])
+
+
 @dataclass(frozen=True)
 class AppendResult:
     """A group's serialised response, and its receipts (empty for a replayed answer)."""
 
     response: bytes
-    receipts: tuple[ledger_pb2.Receipt, ...]
+    receipts: Sequence[ledger_pb2.Receipt]
 
 
 @dataclass
@@ -199,21 +250,103 @@ class _Pending:
     future: asyncio.Future[AppendResult]
 
 
-@dataclass
-class _Leaf:
-    index: int
-    submission: Submission
+class _Leaf(NamedTuple):
+    """A statement's entry as its batch writes it. Plain values only: the garbage collector
+    stops tracking such a tuple, where a thousand objects pointing at their submissions would
+    outlive the batch's young collections and bring on full ones."""
+
+    idx: int
     leaf: bytes
     leaf_hash: bytes
     statement_hash: bytes
+    kind: str
+    signer_key_id: str
+    subject_ids: tuple[str, ...]
 
     @classmethod
-    def of(cls, index: int, submission: Submission, stamp: Timestamp) -> _Leaf:
-        """The ledger leaf of ``submission`` at ``index``, integrated at ``stamp``."""
-        leaf = ledger_pb2.LedgerLeaf(
-            integrated_time=stamp, envelope=submission.envelope.to_proto()
-        ).SerializeToString(deterministic=True)
-        return cls(index, submission, leaf, merkle.leaf_hash(leaf), submission.statement_hash)
+    def of(cls, index: int, submission: Submission, time_field: bytes) -> _Leaf:
+        """The ledger leaf of ``submission`` at ``index``, after its batch's ``time_field``
+        (:func:`leaf_time_field`)."""
+        leaf = time_field + submission.leaf_tail
+        return cls(
+            index,
+            leaf,
+            merkle.leaf_hash(leaf),
+            submission.statement_hash,
+            submission.kind,
+            submission.signer_key_id,
+            submission.subject_ids,
+        )
+
+
+_LEAF_ENVELOPE = 2
+"""LedgerLeaf.envelope's field number (integrated_time is 1)."""
+
+
+def varint(value: int) -> bytes:
+    """``value`` (not negative) as a protobuf varint."""
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x4000:  # a leaf's or a record's length
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def length_delimited(number: int, body: bytes) -> bytes:
+    """Field ``number`` holding ``body`` (bytes, a string or a message), as protobuf encodes it."""
+    return varint(number << 3 | 2) + varint(len(body)) + body
+
+
+def leaf_time_field(integrated_time: datetime) -> bytes:
+    """The first field of every ledger leaf of a batch integrated at ``integrated_time``."""
+    return ledger_pb2.LedgerLeaf(integrated_time=to_timestamp(integrated_time)).SerializeToString(
+        deterministic=True
+    )
+
+
+class _Edge:
+    """The tree's right edge while a batch grows it: :class:`CompactRange`'s fold, keeping
+    every perfect subtree it completes under a plain (level, index) key (a NodeId per node
+    cost more than its hash), with the old frontier's for the receipts' proofs."""
+
+    __slots__ = ("added", "hashes", "nodes", "size")
+
+    def __init__(self, frontier: CompactRange) -> None:
+        self.size = frontier.size
+        self.hashes = list(frontier.hashes)
+        self.nodes: dict[tuple[int, int], bytes] = {
+            (node.level, node.index): digest
+            for node, digest in zip(
+                CompactRange.frontier_ids(frontier.size), frontier.hashes, strict=True
+            )
+        }
+        self.added: list[tuple[int, int, bytes]] = []
+        """The nodes the batch completed, as merkle_nodes rows."""
+
+    def append(self, leaf_hash: bytes) -> None:
+        """Append one leaf hash, keeping the perfect subtrees it completes."""
+        size, hashes, nodes, added = self.size, self.hashes, self.nodes, self.added
+        digest = leaf_hash
+        nodes[(0, size)] = digest
+        added.append((0, size, digest))
+        level = 0
+        # Each trailing 1 bit of the old size is a same-sized left sibling to merge with.
+        while (size >> level) & 1:
+            digest = merkle.node_hash(hashes.pop(), digest)
+            level += 1
+            nodes[(level, size >> level)] = digest
+            added.append((level, size >> level, digest))
+        hashes.append(digest)
+        self.size = size + 1
+
+    def compact(self) -> CompactRange:
+        """The edge as a :class:`CompactRange` (what the next batch starts from)."""
+        return CompactRange(self.size, self.hashes)
 
 
 @dataclass
@@ -408,7 +541,7 @@ class Sequencer:
                     )
                 )
             ).one()
-        return AppendResult(response=row.response, receipts=())
+        return AppendResult(response=row.response, receipts=Receipts((), ()))
 
     async def _sequence(self, conn: AsyncConnection, batch: list[_Pending]) -> _Batch:
         outcome = _Batch()
@@ -418,10 +551,9 @@ class Sequencer:
                     select(models.TreeHead).where(models.TreeHead.id == 1).with_for_update()
                 )
             ).one()
-            frontier = await self._load_frontier(conn, head.size, head.root_hash)
-            old_frontier_ids = CompactRange.frontier_ids(head.size)
-            nodes: dict[NodeId, bytes] = dict(zip(old_frontier_ids, frontier.hashes, strict=True))
+            edge = _Edge(await self._load_frontier(conn, head.size, head.root_hash))
             integrated_time = max(utcnow(), as_utc(head.last_integrated_time))
+            time_field = leaf_time_field(integrated_time)
             memo: dict[str, Any] = {}
             seen_keys: set[tuple[str, str]] = set()
             seen_statements: set[bytes] = set()
@@ -436,9 +568,9 @@ class Sequencer:
                     await self._apply_run(
                         conn,
                         run,
-                        frontier,
-                        nodes,
+                        edge,
                         integrated_time,
+                        time_field,
                         seen_keys,
                         seen_statements,
                         known,
@@ -453,7 +585,14 @@ class Sequencer:
                         outcome.replays.append((pending, key))
                         continue
                     apply = self._apply_group(
-                        conn, group, frontier.size, integrated_time, memo, seen_statements, known
+                        conn,
+                        group,
+                        edge.size,
+                        integrated_time,
+                        time_field,
+                        memo,
+                        seen_statements,
+                        known,
                     )
                     if group.effect is not None or any(
                         sub.effect is not None for sub in group.submissions
@@ -470,7 +609,7 @@ class Sequencer:
                     continue
                 # The group is in: grow the tree.
                 for item in leaves:
-                    nodes.update(frontier.append(item.leaf_hash))
+                    edge.append(item.leaf_hash)
                     seen_statements.add(item.statement_hash)
                 if key is not None:
                     seen_keys.add((key.caller_key_id, key.request_id))
@@ -478,7 +617,8 @@ class Sequencer:
             if not outcome.accepted:
                 return outcome
             all_leaves = [leaf for accepted in outcome.accepted for leaf in accepted.leaves]
-            await self._write(conn, all_leaves, nodes, head.size, integrated_time)
+            await self._write(conn, all_leaves, edge)
+            frontier = edge.compact()
             checkpoint = Checkpoint(self._signer.name, frontier.size, frontier.root())
             note = sign_checkpoint(checkpoint, self._signer)
             await conn.execute(
@@ -501,10 +641,13 @@ class Sequencer:
                     last_integrated_time=integrated_time,
                 )
             )
-            # Keyed by plain tuples: the receipts' proofs look up ~20 nodes per entry.
-            flat = {(node.level, node.index): digest for node, digest in nodes.items()}
+            # The batch's leaves are [head.size, frontier.size): their proofs share their
+            # upper nodes, so they are found in one walk.
+            flat = edge.nodes
+            proofs = inclusion_proofs(head.size, frontier.size, frontier.size, _lookup(flat), {})
+            common = _ReceiptFields(note, frontier.size)
             results = [
-                self._result(accepted, flat, frontier.size, note) for accepted in outcome.accepted
+                self._result(accepted, proofs, head.size, common) for accepted in outcome.accepted
             ]
             idempotent_rows = [
                 {
@@ -513,7 +656,7 @@ class Sequencer:
                     "method": key.method,
                     "request_digest": key.request_digest,
                     "response": result.response,
-                    "entry_idx": accepted.leaves[0].index,
+                    "entry_idx": accepted.leaves[0].idx,
                 }
                 for accepted, result in zip(outcome.accepted, results, strict=True)
                 if (key := accepted.pending.group.idempotency) is not None
@@ -534,9 +677,9 @@ class Sequencer:
         self,
         conn: AsyncConnection,
         run: Sequence[_Pending],
-        frontier: CompactRange,
-        nodes: dict[NodeId, bytes],
+        edge: _Edge,
         integrated_time: datetime,
+        time_field: bytes,
         seen_keys: set[tuple[str, str]],
         seen_statements: set[bytes],
         known: _Known,
@@ -566,14 +709,13 @@ class Sequencer:
         runner = candidates[0].group.run
         assert runner is not None
         plan = await runner.runner(
-            RunContext(conn, frontier.size, integrated_time),
+            RunContext(conn, edge.size, integrated_time),
             [pending.group.run.request for pending in candidates if pending.group.run],
         )
         if len(plan.outcomes) != len(candidates):
             raise RuntimeError("a runner answered for a different number of requests")
-        stamp = to_timestamp(integrated_time)
         accepted: list[_Accepted] = []
-        next_index = frontier.size
+        next_index = edge.size
         for pending, decided in zip(candidates, plan.outcomes, strict=True):
             if isinstance(decided, DomainError):
                 outcome.failures.append((pending, decided))
@@ -585,7 +727,7 @@ class Sequencer:
                     # Follow-ups name their statement (its id), so they are as new as it is.
                     raise RuntimeError("a run's follow-up statement is already in this batch")
                 seen_statements.add(digest)
-                leaves.append(_Leaf.of(next_index, submission, stamp))
+                leaves.append(_Leaf.of(next_index, submission, time_field))
                 next_index += 1
             accepted.append(_Accepted(pending, leaves))
         await self._write_entries(
@@ -594,7 +736,7 @@ class Sequencer:
         await plan.record(conn)
         for item in accepted:
             for written in item.leaves:
-                nodes.update(frontier.append(written.leaf_hash))
+                edge.append(written.leaf_hash)
             if (key := item.pending.group.idempotency) is not None:
                 seen_keys.add((key.caller_key_id, key.request_id))
             outcome.accepted.append(item)
@@ -605,6 +747,7 @@ class Sequencer:
         group: Group,
         next_index: int,
         integrated_time: datetime,
+        time_field: bytes,
         memo: dict[str, Any],
         seen_statements: set[bytes],
         known: _Known,
@@ -615,7 +758,6 @@ class Sequencer:
         unwritten: list[_Leaf] = []
         in_group: set[bytes] = set()
         own_indices: list[int] = []
-        stamp = to_timestamp(integrated_time)
         todo = [(submission, True) for submission in group.submissions]
         while todo:
             submission, own = todo.pop(0)
@@ -627,7 +769,7 @@ class Sequencer:
             await self._check_new_statement(conn, digest, seen_statements, known)
             in_group.add(digest)
             index = next_index + len(leaves)
-            leaves.append(_Leaf.of(index, submission, stamp))
+            leaves.append(_Leaf.of(index, submission, time_field))
             unwritten.append(leaves[-1])
             if own:
                 own_indices.append(index)
@@ -653,18 +795,20 @@ class Sequencer:
         """
         if not leaves:
             return
-        await conn.execute(
-            insert(models.LogEntry),
+        await bulk.insert_rows(
+            conn,
+            models.LogEntry,
+            _ENTRY_COLUMNS,
             [
-                {
-                    "idx": item.index,
-                    "leaf_hash": item.leaf_hash,
-                    "leaf": item.leaf,
-                    "statement_hash": item.statement_hash,
-                    "kind": statements.kind(item.submission.envelope.payload_type),
-                    "signer_key_id": item.submission.signer_key_id,
-                    "integrated_time": integrated_time,
-                }
+                (
+                    item.idx,
+                    item.leaf_hash,
+                    item.leaf,
+                    item.statement_hash,
+                    item.kind,
+                    item.signer_key_id,
+                    integrated_time,
+                )
                 for item in leaves
             ],
         )
@@ -685,7 +829,7 @@ class Sequencer:
         return frontier
 
     async def _prefetch(self, conn: AsyncConnection, batch: Sequence[_Pending]) -> _Known:
-        """One query for the batch's request_ids, one per 500 of its statements."""
+        """One query for the batch's request_ids, one for its statements (per 500 on SQLite)."""
         keys = {
             (key.caller_key_id, key.request_id)
             for pending in batch
@@ -701,18 +845,9 @@ class Sequencer:
                 )
             )
             answered.update({(r.caller_key_id, r.request_id): r.request_digest for r in rows})
-        checked = sorted(
-            {sub.statement_hash for pending in batch for sub in pending.group.submissions}
-        )
-        logged: set[bytes] = set()
-        for start in range(0, len(checked), 500):
-            rows = await conn.execute(
-                select(models.LogEntry.statement_hash).where(
-                    models.LogEntry.statement_hash.in_(checked[start : start + 500])
-                )
-            )
-            logged.update(row.statement_hash for row in rows)
-        return _Known(answered, set(checked), logged)
+        checked = {sub.statement_hash for pending in batch for sub in pending.group.submissions}
+        logged = await bulk.present(conn, models.LogEntry, "statement_hash", sorted(checked))
+        return _Known(answered, checked, logged)
 
     def _check_request_id(
         self, key: IdempotencyKey, known: _Known, seen: set[tuple[str, str]]
@@ -752,48 +887,67 @@ class Sequencer:
                 "DUPLICATE_STATEMENT", "this exact signed statement is already in the ledger"
             )
 
-    async def _write(
-        self,
-        conn: AsyncConnection,
-        leaves: list[_Leaf],
-        nodes: dict[NodeId, bytes],
-        old_size: int,
-        integrated_time: datetime,
-    ) -> None:
+    async def _write(self, conn: AsyncConnection, leaves: list[_Leaf], edge: _Edge) -> None:
         # The entries themselves are in already (written as their groups were applied).
-        subject_rows = [
-            {"subject": subject, "idx": item.index}
-            for item in leaves
-            for subject in sorted({item.submission.signer_key_id, *item.submission.subjects})
-        ]
-        await conn.execute(insert(models.EntrySubject), subject_rows)
-        old_ids = set(CompactRange.frontier_ids(old_size))
-        await conn.execute(
-            insert(models.MerkleNode),
-            [
-                {"level": node.level, "idx": node.index, "hash": digest}
-                for node, digest in nodes.items()
-                if node not in old_ids
-            ],
+        await bulk.insert_rows(
+            conn,
+            models.EntrySubject,
+            ("subject", "idx"),
+            [(subject, item.idx) for item in leaves for subject in item.subject_ids],
         )
+        await bulk.insert_rows(conn, models.MerkleNode, ("level", "idx", "hash"), edge.added)
 
     def _result(
-        self, accepted: _Accepted, nodes: dict[tuple[int, int], bytes], size: int, note: str
+        self,
+        accepted: _Accepted,
+        proofs: Sequence[list[bytes]],
+        first: int,
+        common: _ReceiptFields,
     ) -> AppendResult:
-        lookup = _lookup(nodes)
-        memo: dict[tuple[int, int], bytes] = {}
-        receipts = tuple(
-            ledger_pb2.Receipt(
-                index=item.index,
-                leaf_hash=item.leaf_hash,
-                checkpoint=note,
-                inclusion_proof=inclusion_proof(item.index, size, lookup, memo),
-                tree_size=size,
-                leaf=item.leaf,
-            )
-            for item in accepted.leaves
+        """The group's receipts; ``proofs`` are the batch's, the first for index ``first``."""
+        leaves = accepted.leaves
+        receipts = Receipts(
+            tuple(item.idx for item in leaves),
+            tuple(common.receipt(item, proofs[item.idx - first]) for item in leaves),
         )
         return AppendResult(response=accepted.pending.group.respond(receipts), receipts=receipts)
+
+
+class _ReceiptFields:
+    """What every receipt of a batch holds alike, encoded once; and a receipt's encoding:
+    its ledger_pb2.Receipt fields in field order (a test compares it with protobuf's)."""
+
+    __slots__ = ("after_proof", "checkpoint")
+
+    _INDEX, _LEAF_HASH, _PROOF_NODE, _LEAF = b"\x08", b"\x12\x20", b"\x22\x20", 6
+
+    def __init__(self, note: str, tree_size: int) -> None:
+        self.checkpoint = length_delimited(3, note.encode())
+        self.after_proof = b"\x28" + varint(tree_size)  # tree_size (field 5), never 0 here
+
+    def receipt(self, leaf: _Leaf, proof: list[bytes]) -> bytes:
+        """The receipt of ``leaf`` (its hash and the proof's are SHA-256 digests, 32 bytes)."""
+        proof_field = self._PROOF_NODE + self._PROOF_NODE.join(proof) if proof else b""
+        return (
+            (self._INDEX + varint(leaf.idx) if leaf.idx else b"")
+            + self._LEAF_HASH
+            + leaf.leaf_hash
+            + self.checkpoint
+            + proof_field
+            + self.after_proof
+            + length_delimited(self._LEAF, leaf.leaf)
+        )
+
+
+_ENTRY_COLUMNS = (
+    "idx",
+    "leaf_hash",
+    "leaf",
+    "statement_hash",
+    "kind",
+    "signer_key_id",
+    "integrated_time",
+)
 
 
 def _run_at(batch: Sequence[_Pending], start: int) -> list[_Pending]:

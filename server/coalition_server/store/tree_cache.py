@@ -106,6 +106,38 @@ def inclusion_proof(index: int, size: int, node: NodeHash, memo: Memo | None = N
     return out
 
 
+def inclusion_proofs(
+    first: int, end: int, size: int, node: NodeHash, memo: Memo | None = None
+) -> list[list[bytes]]:
+    """The :func:`inclusion_proof` of each leaf in ``[first, end)`` (``end <= size``), in order.
+
+    One walk down the tree for them all: leaves next to each other share the upper part of
+    their paths, which a proof per leaf would walk (and look up) again for each of them.
+    """
+    out: list[list[bytes]] = []
+    path: list[bytes] = []  # the siblings from the root down to the current range
+
+    def walk(lo: int, hi: int) -> None:
+        if hi - lo == 1:
+            out.append(path[::-1])
+            return
+        k = 1 << ((hi - lo - 1).bit_length() - 1)
+        mid = lo + k
+        if first < mid:
+            path.append(_range_hash(mid, hi, node, memo))
+            walk(lo, mid)
+            path.pop()
+        if end > mid:
+            level = k.bit_length() - 1
+            path.append(node(level, lo >> level))
+            walk(mid, hi)
+            path.pop()
+
+    if first < end:
+        walk(0, size)
+    return out
+
+
 def consistency_proof(
     old_size: int, new_size: int, node: NodeHash, memo: Memo | None = None
 ) -> list[bytes]:
