@@ -205,6 +205,12 @@ async def test_access_log_is_json_with_call_fields_and_no_secrets(
             await who(b"")
     assert unsigned.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
+    # A call's access line is written once its status has gone out, so the client can hold
+    # the status first: wait (boundedly) for the refused call's line.
+    for _ in range(200):
+        if f"/{PARTY}/WhoAmI" in access_log.getvalue():
+            break
+        await asyncio.sleep(0.01)
     text = access_log.getvalue()
     lines = _json_lines(text)
     for line in lines:
