@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from coalition_server.store import bulk, migrate, models
 from coalition_server.store.database import Database
@@ -139,5 +140,30 @@ async def test_present_finds_exactly_the_stored_values(db_url: str) -> None:
             found = await bulk.present(conn, models.LogEntry, "statement_hash", asked)
             assert await bulk.present(conn, models.LogEntry, "statement_hash", []) == set()
         assert found == set(stored)
+    finally:
+        await database.dispose()
+
+
+async def test_a_refused_bulk_insert_raises_integrity_error_and_the_transaction_goes_on(
+    db_url: str,
+) -> None:
+    database = Database.connect(db_url)
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            await conn.execute(insert(models.LogEntry), [_entry(0), _entry(1)])
+            # Into the open transaction (on PostgreSQL by COPY), then a clash with it.
+            await bulk.insert_rows(conn, models.ConsentRow, COLUMNS, [_consent(0)])
+            with pytest.raises(IntegrityError):
+                async with conn.begin_nested():
+                    await bulk.insert_rows(
+                        conn, models.ConsentRow, COLUMNS, [_consent(1), _consent(0)]
+                    )
+            await bulk.insert_rows(conn, models.ConsentRow, COLUMNS, [_consent(1)])
+        async with database.reader.connect() as conn:
+            stored = (
+                await conn.execute(select(models.ConsentRow.idx).order_by(models.ConsentRow.idx))
+            ).all()
+        assert [row.idx for row in stored] == [0, 1]
     finally:
         await database.dispose()

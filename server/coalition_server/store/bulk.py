@@ -7,10 +7,14 @@ sends the same INSERT (compiled by SQLAlchemy for the connection's dialect) with
 plain tuples, so only the columns whose type has a bind processor on that dialect (SQLite
 stores datetimes as text) are touched per row.
 
-On PostgreSQL the rows go as one executemany (asyncpg pipelines it). On SQLite they go as
-multi-row ``VALUES`` statements, as SQLAlchemy's own inserts do there (see ``database``):
-the sqlite3 module releases the GIL around each statement it steps, so an executemany took
-the GIL back once per row, each time queueing behind the threads verifying signatures.
+On PostgreSQL the rows go as one ``COPY`` (asyncpg's ``copy_records_to_table``), inside the
+caller's transaction: against an executemany of the same rows, a batch of a thousand tokens
+cost the event loop half the CPU (14 against 28 ms) and the database 70 ms less. Its errors
+are raised as SQLAlchemy raises the driver's (an integrity error as ``IntegrityError``, a
+lost connection invalidated first). On SQLite the rows go as multi-row ``VALUES``
+statements, as SQLAlchemy's own inserts do there (see ``database``): the sqlite3 module
+releases the GIL around each statement it steps, so an executemany took the GIL back once
+per row, each time queueing behind the threads verifying signatures.
 
 Binary columns skip their bind processor (both drivers bind ``bytes`` as they are; SQLite's
 would wrap each value in a ``memoryview``), and a value that is the same object as the row
@@ -23,8 +27,10 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+import asyncpg
 from sqlalchemy import LargeBinary, Table, insert
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition_server.store.models import Base
@@ -85,7 +91,12 @@ async def insert_rows(
             converted.append(tuple(values))
         params = converted
     if dialect.name != "sqlite":
-        await conn.exec_driver_sql(sql, params)
+        if dialect.driver == "asyncpg":
+            table = model.__table__
+            assert isinstance(table, Table)
+            await _copy(conn, table, columns, params, sql)
+        else:
+            await conn.exec_driver_sql(sql, params)
         return
     head, _, one_row = sql.rpartition(" VALUES ")
     # As many rows per statement as SQLAlchemy lets one statement bind: each statement is a
@@ -127,3 +138,36 @@ async def present(
         rows = await conn.exec_driver_sql(f"{head}({', '.join(marks)})", chunk)
         found.update(row[0] for row in rows)
     return found
+
+
+async def _copy(
+    conn: AsyncConnection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    sql: str,
+) -> None:
+    """``rows`` into ``table`` by asyncpg's ``COPY``, in the connection's transaction; the
+    INSERT ``sql`` (same rows) when there is none yet (SQLAlchemy opens it with the first
+    statement: a COPY before it would commit on its own)."""
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    if not isinstance(driver, asyncpg.Connection) or not driver.is_in_transaction():
+        await conn.exec_driver_sql(sql, rows)
+        return
+    try:
+        await driver.copy_records_to_table(
+            table.name, records=rows, columns=list(columns), schema_name=table.schema
+        )
+    except Exception as error:
+        # As SQLAlchemy's own execute would raise it: the caller (and is_unavailable) know
+        # only its exceptions.
+        closed = driver.is_closed()
+        if closed:
+            await conn.invalidate(error)
+        statement = f"COPY {table.name}"
+        if isinstance(error, asyncpg.IntegrityConstraintViolationError):
+            raise IntegrityError(statement, None, error) from error
+        if isinstance(error, asyncpg.PostgresError) and not closed:
+            raise DBAPIError(statement, None, error) from error
+        raise InterfaceError(statement, None, error, connection_invalidated=closed) from error

@@ -20,7 +20,9 @@ the previous batch commits; each batch is ONE database transaction that
 
 Only after the commit returns are callers answered, each with receipts (index, checkpoint,
 inclusion proof computed from the batch's own nodes, no extra reads). If the commit fails,
-nobody is answered with success: nothing acknowledged is ever lost.
+nobody is answered with success: nothing acknowledged is ever lost. A response stored for a
+request_id is built in the transaction (it is written with the batch); the others are built
+after the commit, while the next batch waits on the database.
 
 The sequencer reports its work (append latency, committed batches) to an optional
 :class:`SequencerMetrics` observer passed in by the server; the store itself does not depend
@@ -641,13 +643,13 @@ class Sequencer:
                     last_integrated_time=integrated_time,
                 )
             )
-            # The batch's leaves are [head.size, frontier.size): their proofs share their
-            # upper nodes, so they are found in one walk.
-            flat = edge.nodes
-            proofs = inclusion_proofs(head.size, frontier.size, frontier.size, _lookup(flat), {})
-            common = _ReceiptFields(note, frontier.size)
-            results = [
-                self._result(accepted, proofs, head.size, common) for accepted in outcome.accepted
+            answers = _Answers(edge.nodes, head.size, frontier.size, note)
+            # A response stored for its request_id is written with the batch; the others are
+            # built once it has committed (below).
+            stored = [
+                (accepted, answers.result(accepted))
+                for accepted in outcome.accepted
+                if accepted.pending.group.idempotency is not None
             ]
             idempotent_rows = [
                 {
@@ -658,7 +660,7 @@ class Sequencer:
                     "response": result.response,
                     "entry_idx": accepted.leaves[0].idx,
                 }
-                for accepted, result in zip(outcome.accepted, results, strict=True)
+                for accepted, result in stored
                 if (key := accepted.pending.group.idempotency) is not None
             ]
             if idempotent_rows:
@@ -666,11 +668,19 @@ class Sequencer:
         # Committed: from here on every accepted append is durable and may be acknowledged.
         self._frontier = frontier
         if self._on_commit is not None:
-            self._on_commit(Commit(head.size, frontier.size, checkpoint.root_hash, note, flat))
+            self._on_commit(
+                Commit(head.size, frontier.size, checkpoint.root_hash, note, edge.nodes)
+            )
         if self._metrics is not None:
             self._metrics.batch_committed(len(all_leaves), frontier.size)
-        for accepted, result in zip(outcome.accepted, results, strict=True):
+        for accepted, result in stored:
             accepted.pending.future.set_result(result)
+        rest = [item for item in outcome.accepted if item.pending.group.idempotency is None]
+        if rest:
+            # Receipts and responses (milliseconds for a thousand entries) are built by the
+            # event loop once the next batch waits on the database: the next batch starts
+            # now rather than after them.
+            asyncio.get_running_loop().call_soon(answers.answer, rest)
         return outcome
 
     async def _apply_run(
@@ -897,20 +907,50 @@ class Sequencer:
         )
         await bulk.insert_rows(conn, models.MerkleNode, ("level", "idx", "hash"), edge.added)
 
-    def _result(
-        self,
-        accepted: _Accepted,
-        proofs: Sequence[list[bytes]],
-        first: int,
-        common: _ReceiptFields,
-    ) -> AppendResult:
-        """The group's receipts; ``proofs`` are the batch's, the first for index ``first``."""
+
+class _Answers:
+    """A committed batch's receipts and responses: its tree's nodes, the index of its first
+    entry, its size and checkpoint."""
+
+    def __init__(
+        self, nodes: dict[tuple[int, int], bytes], first: int, size: int, note: str
+    ) -> None:
+        self._nodes = nodes
+        self._first = first
+        self._size = size
+        self._fields = _ReceiptFields(note, size)
+        self._proofs: list[list[bytes]] | None = None
+
+    def result(self, accepted: _Accepted) -> AppendResult:
+        """The group's receipts, and its response built from them."""
+        if self._proofs is None:
+            # The batch's entries are [first, size): their proofs share their upper nodes,
+            # so they are found in one walk.
+            self._proofs = inclusion_proofs(
+                self._first, self._size, self._size, _lookup(self._nodes), {}
+            )
+        proofs, first, fields = self._proofs, self._first, self._fields
         leaves = accepted.leaves
         receipts = Receipts(
             tuple(item.idx for item in leaves),
-            tuple(common.receipt(item, proofs[item.idx - first]) for item in leaves),
+            tuple(fields.receipt(item, proofs[item.idx - first]) for item in leaves),
         )
         return AppendResult(response=accepted.pending.group.respond(receipts), receipts=receipts)
+
+    def answer(self, accepted: Sequence[_Accepted]) -> None:
+        """Answer each group (their entries are durable): with its result, or with why its
+        response could not be built."""
+        for item in accepted:
+            future = item.pending.future
+            try:
+                result = self.result(item)
+            except Exception as exc:
+                log.exception("building the response of a committed append failed")
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            if not future.done():
+                future.set_result(result)
 
 
 class _ReceiptFields:
