@@ -206,9 +206,15 @@ async def given_tokens(
         for row in rows:
             tokens[row.contributor_key_id].append(_entry(row).token)
     for member, labs in (await struck_labs(conn, wanted)).items():
-        if labs:
-            tokens[member] = [replace(t, struck_labs=frozenset(labs)) for t in tokens[member]]
+        tokens[member] = with_struck_labs(tokens[member], labs)
     return tokens
+
+
+def with_struck_labs(tokens: Iterable[rules.Token], labs: Iterable[str]) -> list[rules.Token]:
+    """``tokens`` as they bind a member who has struck ``labs``: a strike excludes those labs
+    from every token the member has given, without a new token."""
+    struck = frozenset(labs)
+    return [replace(t, struck_labs=struck) for t in tokens] if struck else list(tokens)
 
 
 def consented_for(

@@ -250,12 +250,8 @@ class Withdrawals:
 
     def _given_tokens(self, member: str) -> list[rules.Token]:
         """As :func:`consents.given_tokens`: recorded GIVEN, with the member's struck labs."""
-        struck = frozenset(self._struck[member])
-        return [
-            replace(e.token, struck_labs=struck) if struck else e.token
-            for e in self._entries(member)
-            if e.recorded_state == rules.GIVEN
-        ]
+        given = (e.token for e in self._entries(member) if e.recorded_state == rules.GIVEN)
+        return consents.with_struck_labs(given, self._struck[member])
 
     def _set_item(self, record: items.ItemRecord, state: int) -> items.ItemRecord:
         changed = replace(record, state=state)
