@@ -94,6 +94,57 @@ def test_accepts_a_price_at_least_its_own_next_offer() -> None:
     assert coalition_decision(rules, pool, 4_000_000, 1, timedelta(0)).kind == "accept"
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    floors=st.lists(st.integers(0, 50_000_000), min_size=1, max_size=8),
+    lab_price=st.integers(0, 120_000_000),
+    round=st.integers(0, 12),
+    seconds=st.floats(0, 4000, allow_nan=False),
+    beta=st.sampled_from([0.2, 0.5, 1.0, 3.0]),
+)
+def test_decisions_follow_the_strategys_own_acceptance(
+    floors: list[int], lab_price: int, round: int, seconds: float, beta: float
+) -> None:
+    # coalition_decision computes the target once for AC_next and the counter: it must
+    # decide exactly as ConcessionStrategy.accepts and .target would.
+    pool = cands(*floors)
+    rules = policy(beta=beta)
+    elapsed = timedelta(seconds=seconds)
+    decision = coalition_decision(rules, pool, lab_price, round, elapsed)
+    reservation = reservation_price(pool, rules.quorum)
+    assert reservation is not None
+    strategy = ConcessionStrategy(
+        rules.aspiration(reservation), reservation, beta, rules.max_rounds, 3600.0
+    )
+    if strategy.accepts(lab_price, round, elapsed.total_seconds()):
+        assert decision == Decision("accept", lab_price)
+    elif round >= rules.max_rounds or elapsed >= rules.deadline:
+        assert decision == Decision("terminate", None, "DEADLINE")
+    else:
+        assert decision == Decision("offer", strategy.target(round, elapsed.total_seconds()))
+
+
+def test_remembered_strategies_are_each_reservations_own() -> None:
+    # The policy remembers a strategy per reservation: asking again, in any order and past
+    # the point where it starts again, gives the strategy built afresh for that reservation.
+    rules = policy(beta=0.5, max_rounds=7)
+
+    def fresh(reservation: int) -> ConcessionStrategy:
+        return ConcessionStrategy(
+            rules.aspiration(reservation), reservation, 0.5, 7, timedelta(hours=1).total_seconds()
+        )
+
+    for reservation in (2_000_000, 3_000_000, 2_000_000, 0, 3_000_000):
+        assert rules.strategy(reservation) == fresh(reservation)
+    for reservation in range(3000):  # more than it keeps
+        assert rules.strategy(reservation).reservation_micros == reservation
+    assert rules.strategy(2_000_000) == fresh(2_000_000)
+    # Another policy (e.g. one with a raised quorum) keeps its own.
+    other = policy(beta=1.0, max_rounds=7)
+    assert other.strategy(2_000_000).beta == 1.0
+    assert rules.strategy(2_000_000).beta == 0.5
+
+
 def test_time_counts_like_rounds() -> None:
     pool = cands(1_000_000, 2_000_000, 3_000_000, 4_000_000)
     rules = policy()

@@ -53,9 +53,11 @@ from coalition_server.store.pool import Pool
 from coalition_server.store.sequencer import (
     EffectContext,
     Group,
+    Receipts,
     RunContext,
     RunRequest,
     Submission,
+    length_delimited,
 )
 from coalition_server.timeutil import to_timestamp, utcnow
 
@@ -168,7 +170,7 @@ class NegotiationServicer:
     @rpc(Policy.PARTY)
     async def OpenNegotiation(
         self, request: negotiation_pb2.OpenNegotiationRequest, call: Call
-    ) -> negotiation_pb2.OpenNegotiationResponse:
+    ) -> _Encoded:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
         envelope, statement = signed_statement(
@@ -181,21 +183,15 @@ class NegotiationServicer:
         result = await self._ctx.sequencer.submit(
             Group(
                 (Submission(envelope, lab.key_id, (effect.negotiation_id,)),),
-                lambda receipts: negotiation_pb2.OpenNegotiationResponse(
-                    negotiation=effect.proto(),
-                    receipt=receipts[0],
-                    coalition_move=effect.answer_proto(),
-                ).SerializeToString(),
+                effect.response,
                 key,
                 run=RunRequest(_decide_moves, effect),
             )
         )
-        return negotiation_pb2.OpenNegotiationResponse.FromString(result.response)
+        return _Encoded(result.response)
 
     @rpc(Policy.PARTY)
-    async def Move(
-        self, request: negotiation_pb2.MoveRequest, call: Call
-    ) -> negotiation_pb2.MoveResponse:
+    async def Move(self, request: negotiation_pb2.MoveRequest, call: Call) -> _Encoded:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
         envelope, move = signed_statement(request, "move", negotiation_pb2.NegotiationMove, call)
@@ -208,16 +204,12 @@ class NegotiationServicer:
         result = await self._ctx.sequencer.submit(
             Group(
                 (Submission(envelope, lab.key_id, (move.negotiation_id,)),),
-                lambda receipts: negotiation_pb2.MoveResponse(
-                    negotiation=effect.proto(),
-                    receipt=receipts[0],
-                    coalition_move=effect.answer_proto(),
-                ).SerializeToString(),
+                effect.response,
                 key,
                 run=RunRequest(_decide_moves, effect),
             )
         )
-        return negotiation_pb2.MoveResponse.FromString(result.response)
+        return _Encoded(result.response)
 
     @rpc(Policy.PARTY)
     async def SignAgreement(
@@ -563,14 +555,26 @@ class _LabMove:
     opening: terms_pb2.LicenceTerms | None = None
     move: negotiation_pb2.NegotiationMove | None = None
     entry: store.NegotiationEntry | None = None
-    answer: dsse.Envelope | None = None
+    answer: bytes | None = None
+    """The coalition's answer, encoded as its ledger entry embeds it."""
 
-    def proto(self) -> negotiation_pb2.Negotiation:
+    def response(self, receipts: Sequence[ledger_pb2.Receipt]) -> bytes:
+        """The encoded MoveResponse or OpenNegotiationResponse (the same three fields): the
+        negotiation, the receipt of the lab's move and the coalition's answer, written from
+        their encodings in field order, as protobuf writes them (a test compares), rather
+        than built as a message, copied into it and encoded again."""
         assert self.entry is not None
-        return self.entry.to_proto()
-
-    def answer_proto(self) -> envelope_pb2.Envelope | None:
-        return self.answer.to_proto() if self.answer is not None else None
+        negotiation = self.entry.to_proto().SerializeToString()
+        if isinstance(receipts, Receipts):
+            receipt = receipts.encoded[0]
+        else:
+            receipt = receipts[0].SerializeToString()
+        response = length_delimited(_RESPONSE_NEGOTIATION, negotiation) + length_delimited(
+            _RESPONSE_RECEIPT, receipt
+        )
+        if self.answer is not None:
+            response += length_delimited(_RESPONSE_COALITION_MOVE, self.answer)
+        return response
 
     def decide(
         self,
@@ -615,14 +619,20 @@ class _LabMove:
                     f"{entry.round + 1}",
                     {"next_round": str(entry.round + 1)},
                 )
-            entry = replace(
-                entry,
-                state=state,
-                round=entry.round + 1,
-                termination_reason="LAB_TERMINATED" if state == machine.TERMINATED else None,
-            )
+            reason = "LAB_TERMINATED" if state == machine.TERMINATED else None
             if self.move.kind == machine.OFFER:
-                entry = replace(entry, current_terms=self.move.terms, coalition_offered_last=False)
+                entry = replace(
+                    entry,
+                    state=state,
+                    round=entry.round + 1,
+                    termination_reason=reason,
+                    current_terms=self.move.terms,
+                    coalition_offered_last=False,
+                )
+            else:
+                entry = replace(
+                    entry, state=state, round=entry.round + 1, termination_reason=reason
+                )
         follow_ups: list[Submission] = []
         if entry.state == machine.AGREED:
             # The lab accepted the coalition's terms: draft the agreement, or end it if the
@@ -724,9 +734,28 @@ class _LabMove:
         return replace(entry, agreement_draft=draft.SerializeToString(deterministic=True)), []
 
     def _submission(self, move: dsse.Envelope) -> Submission:
+        encoded = move.to_proto().SerializeToString(deterministic=True)
         if self.answer is None:
-            self.answer = move
-        return Submission(move, self.ctx.coalition_key.key_id, (self.negotiation_id, self.lab))
+            self.answer = encoded
+        return Submission(
+            move, self.ctx.coalition_key.key_id, (self.negotiation_id, self.lab), encoded=encoded
+        )
+
+
+_RESPONSE_NEGOTIATION, _RESPONSE_RECEIPT, _RESPONSE_COALITION_MOVE = 1, 2, 3
+"""The fields of MoveResponse and OpenNegotiationResponse alike."""
+
+
+class _Encoded:
+    """A response already serialised (dispatch sends ``SerializeToString()``)."""
+
+    __slots__ = ("_wire",)
+
+    def __init__(self, wire: bytes) -> None:
+        self._wire = wire
+
+    def SerializeToString(self) -> bytes:
+        return self._wire
 
 
 @dataclass
@@ -738,15 +767,14 @@ class _DecidedMoves:
     moved: dict[str, store.NegotiationEntry] = field(default_factory=dict)
 
     async def record(self, conn: AsyncConnection) -> None:
-        await store.insert_negotiations(conn, list(self.opened.values()))
-        await store.save_all(conn, list(self.moved.values()))
+        await store.record_moves(conn, list(self.opened.values()), list(self.moved.values()))
 
 
 async def _decide_moves(ctx: RunContext, requests: Sequence[object]) -> _DecidedMoves:
     """The sequencer's runner for OpenNegotiation and Move calls queued together (decision
     35): the negotiations read in one query and the pool once, each move decided in order
     against them in memory (a later move of the same negotiation sees the earlier one), the
-    rows written in two statements."""
+    rows written in one statement."""
     moves = [m for m in requests if isinstance(m, _LabMove)]
     if len(moves) != len(requests):
         raise TypeError("a move run holds lab moves only")

@@ -58,6 +58,8 @@ BELOW_RESERVATION = "BELOW_RESERVATION"
 QUORUM_NOT_MET = "QUORUM_NOT_MET"
 # Bound on max_declaration_changes: each change weighs up to supply.MAX_AMENDMENTS passes.
 MAX_DECLARATION_CHANGES = 8
+# Strategies a policy remembers (one per reservation seen) before it starts again.
+_STRATEGIES_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -120,13 +122,25 @@ class BargainingPolicy:
 
     def strategy(self, reservation_micros: int) -> ConcessionStrategy:
         """The coalition's concession strategy for a given reservation."""
-        return ConcessionStrategy(
-            initial_micros=self.aspiration(reservation_micros),
-            reservation_micros=reservation_micros,
-            beta=float(self.beta),
-            max_rounds=self.max_rounds,
-            deadline_seconds=self.deadline.total_seconds(),
-        )
+        # Remembered per reservation (a strategy is immutable): every move asks, and the
+        # reservation stays the same until the pool's consent or the terms change.
+        strategies = self._strategies
+        found = strategies.get(reservation_micros)
+        if found is None:
+            if len(strategies) >= _STRATEGIES_KEPT:
+                strategies.clear()
+            found = strategies[reservation_micros] = ConcessionStrategy(
+                initial_micros=self.aspiration(reservation_micros),
+                reservation_micros=reservation_micros,
+                beta=float(self.beta),
+                max_rounds=self.max_rounds,
+                deadline_seconds=self.deadline.total_seconds(),
+            )
+        return found
+
+    @functools.cached_property
+    def _strategies(self) -> dict[int, ConcessionStrategy]:
+        return {}
 
 
 DecisionKind = Literal["accept", "offer", "terminate"]
@@ -189,12 +203,17 @@ def coalition_decision(
     if reservation is None:
         return Decision(TERMINATE, None, NO_QUORUM_POSSIBLE)
     strategy = policy.strategy(reservation)
-    seconds = elapsed.total_seconds()
-    if strategy.accepts(lab_price_micros, round, seconds):
+    # The target once, for both the acceptance test and the counter: ``strategy.accepts``
+    # (AC_next) is exactly this comparison with it, and each target is exact fractions
+    # (a test checks the two agree).
+    target = strategy.target(round, elapsed.total_seconds())
+    if strategy.acceptable(lab_price_micros) and (
+        lab_price_micros >= target if strategy.is_seller else lab_price_micros <= target
+    ):
         return Decision(ACCEPT, lab_price_micros)
     if round >= policy.max_rounds or elapsed >= policy.deadline:
         return Decision(TERMINATE, None, DEADLINE)
-    return Decision(OFFER, strategy.target(round, seconds))
+    return Decision(OFFER, target)
 
 
 def check_agreement(

@@ -349,11 +349,18 @@ def improve(
     the terms unchanged and ``[]`` when no change helps."""
     max_items = int(terms.scope.max_item_count)
     current = terms
-    now = covered(pool.candidates(current), price_micros, max_items)
+    now: list[Candidate] | None = None
     kept: list[str] = []
     for _ in range(max_changes):
+        options = amendments(pool, current.declaration, limit)
+        if not options:
+            break
+        if now is None:
+            # A pass over every candidate, only needed to weigh changes: a counter with none
+            # to weigh (no member's norm is broken) skips it.
+            now = covered(pool.candidates(current), price_micros, max_items)
         best: tuple[list[Candidate], terms_pb2.LicenceTerms, str] | None = None
-        for amendment in amendments(pool, current.declaration, limit):
+        for amendment in options:
             proposal = with_declaration(current, amendment.declaration)
             after = covered(pool.candidates(proposal), price_micros, max_items)
             if len(after) <= len(now if best is None else best[0]):

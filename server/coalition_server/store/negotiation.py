@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Executable, Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition.v1 import negotiation_pb2, terms_pb2
@@ -79,33 +80,92 @@ def _entry(row: Any) -> NegotiationEntry:
     )
 
 
-async def insert_negotiations(conn: AsyncConnection, entries: Sequence[NegotiationEntry]) -> None:
-    """Record new negotiations (one statement)."""
+_TABLE = models.NegotiationRow.__table__
+assert isinstance(_TABLE, Table)
+# Built once: every batch of moves runs them, and building a statement (and its ORM
+# handling) cost about as much as running it. Core statements on the table itself.
+_BY_IDS = select(_TABLE).where(_TABLE.c.negotiation_id.in_(bindparam("ids", expanding=True)))
+_SAVE = (
+    update(_TABLE)
+    .where(_TABLE.c.negotiation_id == bindparam("b_negotiation_id"))
+    .values(
+        state=bindparam("b_state"),
+        round=bindparam("b_round"),
+        current_terms=bindparam("b_current_terms"),
+        coalition_offered_last=bindparam("b_coalition_offered_last"),
+        agreement_draft=bindparam("b_agreement_draft"),
+        agreement_id=bindparam("b_agreement_id"),
+        termination_reason=bindparam("b_termination_reason"),
+        lab_signature=bindparam("b_lab_signature"),
+        ratification_closes_at=bindparam("b_ratification_closes_at"),
+    )
+)
+
+
+_CHANGING = (
+    "state",
+    "round",
+    "current_terms",
+    "coalition_offered_last",
+    "agreement_draft",
+    "agreement_id",
+    "termination_reason",
+    "lab_signature",
+    "ratification_closes_at",
+)
+"""The columns a negotiation's moves change (what :func:`save_all` writes)."""
+
+
+def _upsert(statement: sqlite.Insert | postgresql.Insert) -> Executable:
+    return statement.on_conflict_do_update(
+        index_elements=[_TABLE.c.negotiation_id],
+        set_={name: statement.excluded[name] for name in _CHANGING},
+    )
+
+
+_RECORD = {
+    "sqlite": _upsert(sqlite.insert(_TABLE)),
+    "postgresql": _upsert(postgresql.insert(_TABLE)),
+}
+
+
+def _row(entry: NegotiationEntry) -> dict[str, object]:
+    return {
+        "negotiation_id": entry.negotiation_id,
+        "lab_key_id": entry.lab_key_id,
+        "idx": entry.index,
+        "state": entry.state,
+        "round": entry.round,
+        "current_terms": entry.current_terms.SerializeToString(deterministic=True),
+        "coalition_offered_last": entry.coalition_offered_last,
+        "opened_at": entry.opened_at,
+        "deadline": entry.deadline,
+        "max_rounds": entry.max_rounds,
+        "agreement_draft": entry.agreement_draft,
+        "agreement_id": entry.agreement_id,
+        "termination_reason": entry.termination_reason,
+        "lab_signature": entry.lab_signature,
+        "ratification_closes_at": entry.ratification_closes_at,
+    }
+
+
+async def record_moves(
+    conn: AsyncConnection,
+    opened: Sequence[NegotiationEntry],
+    moved: Sequence[NegotiationEntry],
+) -> None:
+    """Record a run of lab moves: the negotiations they ``opened`` (new rows) and ``moved``
+    (rows read in the same transaction), in one statement rather than an insert and an
+    update; each statement a batch runs costs a round trip (on SQLite, several hand-overs to
+    the driver's thread) while every other call waits for the batch.
+
+    An upsert on the negotiation id that writes only what a move changes. A new id never
+    takes the update path (it is the id of the opening statement, which the ledger holds
+    once) and a moved one never takes the insert path (it was just read)."""
+    entries = [*opened, *moved]
     if not entries:
         return
-    await conn.execute(
-        insert(models.NegotiationRow),
-        [
-            {
-                "negotiation_id": entry.negotiation_id,
-                "lab_key_id": entry.lab_key_id,
-                "idx": entry.index,
-                "state": entry.state,
-                "round": entry.round,
-                "current_terms": entry.current_terms.SerializeToString(deterministic=True),
-                "coalition_offered_last": entry.coalition_offered_last,
-                "opened_at": entry.opened_at,
-                "deadline": entry.deadline,
-                "max_rounds": entry.max_rounds,
-                "agreement_draft": entry.agreement_draft,
-                "agreement_id": entry.agreement_id,
-                "termination_reason": entry.termination_reason,
-                "lab_signature": entry.lab_signature,
-                "ratification_closes_at": entry.ratification_closes_at,
-            }
-            for entry in entries
-        ],
-    )
+    await conn.execute(_RECORD[conn.dialect.name], [_row(entry) for entry in entries])
 
 
 async def save(conn: AsyncConnection, entry: NegotiationEntry) -> None:
@@ -118,19 +178,7 @@ async def save_all(conn: AsyncConnection, entries: Sequence[NegotiationEntry]) -
     if not entries:
         return
     await conn.execute(
-        update(models.NegotiationRow)
-        .where(models.NegotiationRow.negotiation_id == bindparam("b_negotiation_id"))
-        .values(
-            state=bindparam("b_state"),
-            round=bindparam("b_round"),
-            current_terms=bindparam("b_current_terms"),
-            coalition_offered_last=bindparam("b_coalition_offered_last"),
-            agreement_draft=bindparam("b_agreement_draft"),
-            agreement_id=bindparam("b_agreement_id"),
-            termination_reason=bindparam("b_termination_reason"),
-            lab_signature=bindparam("b_lab_signature"),
-            ratification_closes_at=bindparam("b_ratification_closes_at"),
-        ),
+        _SAVE,
         [
             {
                 "b_negotiation_id": entry.negotiation_id,
@@ -161,11 +209,7 @@ async def negotiations(
     wanted = sorted(set(negotiation_ids))
     found: dict[str, NegotiationEntry] = {}
     for start in range(0, len(wanted), 500):
-        rows = await conn.execute(
-            select(models.NegotiationRow).where(
-                models.NegotiationRow.negotiation_id.in_(wanted[start : start + 500])
-            )
-        )
+        rows = await conn.execute(_BY_IDS, {"ids": wanted[start : start + 500]})
         found.update((row.negotiation_id, _entry(row)) for row in rows)
     return found
 
