@@ -29,9 +29,9 @@ AT = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 def _entry(index: int) -> dict[str, object]:
     return {
         "idx": index,
-        "leaf_hash": bytes([index]) * 32,
+        "leaf_hash": index.to_bytes(2, "big") * 16,
         "leaf": b"leaf %d" % index,
-        "statement_hash": bytes([index + 100]) * 32,
+        "statement_hash": b"s" + index.to_bytes(31, "big"),
         "kind": "ConsentToken",
         "signer_key_id": "a" * 64,
         "integrated_time": AT,
@@ -47,7 +47,7 @@ def _consent(index: int) -> tuple[object, ...]:
         1,
         AT,
         AT + timedelta(days=365),
-        bytes([index]) * 16,
+        index.to_bytes(2, "big") * 8,
     )
 
 
@@ -132,7 +132,7 @@ async def test_present_finds_exactly_the_stored_values(db_url: str) -> None:
         await migrate.upgrade(database)
         async with database.writer.begin() as conn:
             await conn.execute(insert(models.LogEntry), [_entry(0), _entry(1)])
-        stored = [bytes([100]) * 32, bytes([101]) * 32]
+        stored = [_entry(0)["statement_hash"], _entry(1)["statement_hash"]]
         # More values than one query asks about, the stored ones among them.
         count = 1200 if not database.is_sqlite else 33_000
         asked = [bytes([n % 256, n // 256]) * 16 for n in range(count)] + stored
@@ -147,23 +147,27 @@ async def test_present_finds_exactly_the_stored_values(db_url: str) -> None:
 async def test_a_refused_bulk_insert_raises_integrity_error_and_the_transaction_goes_on(
     db_url: str,
 ) -> None:
+    # Enough rows for PostgreSQL's COPY path (fewer go as an executemany).
+    size = bulk._COPY_MIN_ROWS
     database = Database.connect(db_url)
     try:
         await migrate.upgrade(database)
         async with database.writer.begin() as conn:
-            await conn.execute(insert(models.LogEntry), [_entry(0), _entry(1)])
-            # Into the open transaction (on PostgreSQL by COPY), then a clash with it.
-            await bulk.insert_rows(conn, models.ConsentRow, COLUMNS, [_consent(0)])
+            await conn.execute(insert(models.LogEntry), [_entry(i) for i in range(2 * size)])
+            first = [_consent(i) for i in range(size)]
+            second = [_consent(i) for i in range(size, 2 * size)]
+            await bulk.insert_rows(conn, models.ConsentRow, COLUMNS, first)
             with pytest.raises(IntegrityError):
                 async with conn.begin_nested():
+                    # A clash with a row already in the transaction, at the end.
                     await bulk.insert_rows(
-                        conn, models.ConsentRow, COLUMNS, [_consent(1), _consent(0)]
+                        conn, models.ConsentRow, COLUMNS, [*second[1:], first[0]]
                     )
-            await bulk.insert_rows(conn, models.ConsentRow, COLUMNS, [_consent(1)])
+            await bulk.insert_rows(conn, models.ConsentRow, COLUMNS, second)
         async with database.reader.connect() as conn:
             stored = (
                 await conn.execute(select(models.ConsentRow.idx).order_by(models.ConsentRow.idx))
             ).all()
-        assert [row.idx for row in stored] == [0, 1]
+        assert [row.idx for row in stored] == list(range(2 * size))
     finally:
         await database.dispose()

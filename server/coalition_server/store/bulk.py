@@ -62,6 +62,10 @@ def _compiled(
     return str(compiled), processors
 
 
+_COPY_MIN_ROWS = 200
+"""Fewer rows go as an executemany: asyncpg's COPY first asks the server for the table's
+column types, a round trip that a single append's batch (tens of rows) does not repay."""
+
 async def insert_rows(
     conn: AsyncConnection,
     model: type[Base],
@@ -91,7 +95,7 @@ async def insert_rows(
             converted.append(tuple(values))
         params = converted
     if dialect.name != "sqlite":
-        if dialect.driver == "asyncpg":
+        if dialect.driver == "asyncpg" and len(params) >= _COPY_MIN_ROWS:
             table = model.__table__
             assert isinstance(table, Table)
             await _copy(conn, table, columns, params, sql)
