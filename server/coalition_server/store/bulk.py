@@ -66,6 +66,7 @@ _COPY_MIN_ROWS = 200
 """Fewer rows go as an executemany: asyncpg's COPY first asks the server for the table's
 column types, a round trip that a single append's batch (tens of rows) does not repay."""
 
+
 async def insert_rows(
     conn: AsyncConnection,
     model: type[Base],
