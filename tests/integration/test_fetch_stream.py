@@ -12,6 +12,7 @@ from coalition.client import Client, ServerError, _segment_payload
 from coalition.content import SEGMENT_SIZE
 from coalition.v1 import access_pb2, items_pb2
 from coalition_server.api import access
+from coalition_server.api.dispatch import Encoded
 from coalition_server.keys.provider import WrappedKey
 from coalition_server.server import CoalitionServer
 from coalition_server.store import items as item_store
@@ -145,7 +146,7 @@ def test_segment_reads_group_whole_items_and_split_big_ones(
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, SEGMENT_SIZE + 16])
 def test_segments_on_the_wire_are_fetch_responses(size: int) -> None:
     segment = os.urandom(size)
-    wire = access._EncodedResponse(access._segment_wire(segment)).SerializeToString()
+    wire = Encoded(access._segment_wire(segment)).SerializeToString()
     assert wire == access_pb2.FetchResponse(segment=segment).SerializeToString()
     assert _segment_payload(wire) == segment
     # Anything but exactly one segment field is left to the protobuf parser.

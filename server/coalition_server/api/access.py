@@ -18,7 +18,7 @@ from coalition import hpke, statements
 from coalition.v1 import access_pb2, ledger_pb2, party_pb2
 from coalition_server.agreements import item_ids_root
 from coalition_server.api.auth import Policy
-from coalition_server.api.dispatch import Call, rpc
+from coalition_server.api.dispatch import Call, Encoded, rpc
 from coalition_server.api.mutations import idempotency_key, signed_statement
 from coalition_server.context import ServerContext
 from coalition_server.domain import consent as rules
@@ -72,18 +72,6 @@ def _check_notice_id(value: str) -> None:
 SEGMENTS_PER_READ = 8
 """Sealed segments read from the database at once (8 MiB at the default segment size). A
 fetch holds at most two reads: the one streaming and the next, read meanwhile."""
-
-
-class _EncodedResponse:
-    """A response already in wire format (dispatch serialises with ``SerializeToString``)."""
-
-    __slots__ = ("_wire",)
-
-    def __init__(self, wire: bytes) -> None:
-        self._wire = wire
-
-    def SerializeToString(self) -> bytes:
-        return self._wire
 
 
 def _segment_wire(segment: bytes) -> bytes:
@@ -248,7 +236,7 @@ class AccessServicer:
     @rpc(Policy.PARTY)
     async def Fetch(
         self, request: access_pb2.FetchRequest, call: Call
-    ) -> AsyncIterator[access_pb2.FetchResponse | _EncodedResponse]:
+    ) -> AsyncIterator[access_pb2.FetchResponse | Encoded]:
         lab = call.require_role(LAB)
         _check_lease_id(request.lease_id)
         after = request.page_token
@@ -279,7 +267,7 @@ class AccessServicer:
                 while sent < item.segment_count:
                     span, found = await segments.take(item.record.item_id)
                     for segment in found:
-                        yield _EncodedResponse(_segment_wire(segment))
+                        yield Encoded(_segment_wire(segment))
                     sent += len(found)
                     if len(found) < span.stop - span.start:
                         # Withdrawn (and shredded) while it streamed: its key was released

@@ -9,7 +9,7 @@ from datetime import datetime
 from coalition import statements
 from coalition.v1 import consent_pb2, ledger_pb2, party_pb2
 from coalition_server.api.auth import Policy
-from coalition_server.api.dispatch import Call, rpc
+from coalition_server.api.dispatch import Call, Encoded, rpc
 from coalition_server.api.mutations import (
     idempotency_key,
     open_batch,
@@ -58,7 +58,7 @@ class ConsentServicer:
         self._ledger = ledger
 
     @rpc(Policy.PARTY)
-    async def GrantConsent(self, request: consent_pb2.GrantConsentRequest, call: Call) -> _Encoded:
+    async def GrantConsent(self, request: consent_pb2.GrantConsentRequest, call: Call) -> Encoded:
         party = call.require_role(CONTRIBUTOR)
         key = idempotency_key(request, call)
         if not 1 <= len(request.tokens) <= MAX_TOKENS_PER_REQUEST:
@@ -112,7 +112,7 @@ class ConsentServicer:
         result = await self._ctx.sequencer.submit(Group(tuple(submissions), respond, key, effect))
         # Sent as the sequencer's bytes: parsing them into a message only for dispatch to
         # serialise it again cost milliseconds per thousand receipts.
-        return _Encoded(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PARTY)
     async def ListConsents(
@@ -252,18 +252,6 @@ def _record(entry: store.ConsentEntry, leaf: bytes, now: datetime) -> consent_pb
         index=entry.index,
         withdrawal_index=entry.withdrawal_index or 0,
     )
-
-
-class _Encoded:
-    """A response already serialised (dispatch sends ``SerializeToString()``)."""
-
-    __slots__ = ("_wire",)
-
-    def __init__(self, wire: bytes) -> None:
-        self._wire = wire
-
-    def SerializeToString(self) -> bytes:
-        return self._wire
 
 
 _Granted = tuple[str, bytes, datetime | None, datetime, bytes, tuple[str, ...]]

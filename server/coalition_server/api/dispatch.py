@@ -91,6 +91,20 @@ def status_for(error: DomainError) -> grpc.Status:
     return _RichStatus(error.code, error.message, status)
 
 
+class Encoded:
+    """A response already in wire format, sent as it is: the server serialises every
+    response with ``SerializeToString()``. For handlers that write a large response from
+    bytes they hold (receipts, sealed segments) rather than build a message to encode."""
+
+    __slots__ = ("_wire",)
+
+    def __init__(self, wire: bytes) -> None:
+        self._wire = wire
+
+    def SerializeToString(self) -> bytes:
+        return self._wire
+
+
 @dataclass(frozen=True)
 class _RichStatus(grpc.Status):
     code: grpc.StatusCode

@@ -27,7 +27,7 @@ from coalition.v1 import (
 from coalition_server import deals
 from coalition_server.agreements import item_ids_root
 from coalition_server.api.auth import Policy
-from coalition_server.api.dispatch import Call, rpc
+from coalition_server.api.dispatch import Call, Encoded, rpc
 from coalition_server.api.mutations import decode_envelope, idempotency_key, signed_statement
 from coalition_server.context import ServerContext
 from coalition_server.domain import bargaining, disputes, reservation, supply
@@ -170,7 +170,7 @@ class NegotiationServicer:
     @rpc(Policy.PARTY)
     async def OpenNegotiation(
         self, request: negotiation_pb2.OpenNegotiationRequest, call: Call
-    ) -> _Encoded:
+    ) -> Encoded:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
         envelope, statement = signed_statement(
@@ -188,10 +188,10 @@ class NegotiationServicer:
                 run=RunRequest(_decide_moves, effect),
             )
         )
-        return _Encoded(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PARTY)
-    async def Move(self, request: negotiation_pb2.MoveRequest, call: Call) -> _Encoded:
+    async def Move(self, request: negotiation_pb2.MoveRequest, call: Call) -> Encoded:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
         envelope, move = signed_statement(request, "move", negotiation_pb2.NegotiationMove, call)
@@ -209,7 +209,7 @@ class NegotiationServicer:
                 run=RunRequest(_decide_moves, effect),
             )
         )
-        return _Encoded(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PARTY)
     async def SignAgreement(
@@ -744,18 +744,6 @@ class _LabMove:
 
 _RESPONSE_NEGOTIATION, _RESPONSE_RECEIPT, _RESPONSE_COALITION_MOVE = 1, 2, 3
 """The fields of MoveResponse and OpenNegotiationResponse alike."""
-
-
-class _Encoded:
-    """A response already serialised (dispatch sends ``SerializeToString()``)."""
-
-    __slots__ = ("_wire",)
-
-    def __init__(self, wire: bytes) -> None:
-        self._wire = wire
-
-    def SerializeToString(self) -> bytes:
-        return self._wire
 
 
 @dataclass
