@@ -32,6 +32,15 @@ RUN_RUFF_CHECK = $(BIN)/ruff check .
 RUN_RUFF_FORMAT_CHECK = $(BIN)/ruff format --check .
 RUN_MYPY = $(BIN)/mypy
 RUN_PYTEST = $(BIN)/pytest
+# Workers for the fast tests (pytest-xdist): one per core, at most 4 (each test runs its own
+# server and, on PostgreSQL, its own database; more would crowd the server's connections).
+# One core: 0, no workers at all.
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; n = min(4, os.cpu_count() or 1); print(n if n > 1 else 0)')
+# The tests in two runs: the fast ones spread over the workers, then the slow ones one at a
+# time (they restart PostgreSQL, kill servers and put load on both cores). Exit status 5
+# ("no tests collected", when PYTEST_ARGS selects only one kind) is not a failure.
+RUN_PYTEST_SPLIT = { $(RUN_PYTEST) -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS) || [ $$? -eq 5 ]; } \
+	&& { $(RUN_PYTEST) -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]; }
 
 .PHONY: help venv install generate generate-if-missing check-generated serve test test-fast \
         pytest lint format typecheck buf-lint node-deps bench demo clean distclean
@@ -41,7 +50,7 @@ help:
 	@echo "  make serve       set up, generate code, run coalition-server (SQLite default; ARGS=...)"
 	@echo "  make test        set up, then the whole suite: codegen staleness, lint, typecheck, pytest"
 	@echo "  make demo        set up, then play a whole coalition on a local server; report in demo-report/"
-	@echo "  make test-fast   pytest -m 'not slow' (PYTEST_ARGS=...)"
+	@echo "  make test-fast   pytest -m 'not slow' on every core (PYTEST_ARGS=..., TEST_WORKERS=...)"
 	@echo "  make lint        ruff check + ruff format --check"
 	@echo "  make format      ruff check --fix + ruff format"
 	@echo "  make typecheck   mypy (strict, configured in pyproject.toml)"
@@ -99,7 +108,7 @@ test: generate-if-missing node-deps
 	$(RUN_RUFF_CHECK)
 	$(RUN_RUFF_FORMAT_CHECK)
 	$(RUN_MYPY)
-	$(RUN_PYTEST) $(PYTEST_ARGS)
+	$(RUN_PYTEST_SPLIT)
 
 # The README's "Try it": a server on SQLite in a temporary directory, a coalition played end to
 # end through the SDK, a summary, and an HTML report with plots in demo-report/ (ARGS=...).
@@ -109,7 +118,7 @@ demo: generate-if-missing
 # --- individual steps -----------------------------------------------------------------------
 
 test-fast: generate-if-missing node-deps
-	$(RUN_PYTEST) -m "not slow" $(PYTEST_ARGS)
+	$(RUN_PYTEST) -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 pytest: generate-if-missing node-deps
 	$(RUN_PYTEST) $(PYTEST_ARGS)

@@ -84,6 +84,7 @@ async def test_lease_fetch_watch_ack(cli: Cli, server: CoalitionServer, tmp_path
     assert again.exit_code == 0, again.output
     assert "2 items" in again.stdout
     assert "checked against its SHA-256 commitment" in again.stdout
+    assert f"written to {tmp_path / 'again'};" in again.stdout  # whole, however long
 
     nothing = await cli("lab", "watch", "--once", "--idle", "0.5", key=lab_path)
     assert nothing.exit_code == 0, nothing.output

@@ -551,10 +551,7 @@ def fetch(
             }
         )
         return
-    table = Table(
-        title=f"{len(result.files)} items, {result.total_bytes} bytes, written to {out}; "
-        "each decrypted and checked against its SHA-256 commitment"
-    )
+    table = Table(title=f"{len(result.files)} items, {result.total_bytes} bytes")
     table.add_column("item id")
     table.add_column("size", justify="right")
     table.add_column("media type")
@@ -568,7 +565,13 @@ def fetch(
             f.path.name,
             "verified",
         )
-    console().print(table)
+    out_console = console()
+    out_console.print(table)
+    # A line of its own, never wrapped by rich: the directory must survive copy and paste.
+    out_console.print(
+        f"written to {out}; each item decrypted and checked against its SHA-256 commitment",
+        soft_wrap=True,
+    )
 
 
 @app.command("watch")

@@ -66,6 +66,7 @@ def demo(
     print_summary(out, result)
     if report is not None:
         page = write_report(result, report)
-        out.print(f"[bold]report[/]      {page}")
+        # Never wrapped by rich: the path must survive copy and paste.
+        out.print(f"[bold]report[/]      {page}", soft_wrap=True)
     if not result.audit.verified:
         raise typer.Exit(EXIT_FAILED)
