@@ -100,7 +100,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
         details=common,
         note=f"{appends} withdrawals",
     )
-    ctx.ratio_to(rate, "echo")
+    ctx.ratio_to(rate, "signed-echo")
     p99 = Figure(
         f"{NAME}-p99",
         "2 appends: ack latency p99",
@@ -114,4 +114,4 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
     return [rate, p99]
 
 
-BENCHMARK = Benchmark(NAME, "figure", per_db=True, run=measure, needs=("echo",))
+BENCHMARK = Benchmark(NAME, "figure", per_db=True, run=measure, needs=("signed-echo",))

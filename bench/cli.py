@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import appends, audit, fetch, ingest, memory, negotiation, proofs, propagation
-from bench.baselines import echo, ed25519, pymerkle_proofs, sql_insert
+from bench.baselines import echo, ed25519, pymerkle_proofs, signed_echo, sql_insert
 from bench.harness import (
     DEFAULT_PG_URL,
     PG_URL_ENV,
@@ -44,6 +44,7 @@ from bench.harness import (
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     echo.BENCHMARK,
+    signed_echo.BENCHMARK,
     ed25519.BENCHMARK,
     sql_insert.BENCHMARK,
     pymerkle_proofs.BENCHMARK,

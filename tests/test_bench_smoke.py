@@ -15,6 +15,7 @@ from .conftest import PG_URL, PROJECT_ROOT, REQUIRE_PG, _pg_unreachable_reason
 
 MEASURED = {
     "echo": None,
+    "signed-echo": None,
     "ed25519": None,
     "pymerkle-inclusion": None,
     "pymerkle-consistency": None,
@@ -74,6 +75,8 @@ def test_smoke_run_reports_every_figure(db: str, tmp_path: Path) -> None:
     assert ingest["baseline"] == "ed25519"
     assert ingest["ratio"] > 0
     assert figures[("negotiation", db)]["ratio"] > 0
+    assert figures[("appends", db)]["baseline"] == "signed-echo"
+    assert figures[("appends", db)]["ratio"] > 0
     assert figures[("proofs-inclusion", db)]["baseline"] == "pymerkle-inclusion"
     assert figures[("proofs-inclusion", db)]["details"]["tree_size"] > 2_000  # the big ledger
     assert figures[("audit", db)]["details"]["entries"] > 2_000
