@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 
 import grpc
 from cryptography.exceptions import InvalidSignature
@@ -25,10 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from bench.harness import Benchmark, Context, DbKind, Figure, run_for, subprocess_with_port
+from bench.baselines import echo
+from bench.harness import Benchmark, Context, DbKind, Figure
 
 NAME = "signed-echo"
-METHOD = "/bench.SignedEcho/Echo"
+SERVICE = "bench.SignedEcho"
 CONCURRENCY = 64
 """Calls in flight: the same as the appends figure's clients."""
 STATEMENT = os.urandom(400)
@@ -67,57 +67,28 @@ def signed_request(private_key: Ed25519PrivateKey, statement_signature: bytes) -
     return key + private_key.sign(signed) + signed
 
 
-async def serve() -> None:
-    """Serve the signed echo method on 127.0.0.1, port 0, until terminated."""
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "bench.SignedEcho", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"port {port}", flush=True)
-    await server.wait_for_termination()
-
-
 async def measure(ctx: Context, _db: DbKind | None) -> list[Figure]:
     """Signed echo calls per second with CONCURRENCY callers for a fixed time."""
-    seconds = ctx.pick_seconds(1.5, 10.0)
-    log = ctx.fresh_dir(NAME) / "signed-echo.log"
     keys = [Ed25519PrivateKey.generate() for _ in range(CONCURRENCY)]
     statements = [key.sign(STATEMENT) for key in keys]  # beforehand, as the appends figure
-    with subprocess_with_port([sys.executable, "-m", "bench.baselines.signed_echo"], log) as (
-        _,
-        port,
-    ):
-        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(CONCURRENCY)]
-        stubs: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
-            channel.unary_unary(METHOD) for channel in channels
-        ]
-        try:
 
-            async def call(worker: int) -> None:
-                request = signed_request(keys[worker], statements[worker])
-                answer = await stubs[worker](request, timeout=10)
-                if len(answer) != _SIG:
-                    raise RuntimeError("the signed echo answered something else")
+    def check_answer(answer: bytes) -> None:
+        if len(answer) != _SIG:
+            raise RuntimeError("the signed echo answered something else")
 
-            await run_for(min(1.0, seconds / 3), CONCURRENCY, call)  # warm-up: connections
-            calls, elapsed = await run_for(seconds, CONCURRENCY, call)
-        finally:
-            await asyncio.gather(*(channel.close() for channel in channels))
-    return [
-        Figure(
-            NAME,
-            "gRPC echo, 2 signatures per call, 64 in flight",
-            calls / elapsed,
-            "calls/s",
-            details={"calls": calls, "seconds": round(elapsed, 3), "concurrency": CONCURRENCY},
-        )
-    ]
+    figure = await echo.rate_figure(
+        ctx,
+        NAME,
+        "gRPC echo, 2 signatures per call, 64 in flight",
+        ("bench.baselines.signed_echo", SERVICE),
+        CONCURRENCY,
+        lambda worker: signed_request(keys[worker], statements[worker]),
+        check_answer,
+    )
+    return [figure]
 
 
 BENCHMARK = Benchmark(NAME, "baseline", per_db=False, run=measure)
 
 if __name__ == "__main__":
-    asyncio.run(serve())
+    asyncio.run(echo.serve(SERVICE, _echo))
