@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import event, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition import statements
 from coalition.keys import SigningKey
@@ -53,27 +54,32 @@ def _entry(index: int, **changes: Any) -> store.NegotiationEntry:
     return dataclasses.replace(entry, **changes)
 
 
+async def _log_entries(conn: AsyncConnection, count: int) -> None:
+    """Ledger entries 0 to count - 1, for negotiations to point at."""
+    await conn.execute(
+        insert(models.LogEntry),
+        [
+            {
+                "idx": i,
+                "leaf_hash": bytes([i]) * 32,
+                "leaf": b"leaf",
+                "statement_hash": bytes([i + 100]) * 32,
+                "kind": "NegotiationRequest",
+                "signer_key_id": "b" * 64,
+                "integrated_time": AT,
+            }
+            for i in range(count)
+        ],
+    )
+
+
 async def test_rows_read_back_as_written(db_url: str) -> None:
     database = Database.connect(db_url)
     try:
         await migrate.upgrade(database)
         entries = [_entry(i) for i in range(3)]
         async with database.writer.begin() as conn:
-            await conn.execute(
-                insert(models.LogEntry),
-                [
-                    {
-                        "idx": i,
-                        "leaf_hash": bytes([i]) * 32,
-                        "leaf": b"leaf",
-                        "statement_hash": bytes([i + 100]) * 32,
-                        "kind": "NegotiationRequest",
-                        "signer_key_id": "b" * 64,
-                        "integrated_time": AT,
-                    }
-                    for i in range(3)
-                ],
-            )
+            await _log_entries(conn, 3)
             await store.record_moves(conn, entries, [])
         moved = [
             dataclasses.replace(entries[0], state=COUNTERED, round=2, current_terms=_terms(7)),
@@ -141,21 +147,7 @@ async def test_a_run_of_moves_is_recorded_in_one_statement(db_url: str) -> None:
         await migrate.upgrade(database)
         existing = [_entry(i) for i in range(2)]
         async with database.writer.begin() as conn:
-            await conn.execute(
-                insert(models.LogEntry),
-                [
-                    {
-                        "idx": i,
-                        "leaf_hash": bytes([i]) * 32,
-                        "leaf": b"leaf",
-                        "statement_hash": bytes([i + 100]) * 32,
-                        "kind": "NegotiationRequest",
-                        "signer_key_id": "b" * 64,
-                        "integrated_time": AT,
-                    }
-                    for i in range(4)
-                ],
-            )
+            await _log_entries(conn, 4)
             await store.record_moves(conn, existing, [])
         opened = [
             _entry(2, round=1),
