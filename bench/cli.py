@@ -41,6 +41,7 @@ from bench.harness import (
     machine_info,
     pg_reachable,
 )
+from coalition_server import event_loop as event_loops
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     echo.BENCHMARK,
@@ -97,7 +98,25 @@ def _parser() -> argparse.ArgumentParser:
         help="sample each server under test with py-spy (raw profiles in DIR; the "
         "sampling costs a little speed)",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=event_loops.CHOICES,
+        default=event_loops.AUTO,
+        help="the event loop of every server under test (its --event-loop; the baselines "
+        "keep asyncio's own). Default: auto (uvloop where installed).",
+    )
     return parser
+
+
+def context(args: argparse.Namespace, workdir: Path, pg_url: str) -> Context:
+    """The run's context from its command line."""
+    return Context(
+        scale=args.scale,
+        workdir=workdir,
+        pg_url=pg_url,
+        profile_dir=args.profile,
+        server_args=("--event-loop", args.event_loop),
+    )
 
 
 def _selected(only: str) -> list[Benchmark]:
@@ -206,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     dbs = asyncio.run(_dbs(args.db, pg_url, notes))
     workdir = Path(tempfile.mkdtemp(prefix="coalition-bench-"))
-    ctx = Context(scale=args.scale, workdir=workdir, pg_url=pg_url, profile_dir=args.profile)
+    ctx = context(args, workdir, pg_url)
     machine = machine_info()
     started = datetime.now(UTC)
     clock = time.perf_counter()
@@ -231,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "started": started.isoformat(),
             "seconds": round(time.perf_counter() - clock, 1),
             "machine": machine,
+            "server_event_loop": event_loops.resolve(args.event_loop),
             "git": git_commit(),
             "notes": notes,
             "figures": [f.to_json(args.scale) for f in figures],

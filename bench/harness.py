@@ -172,6 +172,8 @@ class Context:
     baselines: dict[tuple[str, DbKind | None], Figure] = field(default_factory=dict)
     profile_dir: Path | None = None
     """When set, every server under test is sampled by py-spy into a raw profile here."""
+    server_args: tuple[str, ...] = ()
+    """Flags given to every server under test (``--event-loop``)."""
     resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     """What several benchmarks share (the big ledger): closed when the run ends."""
     shared: dict[Any, Any] = field(default_factory=dict)
@@ -343,7 +345,7 @@ async def coalition_server(
         data_dir = ctx.fresh_dir(f"{name}-data")
         if db == "postgres":
             await asyncio.to_thread(_migrate, db_url, data_dir)
-        server = await asyncio.to_thread(start_server, db_url, data_dir, extra)
+        server = await asyncio.to_thread(start_server, db_url, data_dir, (*ctx.server_args, *extra))
         ctx.log(f"{name}: coalition-server pid {server.pid} on {server.target} ({db})")
         profiler = (
             _profile(ctx.profile_dir / f"{name}-{db}.txt", server) if ctx.profile_dir else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 from pathlib import Path
@@ -19,6 +20,7 @@ import grpc
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from coalition_server import event_loop as event_loops
 from coalition_server import logs
 from coalition_server.config import (
     BY_FIELD,
@@ -37,6 +39,8 @@ app = typer.Typer(
     no_args_is_help=False,
     help="Coalition server: the ledger and the gRPC API.",
 )
+
+log = logging.getLogger(__name__)
 
 # Exit codes: 2 is a usage or configuration error (as for a bad flag), 1 a failed probe.
 EXIT_CONFIG = 2
@@ -62,10 +66,11 @@ def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
 async def _serve(settings: Settings) -> None:
     from coalition_server.server import CoalitionServer
 
+    loop = asyncio.get_running_loop()
+    log.info("event loop: %s", event_loops.name(loop))
     server = CoalitionServer(settings)
     await server.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
@@ -112,6 +117,7 @@ def main_command(
     metrics_refresh_seconds: Annotated[float | None, _flag("metrics_refresh_seconds")] = None,
     log_level: Annotated[str | None, _flag("log_level")] = None,
     log_format: Annotated[str | None, _flag("log_format")] = None,
+    event_loop: Annotated[str | None, _flag("event_loop")] = None,
 ) -> None:
     """Resolve the settings for every subcommand; without a subcommand, serve."""
     flags = {name: value for name, value in ctx.params.items() if name in BY_FIELD}
@@ -136,7 +142,8 @@ def serve(ctx: typer.Context) -> None:
     from coalition_server.server import NotMigratedError
 
     try:
-        asyncio.run(_serve(_settings(ctx)))
+        settings = _settings(ctx)
+        event_loops.run(_serve(settings), settings.event_loop)
     except NotMigratedError as exc:
         raise _fail(str(exc)) from None
 

@@ -27,6 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from coalition_server import event_loop as event_loops
 from coalition_server import logs
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -152,6 +153,13 @@ class Settings:
     log_format: str = field(
         default=logs.TEXT,
         metadata=_meta("Log lines as text (for a terminal) or json (one object per line)."),
+    )
+    event_loop: str = field(
+        default=event_loops.AUTO,
+        metadata=_meta(
+            "The event loop: uvloop, asyncio (the standard library's) or auto (uvloop where "
+            "installed)."
+        ),
     )
 
     def database_url(self) -> str:
@@ -465,6 +473,12 @@ def check(settings: Settings) -> None:
         problems.append(f"{_name('log_level')} must be one of {', '.join(LOG_LEVELS)}")
     if settings.log_format not in logs.FORMATS:
         problems.append(f"{_name('log_format')} must be one of {', '.join(logs.FORMATS)}")
+    if settings.event_loop not in event_loops.CHOICES:
+        problems.append(f"{_name('event_loop')} must be one of {', '.join(event_loops.CHOICES)}")
+    elif settings.event_loop == event_loops.UVLOOP and not event_loops.uvloop_installed():
+        problems.append(
+            f"{_name('event_loop')} must be auto or asyncio here: uvloop is not installed"
+        )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         problems.append("tls_cert and tls_key go together")
     if settings.tls_client_ca is not None and settings.tls_cert is None:

@@ -28,7 +28,7 @@ from coalition_server.keys.server_keys import COALITION_KEY_FILE, LOG_KEY_FILE
 from coalition_server.server import CoalitionServer
 
 SERVER = [sys.executable, "-m", "coalition_server"]
-_LISTENING = re.compile(r"listening on \S+:(\d+)")
+_LISTENING = re.compile(r"listening on \S+:([1-9]\d*)")  # not the log line's ":0"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -87,6 +87,7 @@ class Served:
             match = _LISTENING.search(line)
             if match:
                 self.target = f"127.0.0.1:{match.group(1)}"
+                self.start_output = "".join(lines)
                 return
         self.stop()
         raise AssertionError("server did not start:\n" + "".join(lines))
@@ -262,6 +263,25 @@ def test_a_server_configured_by_a_file_alone(
             return checkpoint.checkpoint.split("\n", 1)[0]
 
     assert asyncio.run(origin()) == "coalition.test/from-a-file"
+
+
+@pytest.mark.parametrize(
+    ("args", "loop"), [([], "uvloop"), (["--event-loop", "asyncio"], "asyncio")]
+)
+def test_serve_runs_on_the_event_loop_asked_for(
+    args: list[str], loop: str, tmp_path: Path, served: list[Served]
+) -> None:
+    env = clean_env(COALITION_DATA_DIR=str(tmp_path / "data"))
+    server = Served(["--listen", "127.0.0.1:0", *args], env)
+    served.append(server)
+    assert f"event loop: {loop}" in server.start_output
+    assert run("health", "--target", server.target).returncode == 0
+
+    async def checkpoint() -> str:  # signed: keys, database and gRPC all work on it
+        async with Client(server.target) as client:
+            return (await client.checkpoint()).checkpoint
+
+    assert asyncio.run(checkpoint()).count("\n") >= 3  # origin, size, root hash, signature
 
 
 def test_a_config_error_stops_serve_before_it_starts(tmp_path: Path) -> None:

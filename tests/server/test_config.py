@@ -12,6 +12,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from coalition_server import cli, logs
+from coalition_server import event_loop as event_loops
 from coalition_server.config import (
     BY_FIELD,
     CONFIG_ENV,
@@ -284,6 +285,7 @@ def test_a_bad_duration_flag_is_an_error() -> None:
         ({"currency": "euro"}, "ISO 4217"),
         ({"log_level": "LOUD"}, "log_level"),
         ({"log_format": "xml"}, "log_format"),
+        ({"event_loop": "trio"}, "event_loop (--event-loop, COALITION_EVENT_LOOP) must be one of"),
         ({"tls_cert": Path("cert.pem")}, "tls_cert and tls_key go together"),
         ({"db_url": "mysql://x/y"}, "not a usable database URL"),
     ],
@@ -311,3 +313,12 @@ def test_show_config_masks_the_database_password() -> None:
     assert code == 0, output
     assert "s3cret" not in output
     assert 'db = "postgresql://coalition:***@db:5432/coalition"  # flag' in output
+
+
+def test_uvloop_asked_for_where_it_is_not_installed_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(event_loops, "uvloop_installed", lambda: False)
+    with pytest.raises(ConfigError, match="must be auto or asyncio here: uvloop is not installed"):
+        check(dataclasses.replace(Settings(), event_loop="uvloop"))
+    check(dataclasses.replace(Settings(), event_loop="auto"))  # auto falls back to asyncio
