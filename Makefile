@@ -39,8 +39,9 @@ TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; n = min(4, os.cpu_count() or 1)
 # The tests in two runs: the fast ones spread over the workers, then the slow ones one at a
 # time (they restart PostgreSQL, kill servers and put load on both cores). Exit status 5
 # ("no tests collected", when PYTEST_ARGS selects only one kind) is not a failure.
+# The slow run lists its 15 slowest tests, to show where CI's time goes.
 RUN_PYTEST_SPLIT = { $(RUN_PYTEST) -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS) || [ $$? -eq 5 ]; } \
-	&& { $(RUN_PYTEST) -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]; }
+	&& { $(RUN_PYTEST) -m slow --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]; }
 
 .PHONY: help venv install generate generate-if-missing check-generated serve test test-fast \
         pytest lint format typecheck buf-lint node-deps bench demo clean distclean
