@@ -2,9 +2,10 @@
 
 uvloop (libuv, written in Cython) does the loop's own work, waking tasks and handing
 results over from the database drivers' threads, at a fraction of the cost of asyncio's
-pure-Python loop; on the 2-core benchmark machine it lifted negotiation rounds by about 40%
-on SQLite (decision 37, docs/benchmarks.md). Nothing in the server depends on which loop
-runs it, and the in-process test servers run on asyncio's own, so both stay tested.
+pure-Python loop; on the 2-core benchmark machine it gave 23% more negotiation rounds in
+the median of eight paired runs (-3% to +47%; decision 37, docs/benchmarks.md). Nothing
+in the server depends on which loop runs it, and the in-process test servers run on
+asyncio's own, so both stay tested.
 """
 
 from __future__ import annotations
