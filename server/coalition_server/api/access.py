@@ -204,9 +204,7 @@ class AccessServicer:
         )
 
     @rpc(Policy.PARTY)
-    async def TakeLease(
-        self, request: access_pb2.TakeLeaseRequest, call: Call
-    ) -> access_pb2.TakeLeaseResponse:
+    async def TakeLease(self, request: access_pb2.TakeLeaseRequest, call: Call) -> Encoded:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
         envelope, statement = signed_statement(
@@ -231,7 +229,7 @@ class AccessServicer:
         result = await self._ctx.sequencer.submit(
             Group((Submission(envelope, lab.key_id, effect=effect),), respond, key)
         )
-        return access_pb2.TakeLeaseResponse.FromString(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PARTY)
     async def Fetch(
@@ -378,7 +376,7 @@ class AccessServicer:
     @rpc(Policy.PARTY)
     async def AcknowledgeWithdrawal(
         self, request: access_pb2.AcknowledgeWithdrawalRequest, call: Call
-    ) -> access_pb2.AcknowledgeWithdrawalResponse:
+    ) -> Encoded:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
         envelope, statement = signed_statement(request, "receipt", access_pb2.DeletionReceipt, call)
@@ -397,7 +395,7 @@ class AccessServicer:
         result = await self._ctx.sequencer.submit(
             Group((Submission(envelope, lab.key_id, effect=effect),), respond, key)
         )
-        return access_pb2.AcknowledgeWithdrawalResponse.FromString(result.response)
+        return Encoded(result.response)
 
 
 @dataclass

@@ -169,9 +169,7 @@ class ConsentServicer:
         return response
 
     @rpc(Policy.PARTY)
-    async def Withdraw(
-        self, request: consent_pb2.WithdrawRequest, call: Call
-    ) -> consent_pb2.WithdrawResponse:
+    async def Withdraw(self, request: consent_pb2.WithdrawRequest, call: Call) -> Encoded:
         party = call.require_role(CONTRIBUTOR)
         key = idempotency_key(request, call)
         envelope, statement = signed_statement(request, "withdrawal", consent_pb2.Withdrawal, call)
@@ -197,7 +195,7 @@ class ConsentServicer:
         result = await self._ctx.sequencer.submit(
             Group((Submission(envelope, party.key_id),), respond, key, run=run)
         )
-        return consent_pb2.WithdrawResponse.FromString(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PARTY)
     async def ExportConsent(

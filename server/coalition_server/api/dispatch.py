@@ -93,8 +93,9 @@ def status_for(error: DomainError) -> grpc.Status:
 
 class Encoded:
     """A response already in wire format, sent as it is: the server serialises every
-    response with ``SerializeToString()``. For handlers that write a large response from
-    bytes they hold (receipts, sealed segments) rather than build a message to encode."""
+    response with ``SerializeToString()``. For handlers that hold their response as bytes
+    already (every mutation's, encoded once by the sequencer for idempotent replay; sealed
+    segments) rather than a message: parsing it back only to encode it again costs time."""
 
     __slots__ = ("_wire",)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from coalition import dsse, statements
 from coalition.v1 import disputes_pb2, party_pb2
 from coalition_server.api.auth import Policy
-from coalition_server.api.dispatch import Call, rpc
+from coalition_server.api.dispatch import Call, Encoded, rpc
 from coalition_server.api.mutations import idempotency_key, signed_statement
 from coalition_server.context import ServerContext
 from coalition_server.domain import disputes as rules
@@ -44,9 +44,7 @@ class DisputeServicer:
         self._ctx = context
 
     @rpc(Policy.PARTY)
-    async def FileDispute(
-        self, request: disputes_pb2.FileDisputeRequest, call: Call
-    ) -> disputes_pb2.FileDisputeResponse:
+    async def FileDispute(self, request: disputes_pb2.FileDisputeRequest, call: Call) -> Encoded:
         member = call.require_role(CONTRIBUTOR)
         key = idempotency_key(request, call)
         envelope, statement = signed_statement(request, "dispute", disputes_pb2.Dispute, call)
@@ -69,12 +67,12 @@ class DisputeServicer:
                 key,
             )
         )
-        return disputes_pb2.FileDisputeResponse.FromString(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PARTY)
     async def RespondToDispute(
         self, request: disputes_pb2.RespondToDisputeRequest, call: Call
-    ) -> disputes_pb2.RespondToDisputeResponse:
+    ) -> Encoded:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
         envelope, statement = signed_statement(
@@ -96,7 +94,7 @@ class DisputeServicer:
                 key,
             )
         )
-        return disputes_pb2.RespondToDisputeResponse.FromString(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PUBLIC)
     async def ListDisputes(

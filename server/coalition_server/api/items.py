@@ -11,7 +11,7 @@ from sqlalchemy import delete, insert, select, update
 from coalition.content import SegmentEncryptor, new_data_key
 from coalition.v1 import items_pb2, ledger_pb2, party_pb2
 from coalition_server.api.auth import Policy
-from coalition_server.api.dispatch import Call, rpc
+from coalition_server.api.dispatch import Call, Encoded, rpc
 from coalition_server.api.mutations import idempotency_key, open_batch
 from coalition_server.context import ServerContext
 from coalition_server.domain import items as rules
@@ -38,9 +38,7 @@ class ItemServicer:
         self._ctx = context
 
     @rpc(Policy.PARTY)
-    async def RegisterItems(
-        self, request: items_pb2.RegisterItemsRequest, call: Call
-    ) -> items_pb2.RegisterItemsResponse:
+    async def RegisterItems(self, request: items_pb2.RegisterItemsRequest, call: Call) -> Encoded:
         party = call.require_role(CONTRIBUTOR)
         key = idempotency_key(request, call)
         if not 1 <= len(request.registrations) <= rules.MAX_ITEMS_PER_REQUEST:
@@ -75,7 +73,7 @@ class ItemServicer:
             ).SerializeToString()
 
         result = await self._ctx.sequencer.submit(Group(tuple(submissions), respond, key, effect))
-        return items_pb2.RegisterItemsResponse.FromString(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PARTY)
     async def ListItems(

@@ -214,7 +214,7 @@ class NegotiationServicer:
     @rpc(Policy.PARTY)
     async def SignAgreement(
         self, request: negotiation_pb2.SignAgreementRequest, call: Call
-    ) -> negotiation_pb2.SignAgreementResponse:
+    ) -> Encoded:
         lab = call.require_role(LAB)
         key = idempotency_key(request, call)
         if not request.HasField("agreement"):
@@ -248,7 +248,7 @@ class NegotiationServicer:
                 key,
             )
         )
-        return negotiation_pb2.SignAgreementResponse.FromString(result.response)
+        return Encoded(result.response)
 
     async def _ratification_call(
         self,
@@ -282,9 +282,7 @@ class NegotiationServicer:
         )
 
     @rpc(Policy.PARTY)
-    async def CastBallot(
-        self, request: negotiation_pb2.CastBallotRequest, call: Call
-    ) -> negotiation_pb2.CastBallotResponse:
+    async def CastBallot(self, request: negotiation_pb2.CastBallotRequest, call: Call) -> Encoded:
         member = call.require_role(CONTRIBUTOR)
         key = idempotency_key(request, call)
         envelope, ballot = signed_statement(request, "ballot", negotiation_pb2.Ballot, call)
@@ -301,7 +299,7 @@ class NegotiationServicer:
                 key,
             )
         )
-        return negotiation_pb2.CastBallotResponse.FromString(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PARTY)
     async def ListRatifications(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from coalition.v1 import ledger_pb2, party_pb2
 from coalition_server.api.auth import Policy
-from coalition_server.api.dispatch import Call, rpc
+from coalition_server.api.dispatch import Call, Encoded, rpc
 from coalition_server.api.mutations import decode_envelope, idempotency_key
 from coalition_server.domain.errors import InvalidArgumentError, NotFoundError
 from coalition_server.domain.parties import check_registration
@@ -21,9 +21,7 @@ class PartyServicer:
         self._sequencer = sequencer
 
     @rpc(Policy.SIGNED)
-    async def RegisterParty(
-        self, request: party_pb2.RegisterPartyRequest, call: Call
-    ) -> party_pb2.RegisterPartyResponse:
+    async def RegisterParty(self, request: party_pb2.RegisterPartyRequest, call: Call) -> Encoded:
         caller = call.require_caller()
         key = idempotency_key(request, call)
         if not request.HasField("registration"):
@@ -54,7 +52,7 @@ class PartyServicer:
             respond,
             key,
         )
-        return party_pb2.RegisterPartyResponse.FromString(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PUBLIC)
     async def GetParty(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from coalition import statements
 from coalition.v1 import consent_pb2, party_pb2, strike_pb2
 from coalition_server.api.auth import Policy
-from coalition_server.api.dispatch import Call, rpc
+from coalition_server.api.dispatch import Call, Encoded, rpc
 from coalition_server.api.mutations import decode_envelope, idempotency_key, signed_statement
 from coalition_server.context import ServerContext
 from coalition_server.domain import strikes as rules
@@ -50,9 +50,7 @@ class StrikeServicer:
         self._parties = parties
 
     @rpc(Policy.PARTY)
-    async def Pledge(
-        self, request: strike_pb2.PledgeRequest, call: Call
-    ) -> strike_pb2.PledgeResponse:
+    async def Pledge(self, request: strike_pb2.PledgeRequest, call: Call) -> Encoded:
         member = call.require_role(CONTRIBUTOR)
         key = idempotency_key(request, call)
         if not request.HasField("pledge"):
@@ -97,12 +95,10 @@ class StrikeServicer:
                 key,
             )
         )
-        return strike_pb2.PledgeResponse.FromString(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PARTY)
-    async def RetractPledge(
-        self, request: strike_pb2.RetractPledgeRequest, call: Call
-    ) -> strike_pb2.RetractPledgeResponse:
+    async def RetractPledge(self, request: strike_pb2.RetractPledgeRequest, call: Call) -> Encoded:
         member = call.require_role(CONTRIBUTOR)
         key = idempotency_key(request, call)
         envelope, statement = signed_statement(
@@ -120,7 +116,7 @@ class StrikeServicer:
                 key,
             )
         )
-        return strike_pb2.RetractPledgeResponse.FromString(result.response)
+        return Encoded(result.response)
 
     @rpc(Policy.PUBLIC)
     async def ListStrikes(
