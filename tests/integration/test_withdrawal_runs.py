@@ -6,9 +6,12 @@ after its withdrawal, where the notice rows say it is. On both databases, over g
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
+from sqlalchemy import event
 
 from coalition.client import Client, ServerError
 from coalition.statements import sign_statement
@@ -17,7 +20,7 @@ from coalition_server.server import CoalitionServer
 
 from . import builders
 from .helpers import held
-from .world import CONSENT, agree, lab, member
+from .world import CONSENT, Member, agree, lab, member
 
 CODE = grpc.StatusCode
 
@@ -122,3 +125,53 @@ async def test_a_retried_withdrawal_in_the_same_batch_is_answered_once(
             await until(position + 1)
     answers = await asyncio.gather(*tasks)
     assert all(answer == answers[0] for answer in answers)
+
+
+async def _states(who: Member) -> dict[str, int]:
+    listed = await who.client.call(
+        CONSENT + "ListConsents",
+        consent_pb2.ListConsentsRequest(),
+        consent_pb2.ListConsentsResponse,
+        sign=True,
+    )
+    return {c.consent_id: c.state for c in listed.consents}
+
+
+async def test_an_item_withdrawal_reads_items_by_id_not_the_members_history(
+    make_client: Callable[..., Client], server: CoalitionServer
+) -> None:
+    """Deciding whether a token is left naming no item in force needs the states of the items
+    of the member's tokens in force, not every item the member ever withdrew: a read of the
+    items table by member would grow with that history."""
+    alice = await member(make_client, "alice")
+    old = await alice.register([b"old 1", b"old 2", b"old 3"])
+    new = await alice.register([b"new 1", b"new 2"])
+    old_token = await alice.grant(builders.consent_token(item_ids=old))
+    new_token = await alice.grant(builders.consent_token(item_ids=new))
+    for item_id in old:
+        await alice.withdraw(builders.withdrawal(item_ids=[item_id]))
+
+    reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if re.search(r"\bFROM items\b", statement):
+            reads.append(" ".join(statement.split()))
+
+    engine = server.context.database.writer.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        await alice.withdraw(builders.withdrawal(item_ids=new[:1]))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert reads, "the withdrawal read no items at all"
+    for statement in reads:
+        assert re.search(r"\bitems\.item_id IN\b", statement), statement
+        assert "contributor_key_id IN" not in statement, statement
+    assert await _states(alice) == {
+        old_token: consent_pb2.CONSENT_STATE_INVALIDATED,
+        new_token: consent_pb2.CONSENT_STATE_GIVEN,
+    }
+
+    # The last item of the second token still empties it.
+    await alice.withdraw(builders.withdrawal(item_ids=new[1:]))
+    assert (await _states(alice))[new_token] == consent_pb2.CONSENT_STATE_INVALIDATED

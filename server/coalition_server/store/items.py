@@ -161,20 +161,27 @@ async def members_items(
     return found
 
 
-async def withdrawn_item_ids(
-    conn: AsyncConnection, contributor_key_ids: Iterable[str]
+async def withdrawn_among(
+    conn: AsyncConnection, item_ids: Mapping[str, Iterable[str]]
 ) -> dict[str, set[str]]:
-    """The ids of each member's items withdrawn item by item."""
-    members = sorted(set(contributor_key_ids))
-    found: dict[str, set[str]] = {member: set() for member in members}
-    for start in range(0, len(members), 500):
+    """Of the items named for each member (member -> item ids), those of that member's that
+    are withdrawn item by item. Reads the named items only, by id: never all of a member's
+    items, whose withdrawn ones grow with the member's history."""
+    named: dict[str, set[str]] = {}  # item id -> the members it is named for
+    for member, ids in item_ids.items():
+        for item_id in ids:
+            named.setdefault(item_id, set()).add(member)
+    found: dict[str, set[str]] = {member: set() for member in item_ids}
+    wanted = sorted(named)
+    for start in range(0, len(wanted), 500):
         for row in await conn.execute(
             select(models.ItemRow.item_id, models.ItemRow.contributor_key_id).where(
-                models.ItemRow.contributor_key_id.in_(members[start : start + 500]),
+                models.ItemRow.item_id.in_(wanted[start : start + 500]),
                 models.ItemRow.state == WITHDRAWN,
             )
         ):
-            found[row.contributor_key_id].add(row.item_id)
+            if row.contributor_key_id in named[row.item_id]:
+                found[row.contributor_key_id].add(row.item_id)
     return found
 
 

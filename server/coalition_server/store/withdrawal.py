@@ -115,14 +115,18 @@ class Withdrawals:
         for member, records in (await items.members_items(conn, whole)).items():
             state._all_items[member] = [r.item_id for r in records]
             state._items.update((r.item_id, r) for r in records)
-        state._withdrawn = await items.withdrawn_item_ids(conn, members - whole)
+        for member, entries in (await consents.members_consents(conn, members)).items():
+            state._member_tokens[member] = [e.token.consent_id for e in entries]
+            state._tokens.update((e.token.consent_id, e) for e in entries)
+        # Withdrawn items matter only to tokens in force that name items (to invalidate
+        # the ones left naming none): read those items' states, not the member's history.
+        state._withdrawn = await items.withdrawn_among(
+            conn, {m: state._items_named_in_force(m) for m in members - whole}
+        )
         for member in whole:
             state._withdrawn[member] = {
                 i for i in state._all_items[member] if state._items[i].state == items.WITHDRAWN
             }
-        for member, entries in (await consents.members_consents(conn, members)).items():
-            state._member_tokens[member] = [e.token.consent_id for e in entries]
-            state._tokens.update((e.token.consent_id, e) for e in entries)
         wanted = {r.statement.consent_id for r in requests if not r.struck_lab} - {""}
         state._tokens.update(await consents.consents_by_id(conn, wanted - state._tokens.keys()))
         state._struck = await consents.struck_labs(conn, members)
@@ -248,6 +252,17 @@ class Withdrawals:
     def _entries(self, member: str) -> list[consents.ConsentEntry]:
         return [self._tokens[i] for i in self._member_tokens[member]]
 
+    def _items_named_in_force(self, member: str) -> set[str]:
+        """The items named by the member's GIVEN tokens that select items by id."""
+        named: set[str] = set()
+        for entry in self._entries(member):
+            selector = entry.token.statement.items
+            if entry.recorded_state == rules.GIVEN and selector.WhichOneof("selector") == (
+                "item_ids"
+            ):
+                named.update(selector.item_ids.item_ids)
+        return named
+
     def _given_tokens(self, member: str) -> list[rules.Token]:
         """As :func:`consents.given_tokens`: recorded GIVEN, with the member's struck labs."""
         given = (e.token for e in self._entries(member) if e.recorded_state == rules.GIVEN)
@@ -265,7 +280,10 @@ class Withdrawals:
         self._token_states[entry.token.consent_id] = (state, index)
 
     def _invalidate_emptied(self, member: str, index: int) -> None:
-        """Tokens naming only items that are all withdrawn become INVALIDATED (ISO 27560)."""
+        """Tokens naming only items that are all withdrawn become INVALIDATED (ISO 27560).
+
+        ``_withdrawn`` holds, of the items withdrawn, those named by tokens GIVEN at load
+        (tokens only leave GIVEN here), which is all that the test below reads."""
         gone = self._withdrawn[member]
         for entry in self._entries(member):
             selector = entry.token.statement.items
