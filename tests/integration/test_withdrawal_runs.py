@@ -137,7 +137,7 @@ async def _states(who: Member) -> dict[str, int]:
     return {c.consent_id: c.state for c in listed.consents}
 
 
-async def test_an_item_withdrawal_reads_items_by_id_not_the_members_history(
+async def test_an_item_withdrawal_does_not_read_the_members_withdrawal_history(
     make_client: Callable[..., Client], server: CoalitionServer
 ) -> None:
     """Deciding whether a token is left naming no item in force needs the states of the items
