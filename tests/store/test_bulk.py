@@ -4,14 +4,17 @@ databases."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from coalition_server.store import bulk, migrate, models
 from coalition_server.store.database import Database
+from coalition_server.timeutil import as_utc
 
 COLUMNS = (
     "consent_id",
@@ -171,3 +174,116 @@ async def test_a_refused_bulk_insert_raises_integrity_error_and_the_transaction_
         assert [row.idx for row in stored] == list(range(2 * size))
     finally:
         await database.dispose()
+
+
+def _utc(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(as_utc(value) if isinstance(value, datetime) else value for value in values)
+
+
+def _head(size: int, at: datetime) -> dict[str, Any]:
+    return {"size": size, "root_hash": bytes([size % 256]) * 32, "last_integrated_time": at}
+
+
+async def test_writes_store_what_insert_and_update_store(db_url: str) -> None:
+    database = Database.connect(db_url)
+    later = AT + timedelta(minutes=3)
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            await conn.execute(insert(models.TreeHead), [{"id": 1, **_head(0, AT)}])
+        writes = bulk.Writes()
+        writes.insert(
+            models.LogEntry, tuple(_entry(0)), [tuple(_entry(i).values()) for i in (0, 1)]
+        )
+        writes.insert(models.ConsentRow, COLUMNS, [])  # nothing
+        writes.insert(models.ConsentRow, COLUMNS, [_consent(0), _consent(1)])
+        # In order: the update sees the head as the insert before it left it.
+        writes.update(models.TreeHead, {"id": 1}, _head(2, AT))
+        writes.update(models.TreeHead, {"id": 1}, {"last_integrated_time": later})
+        writes.update(models.TreeHead, {"id": 2}, _head(9, AT))  # no such row: nothing
+        assert len(writes) == 5
+        async with database.writer.begin() as conn:
+            await writes.send(conn)
+        assert len(writes) == 0
+        async with database.reader.connect() as conn:
+            heads = (await conn.execute(select(models.TreeHead))).all()
+            entries = (await conn.execute(select(models.LogEntry).order_by("idx"))).all()
+            tokens = (await conn.execute(select(models.ConsentRow).order_by("idx"))).all()
+        # SQLite gives datetimes back without their zone (stored as UTC).
+        assert [_utc(tuple(row)) for row in heads] == [(1, 2, bytes([2]) * 32, later)]
+        assert [dict(zip(row._fields, _utc(tuple(row)), strict=True)) for row in entries] == [
+            _entry(0),
+            _entry(1),
+        ]
+        assert [_utc(tuple(getattr(row, name) for name in COLUMNS)) for row in tokens] == [
+            _consent(0),
+            _consent(1),
+        ]
+    finally:
+        await database.dispose()
+
+
+async def test_writes_reach_sqlite_in_one_hand_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'coalition.db'}")
+    hand_overs: list[str] = []
+    passed_on = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hand_overs.append(getattr(fn, "__name__", repr(fn)))
+        return await passed_on(self, fn, *args, **kwargs)
+
+    try:
+        await migrate.upgrade(database)
+        writes = bulk.Writes()
+        # More nodes than one statement binds: several statements, still one hand-over.
+        nodes = [(0, index, bytes([index % 256]) * 32) for index in range(5000)]
+        writes.insert(models.MerkleNode, ("level", "idx", "hash"), nodes)
+        writes.insert(
+            models.TreeHead,
+            ("id", "size", "root_hash", "last_integrated_time"),
+            [(1, 0, b"\0" * 32, AT)],
+        )
+        writes.update(models.TreeHead, {"id": 1}, _head(5000, AT))
+        async with database.writer.begin() as conn:
+            monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+            await writes.send(conn)
+            monkeypatch.undo()
+        assert hand_overs == ["run"]
+        async with database.reader.connect() as conn:
+            assert (await conn.execute(select(models.TreeHead.size))).scalar_one() == 5000
+            count = await conn.execute(select(func.count()).select_from(models.MerkleNode))
+            assert count.scalar_one() == 5000
+    finally:
+        await database.dispose()
+
+
+async def test_a_refused_write_raises_integrity_error_and_leaves_nothing(db_url: str) -> None:
+    database = Database.connect(db_url)
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            await conn.execute(insert(models.LogEntry), [_entry(0), _entry(1)])
+            await bulk.insert_rows(conn, models.ConsentRow, COLUMNS, [_consent(0)])
+            writes = bulk.Writes()
+            writes.insert(models.ConsentRow, COLUMNS, [_consent(1)])
+            writes.insert(models.ConsentRow, COLUMNS, [_consent(0)])  # already there
+            writes.update(models.ConsentRow, {"consent_id": _consent(0)[0]}, {"state": 2})
+            with pytest.raises(IntegrityError) as refused:
+                async with conn.begin_nested():
+                    await writes.send(conn)
+            assert "consents" in str(refused.value.statement)
+        async with database.reader.connect() as conn:
+            stored = (
+                await conn.execute(select(models.ConsentRow.idx, models.ConsentRow.state))
+            ).all()
+        # Neither the insert before the clash nor the update after it is left.
+        assert [tuple(row) for row in stored] == [(0, 1)]
+    finally:
+        await database.dispose()
+
+
+def test_an_update_needs_a_value() -> None:
+    with pytest.raises(ValueError, match="at least one value"):
+        bulk.Writes().update(models.TreeHead, {"id": 1}, {})

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, overload
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition import dsse, merkle, statements
@@ -619,30 +619,9 @@ class Sequencer:
             if not outcome.accepted:
                 return outcome
             all_leaves = [leaf for accepted in outcome.accepted for leaf in accepted.leaves]
-            await self._write(conn, all_leaves, edge)
             frontier = edge.compact()
             checkpoint = Checkpoint(self._signer.name, frontier.size, frontier.root())
             note = sign_checkpoint(checkpoint, self._signer)
-            await conn.execute(
-                insert(models.SignedCheckpoint),
-                [
-                    {
-                        "tree_size": frontier.size,
-                        "root_hash": checkpoint.root_hash,
-                        "note": note,
-                        "issued_at": integrated_time,
-                    }
-                ],
-            )
-            await conn.execute(
-                update(models.TreeHead)
-                .where(models.TreeHead.id == 1)
-                .values(
-                    size=frontier.size,
-                    root_hash=checkpoint.root_hash,
-                    last_integrated_time=integrated_time,
-                )
-            )
             answers = _Answers(edge.nodes, head.size, frontier.size, note)
             # A response stored for its request_id is written with the batch; the others are
             # built once it has committed (below).
@@ -651,20 +630,46 @@ class Sequencer:
                 for accepted in outcome.accepted
                 if accepted.pending.group.idempotency is not None
             ]
-            idempotent_rows = [
+            # The batch's closing writes need no answer: they go to the database together.
+            # The entries themselves are in already (written as their groups were applied).
+            writes = bulk.Writes()
+            writes.insert(
+                models.EntrySubject,
+                ("subject", "idx"),
+                [(subject, item.idx) for item in all_leaves for subject in item.subject_ids],
+            )
+            writes.insert(models.MerkleNode, ("level", "idx", "hash"), edge.added)
+            writes.insert(
+                models.SignedCheckpoint,
+                ("tree_size", "root_hash", "note", "issued_at"),
+                [(frontier.size, checkpoint.root_hash, note, integrated_time)],
+            )
+            writes.update(
+                models.TreeHead,
+                {"id": 1},
                 {
-                    "caller_key_id": key.caller_key_id,
-                    "request_id": key.request_id,
-                    "method": key.method,
-                    "request_digest": key.request_digest,
-                    "response": result.response,
-                    "entry_idx": accepted.leaves[0].idx,
-                }
-                for accepted, result in stored
-                if (key := accepted.pending.group.idempotency) is not None
-            ]
-            if idempotent_rows:
-                await conn.execute(insert(models.IdempotentResponse), idempotent_rows)
+                    "size": frontier.size,
+                    "root_hash": checkpoint.root_hash,
+                    "last_integrated_time": integrated_time,
+                },
+            )
+            writes.insert(
+                models.IdempotentResponse,
+                _IDEMPOTENT_COLUMNS,
+                [
+                    (
+                        key.caller_key_id,
+                        key.request_id,
+                        key.method,
+                        key.request_digest,
+                        result.response,
+                        accepted.leaves[0].idx,
+                    )
+                    for accepted, result in stored
+                    if (key := accepted.pending.group.idempotency) is not None
+                ],
+            )
+            await writes.send(conn)
         # Committed: from here on every accepted append is durable and may be acknowledged.
         self._frontier = frontier
         if self._on_commit is not None:
@@ -897,16 +902,6 @@ class Sequencer:
                 "DUPLICATE_STATEMENT", "this exact signed statement is already in the ledger"
             )
 
-    async def _write(self, conn: AsyncConnection, leaves: list[_Leaf], edge: _Edge) -> None:
-        # The entries themselves are in already (written as their groups were applied).
-        await bulk.insert_rows(
-            conn,
-            models.EntrySubject,
-            ("subject", "idx"),
-            [(subject, item.idx) for item in leaves for subject in item.subject_ids],
-        )
-        await bulk.insert_rows(conn, models.MerkleNode, ("level", "idx", "hash"), edge.added)
-
 
 class _Answers:
     """A committed batch's receipts and responses: its tree's nodes, the index of its first
@@ -979,6 +974,14 @@ class _ReceiptFields:
         )
 
 
+_IDEMPOTENT_COLUMNS = (
+    "caller_key_id",
+    "request_id",
+    "method",
+    "request_digest",
+    "response",
+    "entry_idx",
+)
 _ENTRY_COLUMNS = (
     "idx",
     "leaf_hash",
