@@ -3,6 +3,7 @@ databases."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ async def test_writes_reach_sqlite_in_one_hand_over(
 ) -> None:
     database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'coalition.db'}")
     hand_overs: list[str] = []
-    passed_on = aiosqlite.Connection._execute
+    passed_on: Callable[..., Awaitable[Any]] = aiosqlite.Connection._execute  # untyped
 
     async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
         hand_overs.append(getattr(fn, "__name__", repr(fn)))
