@@ -7,8 +7,10 @@ import asyncio
 import dataclasses
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+import aiosqlite
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -269,3 +271,48 @@ def test_the_batch_edge_grows_as_a_compact_range_does(old: int, added: int) -> N
     assert edge.compact() == compact
     assert edge.nodes == expected
     assert edge.added == [(node.level, node.index, digest) for node, digest in completed]
+
+
+async def test_a_batch_hands_sqlite_one_round_trip_per_group_besides_opening_and_closing(
+    server: CoalitionServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEGIN IMMEDIATE with the head and the batch's request_id and duplicate checks; each
+    group's entries; the closing writes; the commit (and the pool's reset of the returned
+    connection). Each hand-over to the driver's thread makes the batch wait for a turn of
+    the event loop (round_trip); through SQLAlchemy a statement takes three."""
+    key = SigningKey.generate()
+    sequencer = _sequencer(server)
+    database = server.context.database
+    await sequencer.submit(Group((_statement(key),), _respond))  # the frontier is cached
+    await asyncio.sleep(0.1)  # let the sequencer finish counting the batch above
+    batches = server.sequencer_batches
+    writer: list[object] = []
+    async with database.writer.connect() as conn:
+        writer.append((await conn.get_raw_connection()).driver_connection)
+    hand_overs: list[str] = []
+    if database.is_sqlite:
+        passed_on: Callable[..., Awaitable[Any]] = aiosqlite.Connection._execute  # untyped
+
+        async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kw: Any) -> Any:
+            if self is writer[0]:
+                hand_overs.append(getattr(fn, "__name__", repr(fn)))
+            return await passed_on(self, fn, *args, **kw)
+
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    requests = [
+        IdempotencyKey(key.public_key.key_id, f"req-{n}", "/test/Append", bytes([n]) * 32)
+        for n in range(3)
+    ]
+    answers = await asyncio.gather(
+        *(sequencer.submit(Group((_statement(key),), _respond, r)) for r in requests),
+        sequencer.submit(Group((_statement(key), _statement(key)), _respond)),
+    )
+    await asyncio.sleep(0.1)  # let the sequencer finish counting the batch
+    monkeypatch.undo()
+    assert server.sequencer_batches == batches + 1
+    assert len({answer.response for answer in answers}) == 4
+    if database.is_sqlite:
+        assert hand_overs == ["run_all"] * (1 + len(answers) + 1) + ["commit", "rollback"]
+    # Replayed: the request_ids' stored answers, found by the opening round trip.
+    again = await sequencer.submit(Group((_statement(key),), _respond, requests[1]))
+    assert again.response == answers[1].response

@@ -14,7 +14,9 @@ are raised as SQLAlchemy raises the driver's (an integrity error as ``IntegrityE
 lost connection invalidated first). On SQLite the rows go as multi-row ``VALUES``
 statements, as SQLAlchemy's own inserts do there (see ``database``): the sqlite3 module
 releases the GIL around each statement it steps, so an executemany took the GIL back once
-per row, each time queueing behind the threads verifying signatures.
+per row, each time queueing behind the threads verifying signatures. They reach the
+driver's thread in one hand-over (``round_trip``), where SQLAlchemy's execution takes three
+(cursor, statement, close), as do :func:`present`'s queries.
 
 :class:`Writes` sends several such writes (and updates) at once: on SQLite in one hand-over
 to the driver's thread, for the sequencer's closing writes of a batch.
@@ -26,23 +28,21 @@ before's is converted once (a batch's entries share one integration time).
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
-import aiosqlite
 import asyncpg
 from sqlalchemy import LargeBinary, Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coalition_server.store import round_trip
 from coalition_server.store.models import Base
 
 Processor = Callable[[Any], Any]
-_OnThread = Callable[[Callable[[sqlite3.Connection], None], sqlite3.Connection], Awaitable[None]]
 _NOTHING = object()
 
 
@@ -95,8 +95,7 @@ async def insert_rows(
         else:
             await conn.exec_driver_sql(sql, params)
         return
-    for statement, values in _values_lists(sql, len(columns), params, dialect):
-        await conn.exec_driver_sql(statement, values)
+    await round_trip.run(conn, list(_values_lists(sql, len(columns), params, dialect)))
 
 
 def _processed(
@@ -183,13 +182,7 @@ class _Update:
 class Writes:
     """Writes that need no answer, sent to the database together and in their order.
 
-    On SQLite they reach the driver's thread in one hand-over. Sent one by one, each
-    statement is a hand-over of its own, and while the sequencer waits for one the event
-    loop serves the calls that arrived meanwhile, so every statement of a batch adds the
-    wait for a turn of the loop to the batch's time: four statements sent as one made
-    negotiation rounds 8 to 9% faster (docs/benchmarks.md). aiosqlite has no public way to
-    run several statements in one hand-over (its ``executescript`` commits first and binds
-    no parameters), so this uses its ``_execute``, the method its own calls go through.
+    On SQLite they reach the driver's thread in one hand-over (:mod:`round_trip`).
 
     On PostgreSQL they run one after another, inserts as :func:`insert_rows` sends them:
     asyncpg has no pipeline for statements with parameters.
@@ -230,7 +223,7 @@ class Writes:
                     sql, params = _update_statement(write, dialect)
                     await conn.exec_driver_sql(sql, params)
             return
-        statements: list[tuple[str, tuple[Any, ...]]] = []
+        statements: list[round_trip.Statement] = []
         for write in writes:
             if isinstance(write, _Insert):
                 sql, processors = _compiled(write.model, write.columns, dialect)
@@ -238,7 +231,7 @@ class Writes:
                 statements.extend(_values_lists(sql, len(write.columns), rows, dialect))
             else:
                 statements.append(_update_statement(write, dialect))
-        await _run_on_driver_thread(conn, statements)
+        await round_trip.run(conn, statements)
 
 
 def _update_statement(write: _Update, dialect: Dialect) -> tuple[str, tuple[Any, ...]]:
@@ -251,67 +244,47 @@ def _update_statement(write: _Update, dialect: Dialect) -> tuple[str, tuple[Any,
     )
 
 
-async def _run_on_driver_thread(
-    conn: AsyncConnection, statements: Sequence[tuple[str, tuple[Any, ...]]]
-) -> None:
-    """Run SQLite ``statements`` in one call on aiosqlite's thread, on the connection (and
-    so in the transaction) ``conn`` holds."""
-    if not statements:
-        return
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    if not isinstance(driver, aiosqlite.Connection):
-        for sql, params in statements:  # another SQLite driver: one at a time
-            await conn.exec_driver_sql(sql, params)
-        return
-    failed: list[tuple[str, tuple[Any, ...]]] = []
-
-    def run(connection: sqlite3.Connection) -> None:
-        cursor = connection.cursor()
-        try:
-            for sql, params in statements:
-                failed[:] = [(sql, params)]
-                cursor.execute(sql, params)
-            failed.clear()
-        finally:
-            cursor.close()
-
-    # aiosqlite's own calls go through _execute; it is untyped.
-    on_thread = cast(_OnThread, driver._execute)
-    try:
-        await on_thread(run, driver._conn)
-    except sqlite3.Error as error:
-        sql, params = failed[0] if failed else ("", ())
-        raise DBAPIError.instance(sql, params, error, sqlite3.Error) from error
-
-
 async def present(
     conn: AsyncConnection, model: type[Base], column: str, values: Sequence[Any]
 ) -> set[Any]:
     """Which of ``values`` (plain ``bytes``, ``str`` or ``int``: no bind processing) are in
     ``column`` of ``model``'s table, asked with ``IN`` lists as SQLAlchemy's ``in_`` asks,
     without rendering the list anew for each execution (milliseconds of the event loop for
-    a thousand values).
+    a thousand values): the queries of :func:`presence_queries`."""
+    queries = presence_queries(conn.dialect, model, column, values)
+    if conn.dialect.name == "sqlite":
+        return {row[0] for rows in await round_trip.run(conn, queries) for row in rows}
+    found: set[Any] = set()
+    for sql, params in queries:
+        rows = await conn.exec_driver_sql(sql, params)
+        found.update(row[0] for row in rows)
+    return found
+
+
+def presence_queries(
+    dialect: Dialect, model: type[Base], column: str, values: Sequence[Any]
+) -> list[round_trip.Statement]:
+    """The queries :func:`present` runs: each returns the values it asks about that are in
+    ``column``.
 
     On PostgreSQL at most 500 a query, and not as ``= ANY(array)``: past that, or with an
     array, its cached generic plan (made while the table was small) scans the whole table
-    however large it grows. On SQLite as many as a statement may bind: one round trip.
+    however large it grows. On SQLite as many as a statement may bind: one query.
     """
     table = model.__table__
     assert isinstance(table, Table)
-    preparer = conn.dialect.identifier_preparer
+    preparer = dialect.identifier_preparer
     name = preparer.quote(table.c[column].name)
     # Identifiers from the table's metadata, quoted by the dialect; the values are bound.
     head = f"SELECT {name} FROM {preparer.format_table(table)} WHERE {name} IN "  # noqa: S608
-    sqlite = conn.dialect.name == "sqlite"
-    per_query = conn.dialect.insertmanyvalues_max_parameters if sqlite else 500
-    found: set[Any] = set()
+    sqlite = dialect.name == "sqlite"
+    per_query = dialect.insertmanyvalues_max_parameters if sqlite else 500
+    queries = []
     for start in range(0, len(values), per_query):
         chunk = tuple(values[start : start + per_query])
         marks = ["?"] * len(chunk) if sqlite else [f"${n}" for n in range(1, len(chunk) + 1)]
-        rows = await conn.exec_driver_sql(f"{head}({', '.join(marks)})", chunk)
-        found.update(row[0] for row in rows)
-    return found
+        queries.append((f"{head}({', '.join(marks)})", chunk))
+    return queries
 
 
 async def _copy(

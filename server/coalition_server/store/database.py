@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 
@@ -43,6 +43,19 @@ WAL_AUTOCHECKPOINT = 10_000
 """SQLite pages (4 KiB) of WAL after which a commit checkpoints it (~40 MiB)."""
 
 
+CALLER_BEGINS = "coalition_caller_begins"
+"""Execution option of a SQLite connection whose caller sends its transaction's BEGIN
+itself, as the first statement of its first round trip (the sequencer: see
+``round_trip``): SQLAlchemy then begins without emitting it. Nothing may run on such a
+connection between ``begin()`` and that round trip: it would run outside the transaction."""
+
+
+def caller_begins(conn: AsyncConnection) -> bool:
+    """Whether ``conn`` has :data:`CALLER_BEGINS` set."""
+    options = conn.sync_connection.get_execution_options() if conn.sync_connection else {}
+    return bool(options.get(CALLER_BEGINS))
+
+
 def _sqlite_pragmas(immediate: bool):  # type: ignore[no-untyped-def]
     def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy, not the driver, emit BEGIN, so savepoints and IMMEDIATE work.
@@ -61,6 +74,8 @@ def _sqlite_pragmas(immediate: bool):  # type: ignore[no-untyped-def]
         cursor.close()
 
     def on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(CALLER_BEGINS):
+            return
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return on_connect, on_begin

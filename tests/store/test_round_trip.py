@@ -1,0 +1,100 @@
+"""Several SQLite statements in one hand-over to aiosqlite's thread, in the caller's
+transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from coalition_server.store import migrate, models, round_trip
+from coalition_server.store.database import Database
+
+
+@pytest.fixture
+def hand_overs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The functions handed to aiosqlite's thread (each still runs)."""
+    seen: list[str] = []
+    passed_on: Callable[..., Awaitable[Any]] = aiosqlite.Connection._execute  # untyped
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await passed_on(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return seen
+
+
+def _node(index: int) -> tuple[int, int, bytes]:
+    return (0, index, bytes([index]) * 32)
+
+
+async def test_statements_run_in_order_in_one_hand_over(
+    tmp_path: Path, hand_overs: list[str]
+) -> None:
+    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'coalition.db'}")
+    try:
+        await migrate.upgrade(database)
+        insert = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
+        count = "SELECT count(*) FROM merkle_nodes"
+        async with database.writer.begin() as conn:
+            hand_overs.clear()
+            found = await round_trip.run(
+                conn, [(count, ()), (insert, _node(1)), (insert, _node(2)), (count, ())]
+            )
+            assert len(hand_overs) == 1
+            assert await round_trip.run(conn, []) == []
+            assert len(hand_overs) == 1  # nothing to send: no hand-over
+        # Each statement's rows (a write's: none), each seeing the ones before it.
+        assert found == [[(0,)], [], [], [(2,)]]
+        async with database.reader.connect() as conn:
+            stored = (await conn.execute(select(models.MerkleNode.idx))).scalars().all()
+        assert sorted(stored) == [1, 2]  # in the caller's transaction, committed with it
+    finally:
+        await database.dispose()
+
+
+async def test_a_failing_statement_raises_as_sqlalchemy_does_and_rolls_back(
+    tmp_path: Path,
+) -> None:
+    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'coalition.db'}")
+    insert = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            with pytest.raises(IntegrityError) as clash:
+                async with conn.begin_nested():
+                    await round_trip.run(
+                        conn, [(insert, _node(1)), (insert, _node(1)), (insert, _node(2))]
+                    )
+            # The failing statement, not the first one, and no row values (hide_parameters).
+            assert clash.value.statement == insert
+            assert "UNIQUE" in str(clash.value.orig)
+            assert "parameters hidden" in str(clash.value)
+            assert repr(bytes([1]) * 32) not in str(clash.value)
+            with pytest.raises(OperationalError):
+                await round_trip.run(conn, [("SELECT nothing FROM nowhere", ())])
+            await round_trip.run(conn, [(insert, _node(3))])
+        async with database.reader.connect() as conn:
+            stored = (await conn.execute(select(models.MerkleNode.idx))).scalars().all()
+        assert stored == [3]
+    finally:
+        await database.dispose()
+
+
+async def test_only_sqlite_takes_statements_together(db_url: str) -> None:
+    database = Database.connect(db_url)
+    try:
+        async with database.reader.connect() as conn:
+            if database.is_sqlite:
+                assert await round_trip.run(conn, [("SELECT 1", ())]) == [[(1,)]]
+            else:
+                with pytest.raises(ValueError, match="SQLite"):
+                    await round_trip.run(conn, [("SELECT 1", ())])
+    finally:
+        await database.dispose()
