@@ -1,5 +1,5 @@
-"""Several SQLite statements in one hand-over to aiosqlite's thread, in the caller's
-transaction."""
+"""Round trips to SQLite's thread: one hand-over per statement through SQLAlchemy, and
+several statements in one hand-over, in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from coalition_server.store import migrate, models, round_trip
@@ -96,5 +96,45 @@ async def test_only_sqlite_takes_statements_together(db_url: str) -> None:
             else:
                 with pytest.raises(ValueError, match="SQLite"):
                     await round_trip.run(conn, [("SELECT 1", ())])
+    finally:
+        await database.dispose()
+
+
+async def test_each_statement_through_sqlalchemy_takes_one_hand_over(
+    tmp_path: Path, hand_overs: list[str]
+) -> None:
+    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'coalition.db'}")
+    nodes = [{"level": 0, "idx": i, "hash": bytes([i]) * 32} for i in range(5)]
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            hand_overs.clear()
+            await conn.execute(insert(models.MerkleNode), nodes)  # an executemany
+            changed = await conn.execute(
+                update(models.MerkleNode)
+                .where(models.MerkleNode.idx >= 3)
+                .values(hash=b"\xff" * 32)
+            )
+            result = await conn.execute(
+                select(models.MerkleNode.idx, models.MerkleNode.hash).order_by(
+                    models.MerkleNode.idx
+                )
+            )
+            first, rest = result.fetchone(), result.fetchmany(2)
+            last = result.fetchall()
+            assert hand_overs == ["_execute"] * 3
+        assert changed.rowcount == 2
+        assert first == (0, bytes([0]) * 32)
+        assert [tuple(row) for row in rest] == [(1, bytes([1]) * 32), (2, bytes([2]) * 32)]
+        assert [tuple(row) for row in last] == [(3, b"\xff" * 32), (4, b"\xff" * 32)]
+        async with database.reader.connect() as conn:
+            count = await conn.execute(select(func.count()).select_from(models.MerkleNode))
+            assert count.scalar_one() == 5
+            with pytest.raises(OperationalError):
+                await conn.execute(
+                    select(func.count())
+                    .select_from(models.MerkleNode)
+                    .where(models.MerkleNode.idx == func.no_such_function())
+                )
     finally:
         await database.dispose()
