@@ -3,31 +3,14 @@ several statements in one hand-over, in the caller's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import aiosqlite
 import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from coalition_server.store import migrate, models, round_trip
 from coalition_server.store.database import Database
-
-
-@pytest.fixture
-def hand_overs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The functions handed to aiosqlite's thread (each still runs)."""
-    seen: list[str] = []
-    passed_on: Callable[..., Awaitable[Any]] = aiosqlite.Connection._execute  # untyped
-
-    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(getattr(fn, "__name__", repr(fn)))
-        return await passed_on(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-    return seen
 
 
 def _node(index: int) -> tuple[int, int, bytes]:

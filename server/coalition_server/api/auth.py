@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -50,27 +51,45 @@ class ReplayCache:
     A call older than ``window`` is refused on its timestamp, so a nonce need only be
     remembered for twice the window; the cache is bounded and refuses new calls when full
     rather than forgetting nonces that could still be replayed.
+
+    Kept compact because it grows with every signed call for twice the window (10 minutes
+    by default): each call is remembered as a 16-byte BLAKE2b digest of its key id and nonce,
+    in one set for lookups and in a list per :data:`BUCKETS`-th of the window for expiry
+    (about 160 bytes a call, where an ordered map of the key ids and nonces took about 320:
+    at 300 signed calls a second, 2.7 MiB a minute less).
     """
+
+    BUCKETS = 30
 
     def __init__(self, window_seconds: float, max_entries: int = 1_000_000) -> None:
         self._window = window_seconds
         self._max = max_entries
-        self._seen: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+        self._bucket_seconds = max(window_seconds / self.BUCKETS, 1e-3)
+        self._seen: set[bytes] = set()
+        # (bucket number, the digests first seen in it), oldest first.
+        self._buckets: deque[tuple[int, list[bytes]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def check_and_add(self, key_id: str, nonce: bytes, now: float) -> None:
         """Record the nonce; UNAUTHENTICATED if it was seen before."""
+        # Forget a bucket once all of it is older than twice the window.
         horizon = now - 2 * self._window
-        while self._seen:
-            _, first_seen = next(iter(self._seen.items()))
-            if first_seen >= horizon:
-                break
-            self._seen.popitem(last=False)
-        entry = (key_id, nonce)
-        if entry in self._seen:
+        while self._buckets and (self._buckets[0][0] + 1) * self._bucket_seconds <= horizon:
+            self._seen.difference_update(self._buckets.popleft()[1])
+        digest = hashlib.blake2b(
+            key_id.encode() + b"\0" + nonce, digest_size=16, person=b"coalition-nonce"
+        ).digest()
+        if digest in self._seen:
             raise UnauthenticatedError("REPLAYED_REQUEST", "this call was already made (nonce)")
         if len(self._seen) >= self._max:
             raise ResourceExhaustedError("AUTH_CACHE_FULL", "too many calls; retry shortly")
-        self._seen[entry] = now
+        self._seen.add(digest)
+        bucket = int(now // self._bucket_seconds)
+        if not self._buckets or self._buckets[-1][0] < bucket:
+            self._buckets.append((bucket, []))
+        self._buckets[-1][1].append(digest)
 
 
 class Authenticator:

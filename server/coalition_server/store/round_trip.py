@@ -57,11 +57,7 @@ async def run(conn: AsyncConnection, statements: Sequence[Statement]) -> list[Ro
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     if not isinstance(driver, aiosqlite.Connection):
-        found: list[Rows] = []
-        for sql, params in statements:
-            result = await conn.exec_driver_sql(sql, params)
-            found.append([tuple(row) for row in result] if result.returns_rows else [])
-        return found
+        raise TypeError("one hand-over for several statements needs aiosqlite's connection")
     failed: list[Statement] = []
 
     def run_all(connection: sqlite3.Connection) -> list[Rows]:
