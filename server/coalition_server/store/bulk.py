@@ -14,9 +14,9 @@ are raised as SQLAlchemy raises the driver's (an integrity error as ``IntegrityE
 lost connection invalidated first). On SQLite the rows go as multi-row ``VALUES``
 statements, as SQLAlchemy's own inserts do there (see ``database``): the sqlite3 module
 releases the GIL around each statement it steps, so an executemany took the GIL back once
-per row, each time queueing behind the threads verifying signatures. They reach the
-driver's thread in one hand-over (``round_trip``), where SQLAlchemy's execution takes three
-(cursor, statement, close), as do :func:`present`'s queries.
+per row, each time queueing behind the threads verifying signatures. An insert split
+over several such statements reaches the driver's thread in one hand-over
+(``round_trip.run``).
 
 :class:`Writes` sends several such writes (and updates) at once: on SQLite in one hand-over
 to the driver's thread, for the sequencer's closing writes of a batch.
@@ -251,11 +251,8 @@ async def present(
     ``column`` of ``model``'s table, asked with ``IN`` lists as SQLAlchemy's ``in_`` asks,
     without rendering the list anew for each execution (milliseconds of the event loop for
     a thousand values): the queries of :func:`presence_queries`."""
-    queries = presence_queries(conn.dialect, model, column, values)
-    if conn.dialect.name == "sqlite":
-        return {row[0] for rows in await round_trip.run(conn, queries) for row in rows}
     found: set[Any] = set()
-    for sql, params in queries:
+    for sql, params in presence_queries(conn.dialect, model, column, values):
         rows = await conn.exec_driver_sql(sql, params)
         found.update(row[0] for row in rows)
     return found
