@@ -20,8 +20,8 @@ import grpc
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from coalition_server import allocator, logs
 from coalition_server import event_loop as event_loops
-from coalition_server import logs
 from coalition_server.config import (
     BY_FIELD,
     CONFIG_ENV,
@@ -143,6 +143,8 @@ def serve(ctx: typer.Context) -> None:
 
     try:
         settings = _settings(ctx)
+        # Before gRPC and SQLite start their threads: decision 39.
+        allocator.cap_arenas()
         event_loops.run(_serve(settings), settings.event_loop)
     except NotMigratedError as exc:
         raise _fail(str(exc)) from None

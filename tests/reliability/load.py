@@ -374,11 +374,16 @@ class Lab:
     releases: list[FetchResult] = field(default_factory=list)
     watcher: asyncio.Task[None] | None = None
 
-    async def close(self) -> None:
-        """Stop following the withdrawal feed and close the client."""
+    async def stop_answering(self) -> None:
+        """Stop following the withdrawal feed: the lab appends no more deletion receipts."""
         if self.watcher is not None:
             self.watcher.cancel()
             await asyncio.gather(self.watcher, return_exceptions=True)
+            self.watcher = None
+
+    async def close(self) -> None:
+        """Stop following the withdrawal feed and close the client."""
+        await self.stop_answering()
         await self.client.close()
 
 
