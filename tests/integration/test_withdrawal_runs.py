@@ -166,6 +166,10 @@ async def test_an_item_withdrawal_does_not_read_the_members_withdrawal_history(
     assert reads, "the withdrawal read no items at all"
     for statement in reads:
         assert "items.contributor_key_id IN" not in statement, statement
+    # Of a token's withdrawn items it reads a count: one row a token, not one an item.
+    named = [s for s in reads if "FROM consent_items" in s]
+    assert named, reads
+    assert all("count(*)" in s and "GROUP BY consent_items.consent_id" in s for s in named), named
     assert await _states(alice) == {
         old_token: consent_pb2.CONSENT_STATE_INVALIDATED,
         new_token: consent_pb2.CONSENT_STATE_GIVEN,
@@ -174,3 +178,33 @@ async def test_an_item_withdrawal_does_not_read_the_members_withdrawal_history(
     # The last item of the second token still empties it.
     await alice.withdraw(builders.withdrawal(item_ids=new[1:]))
     assert (await _states(alice))[new_token] == consent_pb2.CONSENT_STATE_INVALIDATED
+
+
+async def test_a_token_is_emptied_by_withdrawals_across_batches_and_within_one(
+    make_client: Callable[..., Client], server: CoalitionServer
+) -> None:
+    """A token naming items becomes INVALIDATED when the last of its items is withdrawn,
+    whether the others went in earlier batches (counted from the database) or earlier in the
+    same batch (counted in memory); one naming an item still in use stays GIVEN."""
+    alice = await member(make_client, "alice")
+    a, b, c, d, e = await alice.register([b"a", b"b", b"c", b"d", b"e"])
+    all_four = await alice.grant(builders.consent_token(item_ids=[a, b, c, d]))
+    c_and_d = await alice.grant(builders.consent_token(item_ids=[c, d]))
+    b_only = await alice.grant(builders.consent_token(item_ids=[b]))
+    d_and_e = await alice.grant(builders.consent_token(item_ids=[d, e]))
+    await alice.withdraw(builders.withdrawal(item_ids=[a]))
+    assert set((await _states(alice)).values()) == {consent_pb2.CONSENT_STATE_GIVEN}
+
+    async with held(server) as until:
+        tasks = []
+        for position, item_ids in enumerate([[c], [b], [d]]):
+            statement = builders.withdrawal(item_ids=item_ids)
+            tasks.append(asyncio.create_task(alice.withdraw(statement)))
+            await until(position + 1)
+    await asyncio.gather(*tasks)
+    assert await _states(alice) == {
+        all_four: consent_pb2.CONSENT_STATE_INVALIDATED,
+        c_and_d: consent_pb2.CONSENT_STATE_INVALIDATED,
+        b_only: consent_pb2.CONSENT_STATE_INVALIDATED,
+        d_and_e: consent_pb2.CONSENT_STATE_GIVEN,
+    }

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -291,18 +291,17 @@ async def members_consents(
     return found
 
 
-async def withdrawn_items_named(
+async def withdrawn_item_counts(
     conn: AsyncConnection, consent_ids: Iterable[str]
-) -> dict[str, set[str]]:
-    """For each token (by id) that names items, those of its items that its own member has
-    withdrawn item by item. Reads through the tokens' item lists, so what it reads grows with
-    the tokens asked about, not with everything the member ever withdrew."""
+) -> dict[str, int]:
+    """For each token (by id) that names items, how many of its distinct items its own member
+    has withdrawn item by item: one row per token, however many it names."""
     wanted = sorted(set(consent_ids))
-    found: dict[str, set[str]] = {consent_id: set() for consent_id in wanted}
+    found = dict.fromkeys(wanted, 0)
     item, named, token = models.ItemRow, models.ConsentItem, models.ConsentRow
     for start in range(0, len(wanted), 500):
         rows = await conn.execute(
-            select(named.consent_id, named.item_id)
+            select(named.consent_id, func.count())
             .join(item, item.item_id == named.item_id)
             .join(token, token.consent_id == named.consent_id)
             .where(
@@ -310,9 +309,10 @@ async def withdrawn_items_named(
                 item.state == WITHDRAWN,
                 item.contributor_key_id == token.contributor_key_id,
             )
+            .group_by(named.consent_id)
         )
-        for row in rows:
-            found[row.consent_id].add(row.item_id)
+        for consent_id, count in rows:
+            found[consent_id] = count
     return found
 
 

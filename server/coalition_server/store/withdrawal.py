@@ -85,7 +85,11 @@ class Withdrawals:
         self._now = now
         self._items: dict[str, items.ItemRecord] = {}
         self._all_items: dict[str, list[str]] = {}  # member -> item ids, for whole-member scopes
-        self._withdrawn: dict[str, set[str]] = {}  # member -> ids withdrawn item by item
+        # Of each GIVEN token naming items (loaded at load): how many of its distinct items its
+        # member has withdrawn item by item, and those items. A count, not the items
+        # withdrawn: a token naming n items, withdrawn one by one, read n rows each time.
+        self._emptied: dict[str, int] = {}
+        self._named: dict[str, frozenset[str]] = {}
         self._tokens: dict[str, consents.ConsentEntry] = {}
         self._member_tokens: dict[str, list[str]] = {}  # member -> consent ids, ledger order
         self._struck: dict[str, set[str]] = {}
@@ -119,17 +123,16 @@ class Withdrawals:
             state._member_tokens[member] = [e.token.consent_id for e in entries]
             state._tokens.update((e.token.consent_id, e) for e in entries)
         # Withdrawn items matter only to tokens in force that name items (to invalidate the
-        # ones left naming none): read those tokens' withdrawn items, not the member's history.
-        scoped = {m: state._given_item_tokens(m) for m in members - whole}
-        by_token = await consents.withdrawn_items_named(
-            conn, [consent_id for ids in scoped.values() for consent_id in ids]
+        # ones left naming none): count those tokens' withdrawn items.
+        state._emptied = await consents.withdrawn_item_counts(
+            conn, [c for m in members - whole for c in state._given_item_tokens(m)]
         )
-        for member, consent_ids in scoped.items():
-            state._withdrawn[member] = set[str]().union(*(by_token[c] for c in consent_ids))
         for member in whole:
-            state._withdrawn[member] = {
+            withdrawn = {
                 i for i in state._all_items[member] if state._items[i].state == items.WITHDRAWN
             }
+            for consent_id in state._given_item_tokens(member):
+                state._emptied[consent_id] = len(state._named_items(consent_id) & withdrawn)
         wanted = {r.statement.consent_id for r in requests if not r.struck_lab} - {""}
         state._tokens.update(await consents.consents_by_id(conn, wanted - state._tokens.keys()))
         state._struck = await consents.struck_labs(conn, members)
@@ -174,8 +177,8 @@ class Withdrawals:
             for record in items.require_own_items(mine, ids, member, usable=True):
                 affected.append(self._set_item(record, items.WITHDRAWN))
                 self._item_withdrawals[record.item_id] = index
-            self._withdrawn[member].update(ids)
-            self._invalidate_emptied(member, index)
+            # Every one was in use until now (require_own_items refuses withdrawn items).
+            self._invalidate_emptied(member, frozenset(ids), index)
         else:
             given = [e for e in self._entries(member) if e.state_at(now) == rules.GIVEN]
             if not given and request.strict:
@@ -280,20 +283,31 @@ class Withdrawals:
         )
         self._token_states[entry.token.consent_id] = (state, index)
 
-    def _invalidate_emptied(self, member: str, index: int) -> None:
+    def _invalidate_emptied(self, member: str, withdrawn: frozenset[str], index: int) -> None:
         """Tokens naming only items that are all withdrawn become INVALIDATED (ISO 27560).
 
-        ``_withdrawn`` holds, of the member's withdrawn items, at least those named by its
-        tokens GIVEN at load (tokens only leave GIVEN here): all that the test below reads."""
-        gone = self._withdrawn[member]
+        ``withdrawn``: the member's items withdrawn just now, none withdrawn before. Every
+        token GIVEN now was GIVEN at load (tokens only leave GIVEN), so ``_emptied`` counts
+        its withdrawn items."""
         for entry in self._entries(member):
-            selector = entry.token.statement.items
+            consent_id = entry.token.consent_id
             if (
-                entry.recorded_state == rules.GIVEN
-                and selector.WhichOneof("selector") == "item_ids"
-                and set(selector.item_ids.item_ids) <= gone
+                entry.recorded_state != rules.GIVEN
+                or entry.token.statement.items.WhichOneof("selector") != "item_ids"
             ):
+                continue
+            named = self._named_items(consent_id)
+            self._emptied[consent_id] += len(named & withdrawn)
+            if self._emptied[consent_id] == len(named):
                 self._set_token(entry, rules.INVALIDATED, index)
+
+    def _named_items(self, consent_id: str) -> frozenset[str]:
+        """The distinct items a token names by id (read from its statement once a batch)."""
+        named = self._named.get(consent_id)
+        if named is None:
+            statement = self._tokens[consent_id].token.statement
+            named = self._named[consent_id] = frozenset(statement.items.item_ids.item_ids)
+        return named
 
     def _shred(self, member: str, item_ids: list[str]) -> None:
         self._stored.difference_update(item_ids)
