@@ -85,9 +85,9 @@ class Withdrawals:
         self._now = now
         self._items: dict[str, items.ItemRecord] = {}
         self._all_items: dict[str, list[str]] = {}  # member -> item ids, for whole-member scopes
-        # Of each GIVEN token naming items (loaded at load): how many of its distinct items its
-        # member has withdrawn item by item, and those items. A count, not the items
-        # withdrawn: a token naming n items, withdrawn one by one, read n rows each time.
+        # Of each GIVEN token naming items (at load): how many of its distinct items its member
+        # has withdrawn item by item (a count, not the items: a token naming n items,
+        # withdrawn one by one, read up to n rows each time), and the items it names.
         self._emptied: dict[str, int] = {}
         self._named: dict[str, frozenset[str]] = {}
         self._tokens: dict[str, consents.ConsentEntry] = {}
