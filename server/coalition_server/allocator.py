@@ -5,9 +5,8 @@ glibc's malloc gives each new thread an arena of its own, up to eight per core (
 server's threads hand memory to one another: gRPC's I/O threads fill buffers the event loop
 frees, SQLite's connection threads build the rows the loop drops. In the two-minute soak
 (tests/reliability/test_soak.py) the free memory held in arenas grew from 3 to 11 MiB while
-the memory in use grew by 3, and over seven minutes the server's resident memory climbed for
-about five before it levelled at ~150 MiB. With two arenas the free memory stayed at 2 to
-4 MiB and the soak's growth after warm-up was +5 to +6% instead of +9 to +10%; appends,
+the memory in use grew by 3 to 4. With two arenas the free memory stayed at 2 to 5 MiB and
+the soak's growth after warm-up was +6.2 and +6.4% instead of +8.9 to +10.5%; appends,
 negotiation and fetch benchmarks were unchanged (decision 39 in docs/decisions.md).
 
 glibc reads ``MALLOC_ARENA_MAX`` itself; when an operator sets it, that choice stands.
