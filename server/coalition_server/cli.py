@@ -20,7 +20,7 @@ import grpc
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coalition_server import allocator, logs
+from coalition_server import allocator, collector, logs
 from coalition_server import event_loop as event_loops
 from coalition_server.config import (
     BY_FIELD,
@@ -70,6 +70,8 @@ async def _serve(settings: Settings) -> None:
     log.info("event loop: %s", event_loops.name(loop))
     server = CoalitionServer(settings)
     await server.start()
+    # Started: what is alive now lives as long as the process (decision 40).
+    collector.freeze_start_up()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
