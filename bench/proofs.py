@@ -26,7 +26,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.big_ledger import shared_big_ledger
-from bench.harness import Benchmark, Context, DbKind, Figure, Stopwatch, Target, percentile
+from bench.harness import (
+    Benchmark,
+    Context,
+    DbKind,
+    Figure,
+    Stopwatch,
+    Target,
+    frozen_heap,
+    percentile,
+)
 from coalition import merkle
 from coalition.checkpoint import verify_checkpoint
 from coalition.client import Client
@@ -42,10 +51,11 @@ Proof = ledger_pb2.GetInclusionProofResponse | ledger_pb2.GetConsistencyProofRes
 
 async def _sample(call: Callable[[], Awaitable[object]], count: int) -> list[float]:
     times: list[float] = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await call()
-        times.append(time.perf_counter() - started)
+    with frozen_heap():
+        for _ in range(count):
+            started = time.perf_counter()
+            await call()
+            times.append(time.perf_counter() - started)
     return times
 
 

@@ -29,6 +29,7 @@ from bench.harness import (
     Figure,
     Target,
     coalition_server,
+    frozen_heap,
     latency_details,
 )
 from coalition import statements
@@ -87,15 +88,16 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
             ctx.log(f"{NAME}: {withdrawals} withdrawals, each noticed by {LABS} labs")
             latencies: list[float] = []
             early = 0
-            for item_id in timed:
-                response = await member.client.withdraw(item_ids=[item_id])
-                acknowledged = time.perf_counter()
-                if response.notified_labs != LABS:
-                    raise RuntimeError(f"{response.notified_labs} labs notified, not {LABS}")
-                await arrivals.all_arrived(item_id)
-                for at in arrivals.times[item_id].values():
-                    early += at < acknowledged
-                    latencies.append(max(0.0, at - acknowledged))
+            with frozen_heap():
+                for item_id in timed:
+                    response = await member.client.withdraw(item_ids=[item_id])
+                    acknowledged = time.perf_counter()
+                    if response.notified_labs != LABS:
+                        raise RuntimeError(f"{response.notified_labs} labs notified, not {LABS}")
+                    await arrivals.all_arrived(item_id)
+                    for at in arrivals.times[item_id].values():
+                        early += at < acknowledged
+                        latencies.append(max(0.0, at - acknowledged))
         finally:
             for task in followers:
                 task.cancel()

@@ -15,7 +15,7 @@ import time
 
 from pymerkle import SqliteTree
 
-from bench.harness import Benchmark, Context, DbKind, Figure, Stopwatch, percentile
+from bench.harness import Benchmark, Context, DbKind, Figure, Stopwatch, frozen_heap, percentile
 
 NAME = "pymerkle"
 ENTRY_BYTES = 300
@@ -26,11 +26,12 @@ def _sample(call: object, budget: float, most: int) -> list[float]:
     """Time ``call()`` up to ``most`` times or until ``budget`` seconds are spent."""
     assert callable(call)
     times: list[float] = []
-    spent_until = time.perf_counter() + budget
-    while len(times) < most and (len(times) < 3 or time.perf_counter() < spent_until):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
+    with frozen_heap():
+        spent_until = time.perf_counter() + budget
+        while len(times) < most and (len(times) < 3 or time.perf_counter() < spent_until):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
     return times
 
 
