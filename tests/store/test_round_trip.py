@@ -3,9 +3,14 @@ several statements in one hand-over, in the caller's transaction."""
 
 from __future__ import annotations
 
+import sqlite3
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
+import aiosqlite
 import pytest
+from packaging.requirements import Requirement
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -121,3 +126,26 @@ async def test_each_statement_through_sqlalchemy_takes_one_hand_over(
                 )
     finally:
         await database.dispose()
+
+
+def _declared_aiosqlite() -> Requirement:
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    found = [Requirement(r) for r in extras["server"] if r.startswith("aiosqlite")]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_the_declared_aiosqlite_range_admits_only_the_layout_round_trip_uses() -> None:
+    declared = _declared_aiosqlite()
+    assert declared.specifier.contains(version("aiosqlite"))
+    # 0.21's connection was itself the thread (no _thread): it would fail at connect.
+    assert not declared.specifier.contains("0.21.0")
+    assert not declared.specifier.contains("0.23.0")  # unchecked until someone checks it
+
+
+def test_aiosqlite_has_the_private_parts_round_trip_uses() -> None:
+    connection = aiosqlite.Connection(lambda: sqlite3.connect(":memory:"), iter_chunk_size=64)
+    assert callable(getattr(connection, "_execute", None))
+    assert hasattr(connection, "_thread")
+    assert isinstance(type(connection).__dict__.get("_conn"), property)

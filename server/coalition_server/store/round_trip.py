@@ -16,7 +16,8 @@ the batch's time.
 Each step made negotiation rounds on SQLite faster (docs/benchmarks.md). aiosqlite has no
 public way to run work of our own on its thread (its ``executescript`` commits first and
 binds no parameters), so both use its ``_execute``, the method its own calls go through,
-with the ``sqlite3`` connection it wraps.
+with the ``sqlite3`` connection it wraps. Those private parts are as aiosqlite 0.22 has
+them, so pyproject.toml admits 0.22 only (tests/store/test_round_trip.py holds both).
 """
 
 from __future__ import annotations
