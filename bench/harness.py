@@ -134,7 +134,8 @@ def frozen_heap() -> Iterator[None]:
     objects once set-up is done), so a full collection there paused every client for 40 to
     60 ms, and when one fell in a timed window it set the p99 of the calls it held up. The
     server does the same once at start (decision 40); the harness gives its objects back to
-    the collector after the block.
+    the collector after the block. Do not nest it (a ``Stopwatch`` is one): leaving the inner
+    block unfreezes everything for the rest of the outer one.
     """
     gc.collect()
     gc.freeze()
