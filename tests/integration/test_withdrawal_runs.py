@@ -11,12 +11,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-from sqlalchemy import event
+import pytest
+from alembic import command
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition.client import Client, ServerError
 from coalition.statements import sign_statement
 from coalition.v1 import consent_pb2, ledger_pb2
 from coalition_server.server import CoalitionServer
+from coalition_server.store import migrate, round_trip
+from coalition_server.store.models import ConsentRow
 
 from . import builders
 from .helpers import held
@@ -138,11 +143,12 @@ async def _states(who: Member) -> dict[str, int]:
 
 
 async def test_an_item_withdrawal_does_not_read_the_members_withdrawal_history(
-    make_client: Callable[..., Client], server: CoalitionServer
+    make_client: Callable[..., Client], server: CoalitionServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Deciding whether a token is left naming no item in force needs the states of the items
-    of the member's tokens in force, not every item the member ever withdrew: a read of the
-    items table by member would grow with that history."""
+    """Deciding whether a token is left naming no item in force needs, of each of the
+    member's tokens in force, how many of its items are withdrawn: a count kept on the
+    token's row (decision 41). Neither every item the member ever withdrew nor the items a
+    token names are read: either would grow with the member's history or the token's size."""
     alice = await member(make_client, "alice")
     old = await alice.register([b"old 1", b"old 2", b"old 3"])
     new = await alice.register([b"new 1", b"new 2"])
@@ -152,24 +158,33 @@ async def test_an_item_withdrawal_does_not_read_the_members_withdrawal_history(
         await alice.withdraw(builders.withdrawal(item_ids=[item_id]))
 
     reads: list[str] = []
+    named: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         if re.search(r"\b(FROM|JOIN) items\b", statement):
             reads.append(" ".join(statement.split()))
+        if re.search(r"\b(FROM|JOIN) consent_items\b", statement):
+            named.append(" ".join(statement.split()))
 
     engine = server.context.database.writer.sync_engine
     event.listen(engine, "before_cursor_execute", record)
+    passed_on = round_trip.run
+
+    async def run(conn: AsyncConnection, sent: Sequence[round_trip.Statement]) -> Any:
+        for sql, _ in sent:  # the statements sent below SQLAlchemy (decision 42)
+            record(None, None, sql)
+        return await passed_on(conn, sent)
+
+    monkeypatch.setattr(round_trip, "run", run)
     try:
         await alice.withdraw(builders.withdrawal(item_ids=new[:1]))
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert reads, "the withdrawal read no items at all"
     for statement in reads:
-        assert "items.contributor_key_id IN" not in statement, statement
-    # Of a token's withdrawn items it reads a count: one row a token, not one an item.
-    named = [s for s in reads if "FROM consent_items" in s]
-    assert named, reads
-    assert all("count(*)" in s and "GROUP BY consent_items.consent_id" in s for s in named), named
+        assert not re.search(r"\bcontributor_key_id IN\b", statement), statement
+    # Of a token's items it reads nothing: the token's row counts the withdrawn ones.
+    assert named == [], named
     assert await _states(alice) == {
         old_token: consent_pb2.CONSENT_STATE_INVALIDATED,
         new_token: consent_pb2.CONSENT_STATE_GIVEN,
@@ -208,3 +223,37 @@ async def test_a_token_is_emptied_by_withdrawals_across_batches_and_within_one(
         b_only: consent_pb2.CONSENT_STATE_INVALIDATED,
         d_and_e: consent_pb2.CONSENT_STATE_GIVEN,
     }
+    # Each token's row counts its withdrawn items (decision 41): what the next batch reads.
+    assert await _withdrawn_items(server) == {all_four: 4, c_and_d: 2, b_only: 1, d_and_e: 1}
+
+
+async def _withdrawn_items(server: CoalitionServer) -> dict[str, int]:
+    async with server.context.database.reader.connect() as conn:
+        rows = await conn.execute(select(ConsentRow.consent_id, ConsentRow.withdrawn_items))
+        return {row.consent_id: row.withdrawn_items for row in rows}
+
+
+async def test_the_migration_counts_withdrawn_items_as_withdrawals_keep_them(
+    make_client: Callable[..., Client], server: CoalitionServer
+) -> None:
+    """Migration 0005 fills the count of a ledger written before it from the items the
+    tokens name: the same counts the withdrawals kept, item by item, across batches."""
+    alice, bob = await member(make_client, "alice"), await member(make_client, "bob")
+    a, b, c, d = await alice.register([b"a", b"b", b"c", b"d"])
+    (x,) = await bob.register([b"x"])
+    three = await alice.grant(builders.consent_token(item_ids=[a, b, c]))
+    overlapping = await alice.grant(builders.consent_token(item_ids=[c, d]))
+    untouched = await alice.grant(builders.consent_token(item_ids=[d]))
+    bobs = await bob.grant(builders.consent_token(item_ids=[x]))
+    for item_id in (a, c):
+        await alice.withdraw(builders.withdrawal(item_ids=[item_id]))
+    await bob.withdraw(builders.withdrawal(item_ids=[x]))  # empties bob's token
+    kept = await _withdrawn_items(server)
+    assert kept == {three: 2, overlapping: 1, untouched: 0, bobs: 1}
+
+    database = server.context.database
+    async with database.writer.begin() as conn:
+        await conn.run_sync(lambda sync: command.downgrade(migrate._config(sync), "0004"))
+        await conn.run_sync(lambda sync: command.upgrade(migrate._config(sync), "head"))
+    assert await migrate.is_current(database)
+    assert await _withdrawn_items(server) == kept

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import event, func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -113,6 +114,14 @@ async def test_insert_rows_chunks_large_inserts_into_multi_row_statements(
         return await passed_on(conn, sent)
 
     monkeypatch.setattr(round_trip, "run", run)
+    copies: list[str] = []
+    copy_records = asyncpg.Connection.copy_records_to_table
+
+    async def copy(self: asyncpg.Connection, table: str, **kwargs: Any) -> Any:
+        copies.append(table)
+        return await copy_records(self, table, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", copy)
     rows = [(level, index, bytes([index % 256]) * 32) for level in (0, 1) for index in range(1250)]
     rows += [(2, index, bytes([index % 256]) * 32) for index in range(10_000)]
     try:
@@ -137,7 +146,8 @@ async def test_insert_rows_chunks_large_inserts_into_multi_row_statements(
                 2 * 1250 + 10_000 - per_statement,
             ]
         else:
-            assert [executemany for _, executemany in statements] == [True]
+            # One COPY, even as the transaction's first statement (it begins it first).
+            assert (statements, copies) == ([], ["merkle_nodes"])
     finally:
         await database.dispose()
 
@@ -290,3 +300,57 @@ async def test_a_refused_write_raises_integrity_error_and_leaves_nothing(db_url:
 def test_an_update_needs_a_value() -> None:
     with pytest.raises(ValueError, match="at least one value"):
         bulk.Writes().update(models.TreeHead, {"id": 1}, {})
+
+
+async def test_select_in_reads_the_listed_rows_in_and_out_of_a_transaction(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = Database.connect(db_url)
+    sent: list[str] = []
+    passed_on = round_trip.run
+
+    async def run(conn: AsyncConnection, statements: Sequence[round_trip.Statement]) -> Any:
+        sent.extend(sql for sql, _ in statements)
+        return await passed_on(conn, statements)
+
+    monkeypatch.setattr(round_trip, "run", run)
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            await conn.execute(insert(models.LogEntry), [_entry(i) for i in range(620)])
+            await bulk.insert_rows(
+                conn, models.ConsentRow, COLUMNS, [_consent(i) for i in range(620)]
+            )
+        # 510 listed and 3 not there: two IN lists, of 500 and of 13 padded to 16.
+        listed = [f"{i:032x}" for i in range(0, 620, 2)] + [f"{i:032x}" for i in range(1, 400, 2)]
+        missing = ["f" * 32, "e" * 32, "d" * 32]
+        async with database.writer.begin() as conn:
+            sent.clear()
+            rows = await bulk.select_in(conn, models.ConsentRow, "consent_id", listed + missing)
+            assert [sql.count("?") + sql.count("$") for sql in sent] == [500, 16]
+            narrow = await bulk.select_in(
+                conn,
+                models.ConsentRow,
+                "contributor_key_id",
+                ["a" * 64],
+                columns=["idx", "consent_id"],
+                order_by="idx",
+            )
+        assert sorted(row.consent_id for row in rows) == sorted(listed)
+        # Every column, each as SQLAlchemy gives it back (datetimes parsed on SQLite).
+        first = next(row for row in rows if row.consent_id == f"{0:032x}")
+        assert first.payload == b"\x00signed payload\xff"
+        assert (first.idx, first.state, first.withdrawn_items) == (0, 1, 0)
+        assert as_utc(first.not_before) == AT
+        assert as_utc(first.not_after) == AT + timedelta(days=365)
+        assert [row.idx for row in narrow] == list(range(620))
+        assert narrow[5]._fields == ("idx", "consent_id")
+        # Outside a transaction (the read-only services) through SQLAlchemy, same rows.
+        async with database.reader.connect() as conn:
+            sent.clear()
+            again = await bulk.select_in(conn, models.ConsentRow, "consent_id", listed + missing)
+            assert sent == []
+            assert await bulk.select_in(conn, models.ConsentRow, "consent_id", []) == []
+        assert sorted(again) == sorted(rows)
+    finally:
+        await database.dispose()

@@ -8,6 +8,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import pytest
 from sqlalchemy import event, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -16,7 +17,7 @@ from coalition.keys import SigningKey
 from coalition.v1 import ledger_pb2, negotiation_pb2, terms_pb2
 from coalition_server.api.negotiation import _LabMove
 from coalition_server.context import ServerContext
-from coalition_server.store import migrate, models
+from coalition_server.store import migrate, models, round_trip
 from coalition_server.store import negotiation as store
 from coalition_server.store.database import Database
 from coalition_server.store.sequencer import Receipts
@@ -135,13 +136,31 @@ def test_move_response_is_protobufs_encoding() -> None:
                 assert cls.FromString(wire) == expected
 
 
-async def test_a_run_of_moves_is_recorded_in_one_statement(db_url: str) -> None:
+async def test_a_run_of_moves_is_recorded_in_one_statement(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One upsert over the run's rows, sent below SQLAlchemy (decision 42): on SQLite in one
+    hand-over, on PostgreSQL as one executemany."""
     database = Database.connect(db_url)
     executed: list[str] = []
+    sends: list[tuple[str, int]] = []
 
     def seen(*args: Any) -> None:
         if "negotiations" in args[2]:
             executed.append(args[2])
+
+    run, run_many = round_trip.run, round_trip.run_many
+
+    async def one_hand_over(conn: AsyncConnection, statements: Any) -> Any:
+        sends.extend((sql, 1) for sql, _ in statements)
+        return await run(conn, statements)
+
+    async def executemany(conn: AsyncConnection, sql: str, rows: Any) -> None:
+        sends.append((sql, len(rows)))
+        await run_many(conn, sql, rows)
+
+    monkeypatch.setattr(round_trip, "run", one_hand_over)
+    monkeypatch.setattr(round_trip, "run_many", executemany)
 
     try:
         await migrate.upgrade(database)
@@ -164,11 +183,18 @@ async def test_a_run_of_moves_is_recorded_in_one_statement(db_url: str) -> None:
             ),
         ]
         event.listen(database.writer.sync_engine, "before_cursor_execute", seen)
+        sends.clear()
         async with database.writer.begin() as conn:
             await store.record_moves(conn, opened, moved)
             await store.record_moves(conn, [], [])
         event.remove(database.writer.sync_engine, "before_cursor_execute", seen)
-        assert len(executed) == 1
+        assert executed == []  # nothing through SQLAlchemy's cursor
+        upserts = {sql for sql, _ in sends}
+        assert len(upserts) == 1
+        assert "ON CONFLICT" in upserts.pop()
+        assert sum(rows for _, rows in sends) == 3
+        if not database.is_sqlite:
+            assert len(sends) == 1
         async with database.reader.connect() as conn:
             found = await store.negotiations(conn, [f"{i:032x}" for i in range(4)])
         # What an insert of the new rows and save_all of the moved ones would have left.

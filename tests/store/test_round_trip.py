@@ -1,5 +1,6 @@
-"""Round trips to SQLite's thread: one hand-over per statement through SQLAlchemy, and
-several statements in one hand-over, in the caller's transaction."""
+"""Round trips below SQLAlchemy's execution layer: to SQLite's thread, one hand-over per
+statement through SQLAlchemy and several statements in one hand-over; to asyncpg's
+connection directly; always in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import aiosqlite
 import pytest
 from packaging.requirements import Requirement
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from coalition_server.store import migrate, models, round_trip
 from coalition_server.store.database import Database
@@ -75,15 +76,59 @@ async def test_a_failing_statement_raises_as_sqlalchemy_does_and_rolls_back(
         await database.dispose()
 
 
-async def test_only_sqlite_takes_statements_together(db_url: str) -> None:
+async def test_statements_run_in_the_callers_transaction_on_both_databases(db_url: str) -> None:
+    """On PostgreSQL the statements go to asyncpg directly: the first one begins the
+    transaction SQLAlchemy has not begun yet, and it commits or rolls back with the caller's."""
     database = Database.connect(db_url)
+    mark = "?" if database.is_sqlite else "$"
+    marks = ", ".join(f"{mark}{n}" if mark == "$" else "?" for n in (1, 2, 3))
+    insert = f"INSERT INTO merkle_nodes (level, idx, hash) VALUES ({marks})"
+    count = "SELECT count(*) FROM merkle_nodes"
     try:
+        await migrate.upgrade(database)
+        async with database.writer.connect() as conn:
+            if not database.is_sqlite:
+                with pytest.raises(ValueError, match="transaction"):
+                    await round_trip.run(conn, [(count, ())])
+            async with conn.begin():
+                if database.is_sqlite:
+                    await conn.execute(select(1))  # SQLAlchemy's BEGIN (not the caller's)
+                assert await round_trip.run(conn, [(insert, _node(1)), (count, ())]) == [
+                    [],
+                    [(1,)],
+                ]
+                if not database.is_sqlite:
+                    await round_trip.run_many(conn, insert, [_node(2), _node(3)])
+                    assert await round_trip.run(conn, [(count, ())]) == [[(3,)]]
+                await conn.rollback()
+            async with conn.begin():
+                await round_trip.run(conn, [(insert, _node(4))])
         async with database.reader.connect() as conn:
-            if database.is_sqlite:
-                assert await round_trip.run(conn, [("SELECT 1", ())]) == [[(1,)]]
-            else:
-                with pytest.raises(ValueError, match="SQLite"):
-                    await round_trip.run(conn, [("SELECT 1", ())])
+            stored = (await conn.execute(select(models.MerkleNode.idx))).scalars().all()
+        assert stored == [4]  # the rolled-back ones are gone, the committed one is in
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.postgres
+async def test_asyncpg_errors_are_raised_as_sqlalchemy_does(db_url: str) -> None:
+    database = Database.connect(db_url)
+    if database.is_sqlite:
+        await database.dispose()
+        pytest.skip("asyncpg's errors (SQLite's: test_a_failing_statement_raises_...)")
+    insert = "INSERT INTO merkle_nodes (level, idx, hash) VALUES ($1, $2, $3)"
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            with pytest.raises(IntegrityError) as clash:
+                await round_trip.run_many(conn, insert, [_node(1), _node(1)])
+            assert clash.value.statement == insert
+            assert clash.value.params is None  # never the row values
+            assert repr(bytes([1]) * 32) not in str(clash.value)
+            await conn.rollback()
+        async with database.writer.begin() as conn:
+            with pytest.raises(ProgrammingError):
+                await round_trip.run(conn, [("SELECT nothing FROM nowhere", ())])
     finally:
         await database.dispose()
 

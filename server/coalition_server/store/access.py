@@ -11,7 +11,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition.v1 import access_pb2
-from coalition_server.store import models
+from coalition_server.store import bulk, models
 from coalition_server.timeutil import as_utc
 
 
@@ -117,16 +117,9 @@ async def agreements_covering(
     conn: AsyncConnection, item_ids: Iterable[str]
 ) -> list[tuple[AgreementEntry, list[str]]]:
     """Every agreement that covers any of the items, with which of them it covers."""
-    ids = sorted(set(item_ids))
     covered: dict[str, list[str]] = {}
-    for start in range(0, len(ids), 500):
-        rows = await conn.execute(
-            select(models.AgreementItem.agreement_id, models.AgreementItem.item_id).where(
-                models.AgreementItem.item_id.in_(ids[start : start + 500])
-            )
-        )
-        for row in rows:
-            covered.setdefault(row.agreement_id, []).append(row.item_id)
+    for row in await bulk.select_in(conn, models.AgreementItem, "item_id", item_ids):
+        covered.setdefault(row.agreement_id, []).append(row.item_id)
     found = await agreements(conn, covered)
     return [
         (found[agreement_id], sorted(covered[agreement_id]))
@@ -139,16 +132,8 @@ async def agreements(
     conn: AsyncConnection, agreement_ids: Iterable[str]
 ) -> dict[str, AgreementEntry]:
     """Agreements by id (missing ids are simply absent)."""
-    wanted = sorted(set(agreement_ids))
-    found: dict[str, AgreementEntry] = {}
-    for start in range(0, len(wanted), 500):
-        rows = await conn.execute(
-            select(models.AgreementRow).where(
-                models.AgreementRow.agreement_id.in_(wanted[start : start + 500])
-            )
-        )
-        found.update((row.agreement_id, _agreement(row)) for row in rows)
-    return found
+    rows = await bulk.select_in(conn, models.AgreementRow, "agreement_id", agreement_ids)
+    return {row.agreement_id: _agreement(row) for row in rows}
 
 
 async def agreement_item_ids(

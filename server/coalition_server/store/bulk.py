@@ -7,11 +7,13 @@ sends the same INSERT (compiled by SQLAlchemy for the connection's dialect) with
 plain tuples, so only the columns whose type has a bind processor on that dialect (SQLite
 stores datetimes as text) are touched per row.
 
-On PostgreSQL the rows go as one ``COPY`` (asyncpg's ``copy_records_to_table``), inside the
-caller's transaction: against an executemany of the same rows, a batch of a thousand tokens
-cost the event loop half the CPU (14 against 28 ms) and the database 70 ms less. Its errors
-are raised as SQLAlchemy raises the driver's (an integrity error as ``IntegrityError``, a
-lost connection invalidated first). On SQLite the rows go as multi-row ``VALUES``
+On PostgreSQL, in the caller's transaction, the rows go as one ``COPY`` (asyncpg's
+``copy_records_to_table``): against an executemany of the same rows, a batch of a thousand
+tokens cost the event loop half the CPU (14 against 28 ms) and the database 70 ms less.
+Fewer than :data:`_COPY_MIN_ROWS` go as asyncpg's ``executemany``, below SQLAlchemy's
+execution layer (``round_trip.run_many``). Errors are raised as SQLAlchemy raises the
+driver's (an integrity error as ``IntegrityError``, a lost connection invalidated first).
+On SQLite the rows go as multi-row ``VALUES``
 statements, as SQLAlchemy's own inserts do there (see ``database``): the sqlite3 module
 releases the GIL around each statement it steps, so an executemany took the GIL back once
 per row, each time queueing behind the threads verifying signatures. An insert split
@@ -28,16 +30,18 @@ before's is converted once (a batch's entries share one integration time).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-import asyncpg
 from sqlalchemy import LargeBinary, Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
 
 from coalition_server.store import round_trip
 from coalition_server.store.models import Base
@@ -88,12 +92,14 @@ async def insert_rows(
     sql, processors = _compiled(model, tuple(columns), dialect)
     params = _processed(rows, processors)
     if dialect.name != "sqlite":
-        if dialect.driver == "asyncpg" and len(params) >= _COPY_MIN_ROWS:
+        if dialect.driver != "asyncpg" or not conn.in_transaction():
+            await conn.exec_driver_sql(sql, params)
+        elif len(params) >= _COPY_MIN_ROWS:
             table = model.__table__
             assert isinstance(table, Table)
-            await _copy(conn, table, columns, params, sql)
+            await _copy(conn, table, columns, params)
         else:
-            await conn.exec_driver_sql(sql, params)
+            await round_trip.run_many(conn, sql, params)
         return
     await round_trip.run(conn, list(_values_lists(sql, len(columns), params, dialect)))
 
@@ -184,8 +190,9 @@ class Writes:
 
     On SQLite they reach the driver's thread in one hand-over (:mod:`round_trip`).
 
-    On PostgreSQL they run one after another, inserts as :func:`insert_rows` sends them:
-    asyncpg has no pipeline for statements with parameters.
+    On PostgreSQL they run one after another on asyncpg's connection (``round_trip``),
+    inserts as :func:`insert_rows` sends them: asyncpg has no pipeline for statements with
+    parameters.
 
     Errors are raised as SQLAlchemy raises the driver's (``IntegrityError`` and so on); the
     caller's transaction then rolls back whatever was sent before the failing statement.
@@ -220,8 +227,7 @@ class Writes:
                 if isinstance(write, _Insert):
                     await insert_rows(conn, write.model, write.columns, write.rows)
                 else:
-                    sql, params = _update_statement(write, dialect)
-                    await conn.exec_driver_sql(sql, params)
+                    await round_trip.run(conn, [_update_statement(write, dialect)])
             return
         statements: list[round_trip.Statement] = []
         for write in writes:
@@ -251,11 +257,13 @@ async def present(
     ``column`` of ``model``'s table, asked with ``IN`` lists as SQLAlchemy's ``in_`` asks,
     without rendering the list anew for each execution (milliseconds of the event loop for
     a thousand values): the queries of :func:`presence_queries`."""
-    found: set[Any] = set()
-    for sql, params in presence_queries(conn.dialect, model, column, values):
-        rows = await conn.exec_driver_sql(sql, params)
-        found.update(row[0] for row in rows)
-    return found
+    queries = presence_queries(conn.dialect, model, column, values)
+    if conn.dialect.name == "sqlite" or not conn.in_transaction():
+        found: set[Any] = set()
+        for sql, params in queries:
+            found.update(row[0] for row in await conn.exec_driver_sql(sql, params))
+        return found
+    return {row[0] for rows in await round_trip.run(conn, queries) for row in rows}
 
 
 def presence_queries(
@@ -284,34 +292,145 @@ def presence_queries(
     return queries
 
 
-async def _copy(
-    conn: AsyncConnection,
-    table: Table,
-    columns: Sequence[str],
-    rows: Sequence[tuple[Any, ...]],
-    sql: str,
+@lru_cache(maxsize=64)
+def _compiled_many(
+    statement: Executable, dialect: Dialect
+) -> tuple[str, tuple[str, ...], tuple[tuple[int, Processor], ...]]:
+    """``statement`` for ``dialect``: its SQL, the names its parameters bind in order, and
+    the (position, bind processor) of each parameter whose type has one there."""
+    compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
+    order = tuple(compiled.positiontup or ())
+    processors = tuple(
+        (position, processor)
+        for position, name in enumerate(order)
+        if not isinstance(param_type := compiled.binds[name].type, LargeBinary)
+        and (processor := param_type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    )
+    return str(compiled), order, processors
+
+
+async def execute_many(
+    conn: AsyncConnection, statement: Executable, rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    """``rows`` into ``table`` by asyncpg's ``COPY``, in the connection's transaction; the
-    INSERT ``sql`` (same rows) when there is none yet (SQLAlchemy opens it with the first
-    statement: a COPY before it would commit on its own)."""
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    if not isinstance(driver, asyncpg.Connection) or not driver.is_in_transaction():
-        await conn.exec_driver_sql(sql, rows)
+    """Run the write ``statement`` (built once, with a parameter per name in ``rows``) for
+    each of ``rows``, as ``conn.execute(statement, rows)`` would, below SQLAlchemy's
+    execution layer where the connection is in a transaction: one round trip (on SQLite
+    one hand-over), without SQLAlchemy's per-row parameter handling (decision 42)."""
+    if not rows:
         return
+    dialect = conn.dialect
+    if not conn.in_transaction() or not (dialect.name == "sqlite" or dialect.driver == "asyncpg"):
+        await conn.execute(statement, list(rows))
+        return
+    sql, order, processors = _compiled_many(statement, dialect)
+    params = _processed([tuple(row[name] for name in order) for row in rows], processors)
+    if dialect.name == "sqlite":
+        await round_trip.run(conn, [(sql, row) for row in params])
+    else:
+        await round_trip.run_many(conn, sql, params)
+
+
+_IN_LIST_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 500)
+"""The lengths :func:`select_in` pads its IN lists to (by repeating a value): a statement
+per length is prepared and cached by the driver, and a list as long as the batch's made a
+new one for every length (a round trip to prepare it, and PostgreSQL's cache of them is
+as small as a hundred)."""
+
+
+@lru_cache(maxsize=256)
+def _select_in(
+    model: type[Base],
+    columns: tuple[str, ...],
+    key: str,
+    order_by: str | None,
+    count: int,
+    dialect: Dialect,
+) -> tuple[str, Any, tuple[tuple[int, Processor], ...]]:
+    """The SELECT of ``columns`` of ``model``'s rows whose ``key`` is one of ``count``
+    values, for ``dialect``; the named tuple its rows become, and the result processor of
+    each column that has one there."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    preparer = dialect.identifier_preparer
+    names = ", ".join(preparer.quote(table.c[name].name) for name in columns)
+    sqlite = dialect.name == "sqlite"
+    marks = ", ".join("?" if sqlite else f"${n}" for n in range(1, count + 1))
+    order = f" ORDER BY {preparer.quote(table.c[order_by].name)}" if order_by else ""
+    # Identifiers from the table's metadata, quoted by the dialect; the values are bound.
+    sql = (
+        f"SELECT {names} FROM {preparer.format_table(table)} "  # noqa: S608
+        f"WHERE {preparer.quote(table.c[key].name)} IN ({marks}){order}"
+    )
+    processors = tuple(
+        (position, processor)
+        for position, name in enumerate(columns)
+        if (processor := table.c[name].type.dialect_impl(dialect).result_processor(dialect, None))
+        is not None
+    )
+    return sql, namedtuple(f"{table.name}_row", columns), processors
+
+
+async def select_in(
+    conn: AsyncConnection,
+    model: type[Base],
+    key: str,
+    values: Iterable[str],
+    *,
+    columns: Sequence[str] | None = None,
+    order_by: str | None = None,
+) -> list[Any]:
+    """The rows of ``model``'s table whose ``key`` column holds one of ``values`` (plain
+    strings: no bind processing), as named tuples of ``columns`` (default: all, in table
+    order) with the columns' result processing, ordered by ``order_by`` within each 500
+    values (callers that need one order across more sort them).
+
+    The SQL is rendered once per shape and run below SQLAlchemy's execution layer where
+    the connection is in a transaction (``round_trip.run``): building ``select(...)
+    .where(column.in_(values))`` and executing it cost the event loop about 400 us a
+    query, sending the same statement to the driver about 50 (decision 42).
+    """
+    wanted = sorted(set(values))
+    if not wanted:
+        return []
+    table = model.__table__
+    assert isinstance(table, Table)
+    names = tuple(columns) if columns is not None else tuple(c.key for c in table.columns)
+    dialect = conn.dialect
+    statements: list[round_trip.Statement] = []
+    shapes = []
+    for start in range(0, len(wanted), _IN_LIST_SIZES[-1]):
+        chunk = wanted[start : start + _IN_LIST_SIZES[-1]]
+        size = next(size for size in _IN_LIST_SIZES if size >= len(chunk))
+        sql, row_type, processors = _select_in(model, names, key, order_by, size, dialect)
+        statements.append((sql, tuple(chunk) + (chunk[-1],) * (size - len(chunk))))
+        shapes.append((row_type, processors))
+    if conn.in_transaction() and (dialect.name == "sqlite" or dialect.driver == "asyncpg"):
+        found = await round_trip.run(conn, statements)
+    else:
+        found = [
+            [tuple(row) for row in await conn.exec_driver_sql(sql, params)]
+            for sql, params in statements
+        ]
+    rows: list[Any] = []
+    for chunk_rows, (row_type, processors) in zip(found, shapes, strict=True):
+        for row in chunk_rows:
+            if processors:
+                values_ = list(row)
+                for position, processor in processors:
+                    values_[position] = processor(values_[position])
+                row = tuple(values_)
+            rows.append(row_type._make(row))
+    return rows
+
+
+async def _copy(
+    conn: AsyncConnection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """``rows`` into ``table`` by asyncpg's ``COPY``, in the connection's transaction."""
+    driver = await round_trip.asyncpg_in_transaction(conn)
     try:
         await driver.copy_records_to_table(
             table.name, records=rows, columns=list(columns), schema_name=table.schema
         )
     except Exception as error:
-        # As SQLAlchemy's own execute would raise it: the caller (and is_unavailable) know
-        # only its exceptions.
-        closed = driver.is_closed()
-        if closed:
-            await conn.invalidate(error)
-        statement = f"COPY {table.name}"
-        if isinstance(error, asyncpg.IntegrityConstraintViolationError):
-            raise IntegrityError(statement, None, error) from error
-        if isinstance(error, asyncpg.PostgresError) and not closed:
-            raise DBAPIError(statement, None, error) from error
-        raise InterfaceError(statement, None, error, connection_invalidated=closed) from error
+        await round_trip.raise_as_sqlalchemy(conn, driver, error, f"COPY {table.name}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,6 +32,9 @@ class ConsentEntry:
     recorded_state: int
     index: int
     withdrawal_index: int | None
+    withdrawn_items: int = 0
+    """Of a token naming items by id, while it is GIVEN: how many of its distinct items its
+    member has withdrawn item by item."""
 
     def state_at(self, at: datetime) -> int:
         """The ISO/IEC TS 27560 state at ``at``."""
@@ -47,7 +50,7 @@ def _entry(row: Any) -> ConsentEntry:
         not_before=as_utc(row.not_before),
         not_after=as_utc(row.not_after),
     )
-    return ConsentEntry(token, row.state, row.idx, row.withdrawal_idx)
+    return ConsentEntry(token, row.state, row.idx, row.withdrawal_idx, row.withdrawn_items)
 
 
 class Grant(NamedTuple):
@@ -243,20 +246,32 @@ def consented_at_all(item: ItemRecord, tokens: Iterable[rules.Token], at: dateti
     )
 
 
-async def set_states(conn: AsyncConnection, changes: Mapping[str, tuple[int, int]]) -> None:
-    """Record tokens' new states: consent_id -> (WITHDRAWN or INVALIDATED, the index of the
-    withdrawal that did it). One executemany for them all."""
-    if not changes:
+async def save_tokens(conn: AsyncConnection, entries: Iterable[ConsentEntry]) -> None:
+    """Record tokens as they now are: their recorded state, the index of the withdrawal that
+    changed it, and their count of withdrawn items. One executemany for them all."""
+    rows = [
+        {
+            "b_consent_id": entry.token.consent_id,
+            "b_state": entry.recorded_state,
+            "b_index": entry.withdrawal_index,
+            "b_count": entry.withdrawn_items,
+        }
+        for entry in entries
+    ]
+    if not rows:
         return
-    await conn.execute(
-        update(models.ConsentRow)
-        .where(models.ConsentRow.consent_id == bindparam("b_consent_id"))
-        .values(state=bindparam("b_state"), withdrawal_idx=bindparam("b_index")),
-        [
-            {"b_consent_id": consent_id, "b_state": state, "b_index": index}
-            for consent_id, (state, index) in changes.items()
-        ],
+    await bulk.execute_many(conn, _SAVE_TOKENS, rows)
+
+
+_SAVE_TOKENS = (
+    update(models.ConsentRow)
+    .where(models.ConsentRow.consent_id == bindparam("b_consent_id"))
+    .values(
+        state=bindparam("b_state"),
+        withdrawal_idx=bindparam("b_index"),
+        withdrawn_items=bindparam("b_count"),
     )
+)
 
 
 def require_withdrawable(entry: ConsentEntry | None, member: str, at: datetime) -> ConsentEntry:
@@ -280,39 +295,12 @@ async def members_consents(
     """Every token of each member (all states), in ledger order."""
     wanted = sorted(set(members))
     found: dict[str, list[ConsentEntry]] = {member: [] for member in wanted}
-    for start in range(0, len(wanted), 500):
-        rows = await conn.execute(
-            select(models.ConsentRow)
-            .where(models.ConsentRow.contributor_key_id.in_(wanted[start : start + 500]))
-            .order_by(models.ConsentRow.idx)
-        )
-        for row in rows:
-            found[row.contributor_key_id].append(_entry(row))
-    return found
-
-
-async def withdrawn_item_counts(
-    conn: AsyncConnection, consent_ids: Iterable[str]
-) -> dict[str, int]:
-    """For each token (by id) that names items, how many of its distinct items its own member
-    has withdrawn item by item: one row per token, however many it names."""
-    wanted = sorted(set(consent_ids))
-    found = dict.fromkeys(wanted, 0)
-    item, named, token = models.ItemRow, models.ConsentItem, models.ConsentRow
-    for start in range(0, len(wanted), 500):
-        rows = await conn.execute(
-            select(named.consent_id, func.count())
-            .join(item, item.item_id == named.item_id)
-            .join(token, token.consent_id == named.consent_id)
-            .where(
-                named.consent_id.in_(wanted[start : start + 500]),
-                item.state == WITHDRAWN,
-                item.contributor_key_id == token.contributor_key_id,
-            )
-            .group_by(named.consent_id)
-        )
-        for consent_id, count in rows:
-            found[consent_id] = count
+    # Ordered by idx within each chunk of members: each member's tokens are in one chunk.
+    rows = await bulk.select_in(
+        conn, models.ConsentRow, "contributor_key_id", wanted, order_by="idx"
+    )
+    for row in rows:
+        found[row.contributor_key_id].append(_entry(row))
     return found
 
 
@@ -320,30 +308,19 @@ async def consents_by_id(
     conn: AsyncConnection, consent_ids: Iterable[str]
 ) -> dict[str, ConsentEntry]:
     """Tokens by id (missing ids are simply absent)."""
-    wanted = sorted(set(consent_ids))
-    found: dict[str, ConsentEntry] = {}
-    for start in range(0, len(wanted), 500):
-        rows = await conn.execute(
-            select(models.ConsentRow).where(
-                models.ConsentRow.consent_id.in_(wanted[start : start + 500])
-            )
-        )
-        found.update((row.consent_id, _entry(row)) for row in rows)
-    return found
+    rows = await bulk.select_in(conn, models.ConsentRow, "consent_id", consent_ids)
+    return {row.consent_id: _entry(row) for row in rows}
 
 
 async def struck_labs(conn: AsyncConnection, members: Iterable[str]) -> dict[str, set[str]]:
     """The labs each member's consent no longer covers (executed strike pledges)."""
     wanted = sorted(set(members))
     found: dict[str, set[str]] = {member: set() for member in wanted}
-    for start in range(0, len(wanted), 500):
-        rows = await conn.execute(
-            select(models.ConsentExclusion).where(
-                models.ConsentExclusion.member_key_id.in_(wanted[start : start + 500])
-            )
-        )
-        for row in rows:
-            found[row.member_key_id].add(row.lab_key_id)
+    columns = ["member_key_id", "lab_key_id"]
+    for row in await bulk.select_in(
+        conn, models.ConsentExclusion, "member_key_id", wanted, columns=columns
+    ):
+        found[row.member_key_id].add(row.lab_key_id)
     return found
 
 

@@ -22,7 +22,7 @@ from coalition_server.domain.errors import (
     PermissionDeniedError,
 )
 from coalition_server.keys.provider import KeyProvider, WrappedKey
-from coalition_server.store import models
+from coalition_server.store import bulk, models
 
 REGISTERED = items_pb2.ITEM_STATE_REGISTERED
 STORED = items_pb2.ITEM_STATE_STORED
@@ -117,19 +117,11 @@ async def load_items(conn: AsyncConnection, item_ids: Iterable[str]) -> dict[str
     ids = sorted(set(item_ids))
     if not ids:
         return {}
-    records: dict[str, ItemRecord] = {}
     tags: dict[str, set[str]] = {item_id: set() for item_id in ids}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        for tag_row in await conn.execute(
-            select(models.ItemTag).where(models.ItemTag.item_id.in_(chunk))
-        ):
-            tags[tag_row.item_id].add(tag_row.tag)
-        for row in await conn.execute(
-            select(models.ItemRow).where(models.ItemRow.item_id.in_(chunk))
-        ):
-            records[row.item_id] = _record(row, tags[row.item_id])
-    return records
+    for tag_row in await bulk.select_in(conn, models.ItemTag, "item_id", ids):
+        tags[tag_row.item_id].add(tag_row.tag)
+    rows = await bulk.select_in(conn, models.ItemRow, "item_id", ids)
+    return {row.item_id: _record(row, tags[row.item_id]) for row in rows}
 
 
 async def member_items(conn: AsyncConnection, contributor_key_id: str) -> list[ItemRecord]:
@@ -163,16 +155,8 @@ async def members_items(
 
 async def stored_item_ids(conn: AsyncConnection, item_ids: Iterable[str]) -> set[str]:
     """Which of these items have content (a wrapped data key) stored."""
-    ids = sorted(set(item_ids))
-    found: set[str] = set()
-    for start in range(0, len(ids), 500):
-        rows = await conn.execute(
-            select(models.ItemContent.item_id).where(
-                models.ItemContent.item_id.in_(ids[start : start + 500])
-            )
-        )
-        found.update(row.item_id for row in rows)
-    return found
+    rows = await bulk.select_in(conn, models.ItemContent, "item_id", item_ids, columns=["item_id"])
+    return {row.item_id for row in rows}
 
 
 async def mark_withdrawn(conn: AsyncConnection, withdrawals: Mapping[str, int]) -> None:
@@ -180,12 +164,21 @@ async def mark_withdrawn(conn: AsyncConnection, withdrawals: Mapping[str, int]) 
     executemany for them all)."""
     if not withdrawals:
         return
-    await conn.execute(
-        update(models.ItemRow)
-        .where(models.ItemRow.item_id == bindparam("b_item_id"))
-        .values(state=WITHDRAWN, withdrawal_idx=bindparam("b_index")),
-        [{"b_item_id": item_id, "b_index": index} for item_id, index in withdrawals.items()],
+    await bulk.execute_many(
+        conn,
+        _MARK_WITHDRAWN,
+        [
+            {"b_item_id": item_id, "b_state": WITHDRAWN, "b_index": index}
+            for item_id, index in withdrawals.items()
+        ],
     )
+
+
+_MARK_WITHDRAWN = (
+    update(models.ItemRow)
+    .where(models.ItemRow.item_id == bindparam("b_item_id"))
+    .values(state=bindparam("b_state"), withdrawal_idx=bindparam("b_index"))
+)
 
 
 def _record(row: Any, tags: set[str]) -> ItemRecord:

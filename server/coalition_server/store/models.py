@@ -228,6 +228,10 @@ class ConsentRow(Base):
     withdrawal_idx: Mapped[int | None] = mapped_column(BigInt, nullable=True)
     # A member never uses a nonce twice (a replayed or cloned token is refused).
     nonce: Mapped[bytes] = mapped_column(LargeBinary(64))
+    # Of a token naming items by id: how many of its distinct items its member has withdrawn
+    # item by item, kept by the withdrawals while it is GIVEN (decision 41), so a withdrawal
+    # reads one row per token instead of its named items.
+    withdrawn_items: Mapped[int] = mapped_column(Integer, server_default="0")
 
     __table_args__ = (UniqueConstraint("contributor_key_id", "nonce"),)
 

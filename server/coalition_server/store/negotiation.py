@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition.v1 import negotiation_pb2, terms_pb2
-from coalition_server.store import models
+from coalition_server.store import bulk, models
 from coalition_server.timeutil import as_utc, to_timestamp
 
 
@@ -84,7 +84,6 @@ _TABLE = models.NegotiationRow.__table__
 assert isinstance(_TABLE, Table)
 # Built once: every batch of moves runs them, and building a statement (and its ORM
 # handling) cost about as much as running it. Core statements on the table itself.
-_BY_IDS = select(_TABLE).where(_TABLE.c.negotiation_id.in_(bindparam("ids", expanding=True)))
 _SAVE = (
     update(_TABLE)
     .where(_TABLE.c.negotiation_id == bindparam("b_negotiation_id"))
@@ -165,7 +164,7 @@ async def record_moves(
     entries = [*opened, *moved]
     if not entries:
         return
-    await conn.execute(_RECORD[conn.dialect.name], [_row(entry) for entry in entries])
+    await bulk.execute_many(conn, _RECORD[conn.dialect.name], [_row(entry) for entry in entries])
 
 
 async def save(conn: AsyncConnection, entry: NegotiationEntry) -> None:
@@ -177,7 +176,8 @@ async def save_all(conn: AsyncConnection, entries: Sequence[NegotiationEntry]) -
     """Write negotiations' new states (one executemany)."""
     if not entries:
         return
-    await conn.execute(
+    await bulk.execute_many(
+        conn,
         _SAVE,
         [
             {
@@ -206,12 +206,8 @@ async def negotiations(
     conn: AsyncConnection, negotiation_ids: Iterable[str]
 ) -> dict[str, NegotiationEntry]:
     """Negotiations by id (missing ids are simply absent)."""
-    wanted = sorted(set(negotiation_ids))
-    found: dict[str, NegotiationEntry] = {}
-    for start in range(0, len(wanted), 500):
-        rows = await conn.execute(_BY_IDS, {"ids": wanted[start : start + 500]})
-        found.update((row.negotiation_id, _entry(row)) for row in rows)
-    return found
+    rows = await bulk.select_in(conn, models.NegotiationRow, "negotiation_id", negotiation_ids)
+    return {row.negotiation_id: _entry(row) for row in rows}
 
 
 async def lab_negotiations(

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from sqlalchemy import select, union_all
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coalition_server.domain import consent as rules
 from coalition_server.domain.supply import CandidateMemo
-from coalition_server.store import models
+from coalition_server.store import models, round_trip
 from coalition_server.store.consent import given_tokens
 from coalition_server.store.items import WITHDRAWN, ItemRecord, load_items
 
@@ -88,9 +90,22 @@ _POOL_VERSION = union_all(
 )
 
 
+@lru_cache(maxsize=4)
+def _pool_version_sql(dialect: Dialect) -> str:
+    # The kinds are this module's constants: rendered into the SQL, which binds nothing.
+    return str(_POOL_VERSION.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
 async def pool_version(conn: AsyncConnection) -> Version:
-    """The pool's version: one index seek per kind (the (kind, idx) index)."""
-    rows = {row.kind: (row.idx, row.leaf_hash) for row in await conn.execute(_POOL_VERSION)}
+    """The pool's version: one index seek per kind (the (kind, idx) index). Asked on every
+    negotiation batch: at the driver level where it can be (``bulk.select_in``)."""
+    dialect = conn.dialect
+    if conn.in_transaction() and (dialect.name == "sqlite" or dialect.driver == "asyncpg"):
+        (found,) = await round_trip.run(conn, [(_pool_version_sql(dialect), ())])
+        rows = {kind: (idx, bytes(leaf_hash)) for kind, idx, leaf_hash in found}
+    else:
+        result = await conn.execute(_POOL_VERSION)
+        rows = {row.kind: (row.idx, row.leaf_hash) for row in result}
     return tuple(rows.get(kind, (-1, b"")) for kind in POOL_KINDS)
 
 

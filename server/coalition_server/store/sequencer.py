@@ -849,7 +849,8 @@ class Sequencer:
         query, and the statements in as few as bind (per 500 on PostgreSQL).
 
         On SQLite the transaction's BEGIN IMMEDIATE and all of these go to the database in
-        one round trip (see ``round_trip``)."""
+        one round trip; on PostgreSQL they go one after another on asyncpg's connection
+        (see ``round_trip``)."""
         keys = sorted(
             {
                 (key.caller_key_id, key.request_id)
@@ -860,7 +861,9 @@ class Sequencer:
         checked = {sub.statement_hash for pending in batch for sub in pending.group.submissions}
         hashes = sorted(checked)
         dialect = conn.dialect
-        if not caller_begins(conn):
+        begins = caller_begins(conn)
+        if dialect.name == "sqlite" and not begins:
+            # SQLAlchemy sends BEGIN IMMEDIATE with its first statement: go through it.
             row = (
                 await conn.execute(
                     select(*_HEAD_COLUMNS).where(models.TreeHead.id == 1).with_for_update()
@@ -880,14 +883,14 @@ class Sequencer:
             for start in range(0, len(keys), 500)
         ]
         presence = bulk.presence_queries(dialect, models.LogEntry, "statement_hash", hashes)
-        found = await round_trip.run(
-            conn, [("BEGIN IMMEDIATE", ()), (head_sql, ()), *answered_queries, *presence]
-        )
-        size, root_hash, last_time = found[1][0]
+        begin: list[round_trip.Statement] = [("BEGIN IMMEDIATE", ())] if begins else []
+        statements = [*begin, (head_sql, ()), *answered_queries, *presence]
+        found = (await round_trip.run(conn, statements))[len(begin) :]
+        size, root_hash, last_time = found[0][0]
         answered = {
-            (r[0], r[1]): r[2] for rows in found[2 : 2 + len(answered_queries)] for r in rows
+            (r[0], r[1]): r[2] for rows in found[1 : 1 + len(answered_queries)] for r in rows
         }
-        logged = {r[0] for rows in found[2 + len(answered_queries) :] for r in rows}
+        logged = {r[0] for rows in found[1 + len(answered_queries) :] for r in rows}
         return _Head(size, root_hash, time_of(last_time)), _Known(answered, checked, logged)
 
     def _check_request_id(
@@ -1015,9 +1018,10 @@ _HEAD_COLUMNS = (
 
 @lru_cache(maxsize=4)
 def _head_query(dialect: Dialect) -> tuple[str, Callable[[Any], datetime]]:
-    """The tree head's query for ``dialect`` (no parameters), and how its time column
-    comes back from the driver as a datetime."""
-    statement = select(*_HEAD_COLUMNS).where(models.TreeHead.id == 1)
+    """The tree head's query for ``dialect`` (no parameters), locking it where the database
+    locks rows (``FOR UPDATE``; SQLite's BEGIN IMMEDIATE locks the whole database), and how
+    its time column comes back from the driver as a datetime."""
+    statement = select(*_HEAD_COLUMNS).where(models.TreeHead.id == 1).with_for_update()
     sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     column_type = models.TreeHead.__table__.c.last_integrated_time.type
     processor = column_type.dialect_impl(dialect).result_processor(dialect, None)

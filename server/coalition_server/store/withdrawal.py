@@ -85,10 +85,7 @@ class Withdrawals:
         self._now = now
         self._items: dict[str, items.ItemRecord] = {}
         self._all_items: dict[str, list[str]] = {}  # member -> item ids, for whole-member scopes
-        # Of each GIVEN token naming items (at load): how many of its distinct items its member
-        # has withdrawn item by item (a count, not the items: a token naming n items,
-        # withdrawn one by one, read up to n rows each time), and the items it names.
-        self._emptied: dict[str, int] = {}
+        # Of each token naming items, the distinct items it names (read once a batch).
         self._named: dict[str, frozenset[str]] = {}
         self._tokens: dict[str, consents.ConsentEntry] = {}
         self._member_tokens: dict[str, list[str]] = {}  # member -> consent ids, ledger order
@@ -98,7 +95,7 @@ class Withdrawals:
         self._agreements: dict[str, access.AgreementEntry] = {}
         # What record() writes.
         self._item_withdrawals: dict[str, int] = {}
-        self._token_states: dict[str, tuple[int, int]] = {}
+        self._changed_tokens: set[str] = set()
         self._exclusions: dict[tuple[str, str], int] = {}
         self._shredded: set[str] = set()
         self._kek_owners: set[str] = set()
@@ -123,16 +120,7 @@ class Withdrawals:
             state._member_tokens[member] = [e.token.consent_id for e in entries]
             state._tokens.update((e.token.consent_id, e) for e in entries)
         # Withdrawn items matter only to tokens in force that name items (to invalidate the
-        # ones left naming none): count those tokens' withdrawn items.
-        state._emptied = await consents.withdrawn_item_counts(
-            conn, [c for m in members - whole for c in state._given_item_tokens(m)]
-        )
-        for member in whole:
-            withdrawn = {
-                i for i in state._all_items[member] if state._items[i].state == items.WITHDRAWN
-            }
-            for consent_id in state._given_item_tokens(member):
-                state._emptied[consent_id] = len(state._named_items(consent_id) & withdrawn)
+        # ones left naming none): each token's row counts its withdrawn items (decision 41).
         wanted = {r.statement.consent_id for r in requests if not r.struck_lab} - {""}
         state._tokens.update(await consents.consents_by_id(conn, wanted - state._tokens.keys()))
         state._struck = await consents.struck_labs(conn, members)
@@ -246,7 +234,7 @@ class Withdrawals:
         """Write what every decided withdrawal did (a fixed number of statements)."""
         # Withdrawn before shredded: shredding turns only STORED items back to REGISTERED.
         await items.mark_withdrawn(conn, self._item_withdrawals)
-        await consents.set_states(conn, self._token_states)
+        await consents.save_tokens(conn, (self._tokens[c] for c in sorted(self._changed_tokens)))
         await consents.exclude_labs(conn, self._exclusions)
         await items.shred_items(conn, self._shredded)
         await items.retire_keks(conn, self._kek_owners, self._now)
@@ -257,15 +245,6 @@ class Withdrawals:
 
     def _entries(self, member: str) -> list[consents.ConsentEntry]:
         return [self._tokens[i] for i in self._member_tokens[member]]
-
-    def _given_item_tokens(self, member: str) -> list[str]:
-        """The member's GIVEN tokens that select items by id (the ones that can be emptied)."""
-        return [
-            entry.token.consent_id
-            for entry in self._entries(member)
-            if entry.recorded_state == rules.GIVEN
-            and entry.token.statement.items.WhichOneof("selector") == "item_ids"
-        ]
 
     def _given_tokens(self, member: str) -> list[rules.Token]:
         """As :func:`consents.given_tokens`: recorded GIVEN, with the member's struck labs."""
@@ -281,14 +260,14 @@ class Withdrawals:
         self._tokens[entry.token.consent_id] = replace(
             entry, recorded_state=state, withdrawal_index=index
         )
-        self._token_states[entry.token.consent_id] = (state, index)
+        self._changed_tokens.add(entry.token.consent_id)
 
     def _invalidate_emptied(self, member: str, withdrawn: frozenset[str], index: int) -> None:
         """Tokens naming only items that are all withdrawn become INVALIDATED (ISO 27560).
 
-        ``withdrawn``: the member's items withdrawn just now, none withdrawn before. Every
-        token GIVEN now was GIVEN at load (tokens only leave GIVEN), so ``_emptied`` counts
-        its withdrawn items."""
+        ``withdrawn``: the member's items withdrawn just now, none withdrawn before. A GIVEN
+        token's count of withdrawn items is kept as they go (only item withdrawals withdraw
+        items, and only GIVEN tokens are counted: tokens only leave GIVEN)."""
         for entry in self._entries(member):
             consent_id = entry.token.consent_id
             if (
@@ -297,8 +276,13 @@ class Withdrawals:
             ):
                 continue
             named = self._named_items(consent_id)
-            self._emptied[consent_id] += len(named & withdrawn)
-            if self._emptied[consent_id] == len(named):
+            gone = len(named & withdrawn)
+            if not gone:
+                continue
+            entry = replace(entry, withdrawn_items=entry.withdrawn_items + gone)
+            self._tokens[consent_id] = entry
+            self._changed_tokens.add(consent_id)
+            if entry.withdrawn_items == len(named):
                 self._set_token(entry, rules.INVALIDATED, index)
 
     def _named_items(self, consent_id: str) -> frozenset[str]:
