@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -63,9 +64,9 @@ class PublicKey:
 
     def _load(self) -> Ed25519PublicKey:
         # Loaded on use rather than stored, so the dataclass holds plain bytes only (it
-        # copies, pickles and compares as a value); loading costs about a microsecond.
+        # copies, pickles and compares as a value), from a cache of loaded keys.
         try:
-            return Ed25519PublicKey.from_public_bytes(self.raw)
+            return _loaded_public_key(self.raw)
         except ValueError as e:
             raise KeyFormatError(f"not an Ed25519 public key: {e}") from e
 
@@ -87,6 +88,15 @@ class PublicKey:
             self._load().verify(signature, message)
         except InvalidSignature:
             raise SignatureError(f"signature by key {self.key_id} does not verify") from None
+
+
+@lru_cache(maxsize=4096)
+def _loaded_public_key(raw: bytes) -> Ed25519PublicKey:
+    """``cryptography``'s key for ``raw``, loaded once: a server checks two signatures per
+    call, mostly by the same few thousand parties, and loading keys was 2% of the event
+    loop in the negotiation benchmark (py-spy). Loaded keys are immutable; a key that does
+    not load raises ValueError each time (exceptions are not cached)."""
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 class SigningKey:

@@ -264,3 +264,20 @@ def test_load_rejects_bad_files(tmp_path: Path, content: bytes) -> None:
 def test_load_missing_file_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         SigningKey.load(tmp_path / "absent.pem")
+
+
+def test_a_public_key_is_loaded_once() -> None:
+    """Verifying is the server's hottest path: each party's key is loaded once, not per
+    signature, and a bad signature is still refused."""
+    from coalition import keys
+
+    before = keys._loaded_public_key.cache_info()
+    signer = SigningKey.generate()
+    message = b"call bytes"
+    for _ in range(3):
+        PublicKey(signer.public_key.raw).verify(signer.sign(message), message)
+    after = keys._loaded_public_key.cache_info()
+    assert after.misses - before.misses == 1
+    assert after.hits - before.hits >= 5  # construction and each verification
+    with pytest.raises(SignatureError):
+        PublicKey(signer.public_key.raw).verify(signer.sign(b"other"), message)

@@ -354,3 +354,76 @@ async def test_select_in_reads_the_listed_rows_in_and_out_of_a_transaction(
         assert sorted(again) == sorted(rows)
     finally:
         await database.dispose()
+
+
+@pytest.mark.postgres
+async def test_writes_reach_postgresql_as_one_statement_per_run_of_tables(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consecutive writes to different tables are one statement (one round trip); a table
+    written again starts the next; an insert of COPY's size goes alone."""
+    database = Database.connect(db_url)
+    if database.is_sqlite:
+        await database.dispose()
+        pytest.skip("PostgreSQL's statements (SQLite's hand-overs: the test above)")
+    sent: list[str] = []
+    passed_on = round_trip.run
+
+    async def run(conn: AsyncConnection, statements: Sequence[round_trip.Statement]) -> Any:
+        sent.extend(sql for sql, _ in statements)
+        return await passed_on(conn, statements)
+
+    monkeypatch.setattr(round_trip, "run", run)
+    run_many = round_trip.run_many
+
+    async def executemany(conn: AsyncConnection, sql: str, rows: Any) -> None:
+        sent.append(sql)
+        await run_many(conn, sql, rows)
+
+    monkeypatch.setattr(round_trip, "run_many", executemany)
+    copies: list[str] = []
+    copy_records = asyncpg.Connection.copy_records_to_table
+
+    async def copy(self: asyncpg.Connection, table: str, **kwargs: Any) -> Any:
+        copies.append(table)
+        return await copy_records(self, table, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", copy)
+    try:
+        await migrate.upgrade(database)
+        async with database.writer.begin() as conn:
+            await conn.execute(insert(models.TreeHead), [{"id": 1, **_head(0, AT)}])
+        writes = bulk.Writes()
+        writes.insert(
+            models.LogEntry, tuple(_entry(0)), [tuple(_entry(i).values()) for i in (0, 1)]
+        )
+        writes.insert(models.ConsentRow, COLUMNS, [_consent(0), _consent(1)])
+        writes.update(models.TreeHead, {"id": 1}, _head(2, AT))
+        writes.update(models.TreeHead, {"id": 1}, {"size": 3})  # the head again: next one
+        nodes = [(0, index, bytes([index % 256]) * 32) for index in range(300)]
+        writes.insert(models.MerkleNode, ("level", "idx", "hash"), nodes)  # COPY, alone
+        writes.insert(models.EntrySubject, ("subject", "idx"), [("s", 0), ("s", 1)])
+        async with database.writer.begin() as conn:
+            await writes.send(conn)
+        assert [
+            sql.split(" AS (")[0] if sql.startswith("WITH") else sql.split()[0] for sql in sent
+        ] == [
+            "WITH w0",  # entries, tokens and the head's first update
+            "UPDATE",  # the head again, alone before the COPY
+            "INSERT",  # the subjects after it
+        ]
+        assert sent[0].count(" AS (") == 3
+        assert copies == ["merkle_nodes"]
+        async with database.reader.connect() as conn:
+            assert (await conn.execute(select(models.TreeHead.size))).scalar_one() == 3
+            assert (
+                await conn.execute(select(func.count()).select_from(models.ConsentRow))
+            ).scalar_one() == 2
+            assert (
+                await conn.execute(select(func.count()).select_from(models.MerkleNode))
+            ).scalar_one() == 300
+            assert (
+                await conn.execute(select(func.count()).select_from(models.EntrySubject))
+            ).scalar_one() == 2
+    finally:
+        await database.dispose()

@@ -190,9 +190,13 @@ class Writes:
 
     On SQLite they reach the driver's thread in one hand-over (:mod:`round_trip`).
 
-    On PostgreSQL they run one after another on asyncpg's connection (``round_trip``),
-    inserts as :func:`insert_rows` sends them: asyncpg has no pipeline for statements with
-    parameters.
+    On PostgreSQL, in a transaction, consecutive writes to different tables go as one
+    statement of data-modifying ``WITH`` queries (inserts from ``unnest`` of one array per
+    column), on asyncpg's connection (``round_trip``): asyncpg has no pipeline for
+    statements with parameters, and each statement is a round trip while the batch's
+    callers wait. A table written twice starts a new statement (the queries of one
+    statement see the same snapshot, and one row may not be changed twice in it); an insert
+    of :data:`_COPY_MIN_ROWS` rows or more goes alone, as a COPY.
 
     Errors are raised as SQLAlchemy raises the driver's (``IntegrityError`` and so on); the
     caller's transaction then rolls back whatever was sent before the failing statement.
@@ -223,11 +227,25 @@ class Writes:
         writes, self._writes = self._writes, []
         dialect = conn.dialect
         if dialect.name != "sqlite":
+            if dialect.driver != "asyncpg" or not conn.in_transaction():
+                for write in writes:
+                    if isinstance(write, _Insert):
+                        await insert_rows(conn, write.model, write.columns, write.rows)
+                    else:
+                        await conn.exec_driver_sql(*_update_statement(write, dialect))
+                return
+            together: list[_Insert | _Update] = []
             for write in writes:
-                if isinstance(write, _Insert):
+                alone = isinstance(write, _Insert) and len(write.rows) >= _COPY_MIN_ROWS
+                if alone or any(other.model is write.model for other in together):
+                    await _send_together(conn, together)
+                    together = []
+                if alone:
+                    assert isinstance(write, _Insert)
                     await insert_rows(conn, write.model, write.columns, write.rows)
                 else:
-                    await round_trip.run(conn, [_update_statement(write, dialect)])
+                    together.append(write)
+            await _send_together(conn, together)
             return
         statements: list[round_trip.Statement] = []
         for write in writes:
@@ -238,6 +256,82 @@ class Writes:
             else:
                 statements.append(_update_statement(write, dialect))
         await round_trip.run(conn, statements)
+
+
+async def _send_together(conn: AsyncConnection, writes: Sequence[_Insert | _Update]) -> None:
+    """PostgreSQL: ``writes`` (to different tables) as one statement, in one round trip."""
+    if not writes:
+        return
+    dialect = conn.dialect
+    if len(writes) == 1:
+        (write,) = writes
+        if isinstance(write, _Insert):
+            await insert_rows(conn, write.model, write.columns, write.rows)
+        else:
+            await round_trip.run(conn, [_update_statement(write, dialect)])
+        return
+    shape = tuple(
+        (write.model, "insert", write.columns)
+        if isinstance(write, _Insert)
+        else (write.model, "update", (*write.values, *(f"key_{name}" for name in write.keys)))
+        for write in writes
+    )
+    params: list[Any] = []
+    for write in writes:
+        if isinstance(write, _Insert):
+            _, processors = _compiled(write.model, write.columns, dialect)
+            rows = _processed(write.rows, processors)
+            params.extend(list(column) for column in zip(*rows, strict=True))
+        else:
+            _, _, by_name = _compiled_update(
+                write.model, tuple(write.keys), tuple(write.values), dialect
+            )
+            given = {**write.values, **{f"key_{name}": v for name, v in write.keys.items()}}
+            for name in (*write.values, *(f"key_{name}" for name in write.keys)):
+                value = given[name]
+                params.append(by_name[name](value) if name in by_name else value)
+    await round_trip.run(conn, [(_together_sql(shape, dialect), tuple(params))])
+
+
+@lru_cache(maxsize=32)
+def _together_sql(
+    shape: tuple[tuple[type[Base], str, tuple[str, ...]], ...], dialect: Dialect
+) -> str:
+    """The one statement for writes of this ``shape``: per write its model, whether it is an
+    insert (its columns) or an update (its values' columns, then ``key_``-prefixed keys)."""
+    # Identifiers from the tables' metadata, quoted by the dialect; the values are bound.
+    preparer = dialect.identifier_preparer
+    queries: list[str] = []
+    number = 0
+    for model, kind, names in shape:
+        table = model.__table__
+        assert isinstance(table, Table)
+
+        def cast_type(name: str, table: Table = table) -> str:
+            return table.c[name].type.compile(dialect=dialect)
+
+        target = preparer.format_table(table)
+        if kind == "insert":
+            arrays = []
+            for name in names:
+                number += 1
+                arrays.append(f"${number}::{cast_type(name)}[]")
+            columns = ", ".join(preparer.quote(table.c[name].name) for name in names)
+            unnest = ", ".join(arrays)
+            queries.append(f"INSERT INTO {target} ({columns}) SELECT * FROM unnest({unnest})")  # noqa: S608
+        else:
+            sets: list[str] = []
+            wheres: list[str] = []
+            for name in names:
+                number += 1
+                column = name.removeprefix("key_")
+                quoted = preparer.quote(table.c[column].name)
+                clause = f"{quoted} = ${number}::{cast_type(column)}"
+                (wheres if name.startswith("key_") else sets).append(clause)
+            where = " AND ".join(wheres)
+            queries.append(f"UPDATE {target} SET {', '.join(sets)} WHERE {where}")  # noqa: S608
+    ctes = ", ".join(f"w{position} AS ({query})" for position, query in enumerate(queries))
+    return f"WITH {ctes} SELECT 1"
 
 
 def _update_statement(write: _Update, dialect: Dialect) -> tuple[str, tuple[Any, ...]]:
