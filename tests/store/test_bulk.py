@@ -56,6 +56,40 @@ def _consent(index: int) -> tuple[object, ...]:
     )
 
 
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of each statement sent below SQLAlchemy (``round_trip.run`` and
+    ``run_many``), as it is sent."""
+    statements: list[str] = []
+    run, run_many = round_trip.run, round_trip.run_many
+
+    async def one_hand_over(conn: AsyncConnection, sent: Sequence[round_trip.Statement]) -> Any:
+        statements.extend(sql for sql, _ in sent)
+        return await run(conn, sent)
+
+    async def executemany(conn: AsyncConnection, sql: str, rows: Any) -> None:
+        statements.append(sql)
+        await run_many(conn, sql, rows)
+
+    monkeypatch.setattr(round_trip, "run", one_hand_over)
+    monkeypatch.setattr(round_trip, "run_many", executemany)
+    return statements
+
+
+@pytest.fixture
+def copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tables asyncpg's COPY writes to, as they are written."""
+    tables: list[str] = []
+    copy_records = asyncpg.Connection.copy_records_to_table
+
+    async def copy(self: asyncpg.Connection, table: str, **kwargs: Any) -> Any:
+        tables.append(table)
+        return await copy_records(self, table, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", copy)
+    return tables
+
+
 async def test_insert_rows_stores_what_insert_stores(db_url: str) -> None:
     database = Database.connect(db_url)
     try:
@@ -94,7 +128,7 @@ async def test_insert_rows_refuses_columns_out_of_table_order(db_url: str) -> No
 
 
 async def test_insert_rows_chunks_large_inserts_into_multi_row_statements(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch, copies: list[str]
 ) -> None:
     database = Database.connect(db_url)
     statements: list[tuple[str, bool]] = []
@@ -114,14 +148,6 @@ async def test_insert_rows_chunks_large_inserts_into_multi_row_statements(
         return await passed_on(conn, sent)
 
     monkeypatch.setattr(round_trip, "run", run)
-    copies: list[str] = []
-    copy_records = asyncpg.Connection.copy_records_to_table
-
-    async def copy(self: asyncpg.Connection, table: str, **kwargs: Any) -> Any:
-        copies.append(table)
-        return await copy_records(self, table, **kwargs)
-
-    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", copy)
     rows = [(level, index, bytes([index % 256]) * 32) for level in (0, 1) for index in range(1250)]
     rows += [(2, index, bytes([index % 256]) * 32) for index in range(10_000)]
     try:
@@ -303,17 +329,9 @@ def test_an_update_needs_a_value() -> None:
 
 
 async def test_select_in_reads_the_listed_rows_in_and_out_of_a_transaction(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, sent: list[str]
 ) -> None:
     database = Database.connect(db_url)
-    sent: list[str] = []
-    passed_on = round_trip.run
-
-    async def run(conn: AsyncConnection, statements: Sequence[round_trip.Statement]) -> Any:
-        sent.extend(sql for sql, _ in statements)
-        return await passed_on(conn, statements)
-
-    monkeypatch.setattr(round_trip, "run", run)
     try:
         await migrate.upgrade(database)
         async with database.writer.begin() as conn:
@@ -358,7 +376,7 @@ async def test_select_in_reads_the_listed_rows_in_and_out_of_a_transaction(
 
 @pytest.mark.postgres
 async def test_writes_reach_postgresql_as_one_statement_per_run_of_tables(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, sent: list[str], copies: list[str]
 ) -> None:
     """Consecutive writes to different tables are one statement (one round trip); a table
     written again starts the next; an insert of COPY's size goes alone."""
@@ -366,29 +384,6 @@ async def test_writes_reach_postgresql_as_one_statement_per_run_of_tables(
     if database.is_sqlite:
         await database.dispose()
         pytest.skip("PostgreSQL's statements (SQLite's hand-overs: the test above)")
-    sent: list[str] = []
-    passed_on = round_trip.run
-
-    async def run(conn: AsyncConnection, statements: Sequence[round_trip.Statement]) -> Any:
-        sent.extend(sql for sql, _ in statements)
-        return await passed_on(conn, statements)
-
-    monkeypatch.setattr(round_trip, "run", run)
-    run_many = round_trip.run_many
-
-    async def executemany(conn: AsyncConnection, sql: str, rows: Any) -> None:
-        sent.append(sql)
-        await run_many(conn, sql, rows)
-
-    monkeypatch.setattr(round_trip, "run_many", executemany)
-    copies: list[str] = []
-    copy_records = asyncpg.Connection.copy_records_to_table
-
-    async def copy(self: asyncpg.Connection, table: str, **kwargs: Any) -> Any:
-        copies.append(table)
-        return await copy_records(self, table, **kwargs)
-
-    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", copy)
     try:
         await migrate.upgrade(database)
         async with database.writer.begin() as conn:

@@ -13,6 +13,7 @@ import aiosqlite
 import pytest
 from packaging.requirements import Requirement
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from coalition_server.store import migrate, models, round_trip
@@ -173,16 +174,16 @@ async def test_each_statement_through_sqlalchemy_takes_one_hand_over(
         await database.dispose()
 
 
-def _declared_aiosqlite() -> Requirement:
+def _declared(name: str) -> Requirement:
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
-    found = [Requirement(r) for r in extras["server"] if r.startswith("aiosqlite")]
+    found = [Requirement(r) for r in extras["server"] if Requirement(r).name == name]
     assert len(found) == 1
     return found[0]
 
 
 def test_the_declared_aiosqlite_range_admits_only_the_layout_round_trip_uses() -> None:
-    declared = _declared_aiosqlite()
+    declared = _declared("aiosqlite")
     assert declared.specifier.contains(version("aiosqlite"))
     # 0.21's connection was itself the thread (no _thread): it would fail at connect.
     assert not declared.specifier.contains("0.21.0")
@@ -194,3 +195,12 @@ def test_aiosqlite_has_the_private_parts_round_trip_uses() -> None:
     assert callable(getattr(connection, "_execute", None))
     assert hasattr(connection, "_thread")
     assert isinstance(type(connection).__dict__.get("_conn"), property)
+
+
+def test_the_declared_sqlalchemy_range_and_the_adapter_parts_round_trip_uses() -> None:
+    declared = _declared("sqlalchemy")
+    assert declared.specifier.contains(version("sqlalchemy"))
+    assert not declared.specifier.contains("2.2.0")  # unchecked until someone checks it
+    adapter = AsyncAdapt_asyncpg_connection
+    assert callable(getattr(adapter, "_start_transaction", None))
+    assert callable(getattr(adapter, "_handle_exception", None))
