@@ -92,7 +92,7 @@ async def insert_rows(
     sql, processors = _compiled(model, tuple(columns), dialect)
     params = _processed(rows, processors)
     if dialect.name != "sqlite":
-        if dialect.driver != "asyncpg" or not conn.in_transaction():
+        if not round_trip.below_sqlalchemy(conn):
             await conn.exec_driver_sql(sql, params)
         elif len(params) >= _COPY_MIN_ROWS:
             table = model.__table__
@@ -227,7 +227,7 @@ class Writes:
         writes, self._writes = self._writes, []
         dialect = conn.dialect
         if dialect.name != "sqlite":
-            if dialect.driver != "asyncpg" or not conn.in_transaction():
+            if not round_trip.below_sqlalchemy(conn):
                 for write in writes:
                     if isinstance(write, _Insert):
                         await insert_rows(conn, write.model, write.columns, write.rows)
@@ -413,7 +413,7 @@ async def execute_many(
     if not rows:
         return
     dialect = conn.dialect
-    if not conn.in_transaction() or not (dialect.name == "sqlite" or dialect.driver == "asyncpg"):
+    if not round_trip.below_sqlalchemy(conn):
         await conn.execute(statement, list(rows))
         return
     sql, order, processors = _compiled_many(statement, dialect)
@@ -498,7 +498,7 @@ async def select_in(
         sql, row_type, processors = _select_in(model, names, key, order_by, size, dialect)
         statements.append((sql, tuple(chunk) + (chunk[-1],) * (size - len(chunk))))
         shapes.append((row_type, processors))
-    if conn.in_transaction() and (dialect.name == "sqlite" or dialect.driver == "asyncpg"):
+    if round_trip.below_sqlalchemy(conn):
         found = await round_trip.run(conn, statements)
     else:
         found = [

@@ -98,10 +98,9 @@ def _pool_version_sql(dialect: Dialect) -> str:
 
 async def pool_version(conn: AsyncConnection) -> Version:
     """The pool's version: one index seek per kind (the (kind, idx) index). Asked on every
-    negotiation batch: at the driver level where it can be (``bulk.select_in``)."""
-    dialect = conn.dialect
-    if conn.in_transaction() and (dialect.name == "sqlite" or dialect.driver == "asyncpg"):
-        (found,) = await round_trip.run(conn, [(_pool_version_sql(dialect), ())])
+    negotiation batch: below SQLAlchemy where it can be (``round_trip``)."""
+    if round_trip.below_sqlalchemy(conn):
+        (found,) = await round_trip.run(conn, [(_pool_version_sql(conn.dialect), ())])
         rows = {kind: (idx, bytes(leaf_hash)) for kind, idx, leaf_hash in found}
     else:
         result = await conn.execute(_POOL_VERSION)

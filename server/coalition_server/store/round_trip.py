@@ -105,6 +105,13 @@ async def run(conn: AsyncConnection, statements: Sequence[Statement]) -> list[Ro
         ) from error
 
 
+def below_sqlalchemy(conn: AsyncConnection) -> bool:
+    """Whether statements on ``conn`` may go below SQLAlchemy (:func:`run`, :func:`run_many`):
+    it is in a transaction, on aiosqlite or asyncpg. Elsewhere (the read-only services'
+    connections, another driver) they go through SQLAlchemy."""
+    return conn.in_transaction() and conn.dialect.driver in ("aiosqlite", "asyncpg")
+
+
 async def run_many(conn: AsyncConnection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
     """Run the PostgreSQL write ``sql`` once per row of ``rows``, in one round trip
     (asyncpg's ``executemany``), in the transaction ``conn`` holds."""
