@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import world
+from bench.cpu import CpuWindow
 from bench.harness import (
     Benchmark,
     Context,
@@ -78,7 +79,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
                     responses.append(response)
 
             ctx.log(f"{NAME}: {CLIENTS * per_client} withdrawals from {CLIENTS} clients")
-            with Stopwatch() as watch:
+            with Stopwatch() as watch, CpuWindow(server.pid) as cpu:
                 await asyncio.gather(
                     *(client(m, r) for m, r in zip(members, requests, strict=True))
                 )
@@ -89,7 +90,13 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
             await world.close_all(list(members))
     appends = len(latencies)
     lat = latency_details(latencies)
-    common = {"clients": CLIENTS, "appends": appends, "seconds": round(watch.seconds, 3), **lat}
+    common = {
+        "clients": CLIENTS,
+        "appends": appends,
+        "seconds": round(watch.seconds, 3),
+        **lat,
+        "cpu": cpu.details(),
+    }
     rate = Figure(
         NAME,
         "2 appends: 64 clients withdrawing",

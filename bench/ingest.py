@@ -16,6 +16,7 @@ import asyncio
 import itertools
 
 from bench import world
+from bench.cpu import CpuWindow
 from bench.harness import (
     Benchmark,
     Context,
@@ -85,7 +86,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
                 acknowledged += len(response.receipts)
 
             ctx.log(f"{NAME}: granting {tokens} tokens, {IN_FLIGHT} requests in flight")
-            with Stopwatch() as watch:
+            with Stopwatch() as watch, CpuWindow(server.pid) as cpu:
                 await asyncio.gather(*(send(r, o) for r, o in zip(requests, owners, strict=True)))
         finally:
             await world.close_all(members)
@@ -105,6 +106,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
             "in_flight": IN_FLIGHT,
             "members": MEMBERS,
             "seconds": round(watch.seconds, 3),
+            "cpu": cpu.details(),
         },
     )
     ctx.ratio_to(figure, "ed25519")

@@ -19,6 +19,7 @@ import asyncio
 
 from bench import world
 from bench.baselines.echo import CONCURRENCY
+from bench.cpu import CpuWindow
 from bench.harness import (
     Benchmark,
     Context,
@@ -90,7 +91,8 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
                 await labs[worker].round_trip()
 
             await run_for(min(1.0, seconds / 4), NEGOTIATIONS, call)  # warm-up
-            rounds, elapsed = await run_for(seconds, NEGOTIATIONS, call)
+            with CpuWindow(server.pid) as cpu:
+                rounds, elapsed = await run_for(seconds, NEGOTIATIONS, call)
         finally:
             await world.close_all([*pool, *(lab.party for lab in labs)])
     figure = Figure(
@@ -109,6 +111,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
             "negotiations_opened": sum(lab.opened for lab in labs),
             "pool_members": members,
             "pool_items": members * ITEMS_PER_MEMBER,
+            "cpu": cpu.details(),
         },
     )
     ctx.ratio_to(figure, "echo")

@@ -56,6 +56,7 @@ def markdown(report: dict[str, Any]) -> str:
             figure["note"].replace("|", "\\|"),
         ]
         lines.append("| " + " | ".join(row) + " |")
+    lines.extend(_cpu_table(report["figures"]))
     git = report["git"]
     commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git["dirty"] else "")
     machine = report["machine"]
@@ -65,6 +66,37 @@ def markdown(report: dict[str, Any]) -> str:
         f"load average at start {machine.get('load_average')}, {report['seconds']:.0f} s."
     )
     return "\n".join(lines)
+
+
+def _cpu_table(figures: list[dict[str, Any]]) -> list[str]:
+    """Where the CPU went in the timed windows that recorded it (``bench.cpu``), one row per
+    window (figures of one window, as appends' rate and p99, share the first's row);
+    nothing when none did."""
+    rows, seen = [], set()
+    for figure in figures:
+        cpu = figure["details"].get("cpu")
+        window = (figure["db"], tuple(sorted(cpu.items()))) if cpu else None
+        if window is not None and window not in seen:
+            seen.add(window)
+            rows.append(figure)
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"CPU in the timed windows, in cores of {rows[0]['details']['cpu']['cores']}:",
+        "",
+        "| figure | db | server's event loop | server process | bench (clients) "
+        "| rest of machine | idle |",
+        "|---|---|--:|--:|--:|--:|--:|",
+    ]
+    for figure in rows:
+        cpu = figure["details"]["cpu"]
+        lines.append(
+            f"| {figure['title']} | {figure['db'] or ''} | {cpu['server_loop_thread']:.2f} "
+            f"| {cpu['server_process']:.2f} | {cpu['bench_process']:.2f} "
+            f"| {cpu['rest_of_machine']:.2f} | {cpu['idle']:.2f} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,3 +80,8 @@ def test_smoke_run_reports_every_figure(db: str, tmp_path: Path) -> None:
     assert figures[("proofs-inclusion", db)]["baseline"] == "pymerkle-inclusion"
     assert figures[("proofs-inclusion", db)]["details"]["tree_size"] > 2_000  # the big ledger
     assert figures[("audit", db)]["details"]["entries"] > 2_000
+    if Path("/proc/self/task").is_dir():  # bench.cpu reads Linux's /proc
+        for key in ("ingest", "appends", "negotiation"):
+            cpu = figures[(key, db)]["details"]["cpu"]
+            assert cpu["server_loop_thread"] > 0, cpu
+            assert cpu["server_process"] >= cpu["server_loop_thread"] - 0.01, cpu

@@ -1,0 +1,142 @@
+"""The CPU readings of a timed window (``bench.cpu``) and their table in the report.
+
+No speed is asserted: only that the readings see work where there is some, add up, and are
+absent where they cannot be taken."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench import cpu
+from bench.cpu import CpuWindow
+from bench.report import markdown
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
+
+_SPIN = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
+"""A child that keeps its main thread busy for 0.6 s of CPU, then exits."""
+
+
+def test_stat_fields_are_counted_from_the_end_of_the_command_name(tmp_path: Path) -> None:
+    # proc(5): pid (comm) state ppid ... utime (14) stime (15); comm may hold ") (" and spaces.
+    fields = ["S", *["0"] * 10, "250", "50", *["0"] * 30]
+    stat = tmp_path / "stat"
+    stat.write_text("4242 (odd ) (name) " + " ".join(fields) + "\n")
+    assert cpu._stat_seconds(stat) == pytest.approx(300 * cpu._TICK)
+
+
+@needs_proc
+def test_a_server_that_exits_within_the_window_gives_no_readings() -> None:
+    child = subprocess.Popen([sys.executable, "-c", _SPIN])
+    try:
+        with CpuWindow(child.pid) as window:
+            child.wait(timeout=30)  # exited and reaped: its /proc entry is gone at the end
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert window.details() == {}
+
+
+@needs_proc
+def test_the_event_loop_thread_is_part_of_the_server_process() -> None:
+    # A parent that spins in its main thread and stays alive until told to exit.
+    script = _SPIN + "import sys\nsys.stdin.read()\n"
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
+    try:
+        with CpuWindow(child.pid) as window:
+            _wait_for_cpu(child.pid, 0.5)
+        details = window.details()
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)
+    assert details["cores"] >= 1
+    assert details["server_loop_thread"] > 0
+    assert details["server_loop_thread"] <= details["server_process"] + 0.01
+    total = (
+        details["server_process"]
+        + details["bench_process"]
+        + details["rest_of_machine"]
+        + details["idle"]
+    )
+    assert total == pytest.approx(details["cores"], abs=0.1)
+
+
+def _wait_for_cpu(pid: int, seconds: float) -> None:
+    """Block until process ``pid`` has used ``seconds`` of CPU (bounded: 30 s)."""
+    deadline = time.monotonic() + 30
+    stat = Path(f"/proc/{pid}/stat")
+    while cpu._stat_seconds(stat) < seconds:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the child never got busy")
+        time.sleep(0.02)
+
+
+def test_a_server_that_is_gone_gives_no_readings() -> None:
+    with CpuWindow(2**22 + 1) as window:  # above Linux's pid_max: no such process
+        pass
+    assert window.details() == {}
+
+
+def _figure(key: str, db: str | None, details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "title": key,
+        "value": 1.0,
+        "unit": "x/s",
+        "db": db,
+        "target": None,
+        "baseline": None,
+        "ratio": None,
+        "ratio_target": None,
+        "status": "measured",
+        "note": "",
+        "details": details,
+        "met": None,
+    }
+
+
+def test_the_report_tabulates_the_windows_that_were_read() -> None:
+    reading = {
+        "cores": 2,
+        "server_loop_thread": 0.95,
+        "server_process": 1.2,
+        "bench_process": 0.3,
+        "rest_of_machine": 0.05,
+        "idle": 0.45,
+    }
+    report = {
+        "figures": [
+            _figure("echo", None, {}),
+            _figure("appends", "sqlite", {"cpu": reading}),
+            _figure("appends-p99", "sqlite", {"cpu": reading}),  # the same window
+            _figure("appends", "postgres", {"cpu": {}}),  # not read there: no row
+        ],
+        "git": {"commit": "abc", "dirty": False},
+        "machine": {"cpus": 2, "cpu_model": "test"},
+        "scale": "smoke",
+        "seconds": 1.0,
+    }
+    text = markdown(report)
+    assert "CPU in the timed windows, in cores of 2:" in text
+    assert "| appends | sqlite | 0.95 | 1.20 | 0.30 | 0.05 | 0.45 |" in text
+    table = text.split("CPU in the timed windows")[1]
+    assert "| appends-p99 |" not in table
+    assert "| appends | postgres |" not in table
+
+
+def test_no_table_when_no_window_was_read() -> None:
+    report = {
+        "figures": [_figure("echo", None, {})],
+        "git": {"commit": "abc", "dirty": False},
+        "machine": {"cpus": 2, "cpu_model": "test"},
+        "scale": "smoke",
+        "seconds": 1.0,
+    }
+    assert "CPU in the timed windows" not in markdown(report)
