@@ -55,9 +55,11 @@ class CpuWindow:
     """CPU used during a ``with`` block by the server process ``server_pid`` (its main thread,
     which runs the event loop, and the whole process), this process, and the machine.
 
-    >>> with CpuWindow(server.pid) as cpu:
-    ...     await run_the_calls()
-    >>> figure.details["cpu"] = cpu.details()
+    Used around the timed calls, then read into the figure::
+
+        with CpuWindow(server.pid) as cpu:
+            await run_the_calls()
+        figure.details["cpu"] = cpu.details()
     """
 
     def __init__(self, server_pid: int) -> None:
