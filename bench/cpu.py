@@ -2,8 +2,9 @@
 process, the bench process (the clients), and the rest of the machine (PostgreSQL, and
 whatever else runs).
 
-Figures 1, 2 and 6 are bound by one thread, the server's event loop (docs/benchmarks.md,
-"What bounds figures 2 and 6"). These readings go into each such figure's details, so that
+Figures 2 and 6 are bound by one thread, the server's event loop (docs/benchmarks.md, "What
+bounds figures 2 and 6 on this machine"); figure 1, whose signatures are checked on worker
+threads, is read too, for contrast. These readings go into each figure's details, so that
 every run shows whether that thread was saturated and how much of the machine was idle,
 without a profiler attached (py-spy itself slows the server by a quarter or more).
 

@@ -204,3 +204,15 @@ def test_the_declared_sqlalchemy_range_and_the_adapter_parts_round_trip_uses() -
     adapter = AsyncAdapt_asyncpg_connection
     assert callable(getattr(adapter, "_start_transaction", None))
     assert callable(getattr(adapter, "_handle_exception", None))
+
+
+async def test_statements_go_below_sqlalchemy_only_in_a_transaction(db_url: str) -> None:
+    database = Database.connect(db_url)
+    try:
+        async with database.reader.connect() as conn:
+            # The read-only services' connections: no transaction, through SQLAlchemy.
+            assert not round_trip.below_sqlalchemy(conn)
+        async with database.writer.begin() as conn:
+            assert round_trip.below_sqlalchemy(conn)
+    finally:
+        await database.dispose()
