@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import world
+from bench.calls import CallWindow, free_port
 from bench.cpu import CpuWindow
 from bench.harness import (
     Benchmark,
@@ -57,7 +59,10 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
     """Appends per second and acknowledgement latency percentiles."""
     assert db is not None
     per_client = ctx.pick(4, 100)
-    async with coalition_server(ctx, db, NAME) as server:
+    metrics_port = free_port()
+    async with coalition_server(
+        ctx, db, NAME, extra=("--metrics-listen", f"127.0.0.1:{metrics_port}")
+    ) as server:
         ctx.log(f"{NAME}: {CLIENTS} members with {per_client} items each")
         members = await asyncio.gather(
             *(world.member(server.target, f"member {i}", per_client) for i in range(CLIENTS))
@@ -79,7 +84,10 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
                     responses.append(response)
 
             ctx.log(f"{NAME}: {CLIENTS * per_client} withdrawals from {CLIENTS} clients")
-            with Stopwatch() as watch, CpuWindow(server.pid) as cpu:
+            window = CallWindow(
+                f"http://127.0.0.1:{metrics_port}/metrics", [(CONSENT.strip("/"), "Withdraw")]
+            )
+            with window, Stopwatch() as watch, CpuWindow(server.pid) as cpu:
                 await asyncio.gather(
                     *(client(m, r) for m, r in zip(members, requests, strict=True))
                 )
@@ -96,6 +104,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
         "seconds": round(watch.seconds, 3),
         **lat,
         "cpu": cpu.details(),
+        "call_time": window.details(statistics.fmean(latencies), watch.seconds),
     }
     rate = Figure(
         NAME,

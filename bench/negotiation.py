@@ -19,6 +19,7 @@ import asyncio
 
 from bench import world
 from bench.baselines.echo import CONCURRENCY
+from bench.calls import CallWindow, free_port
 from bench.cpu import CpuWindow
 from bench.harness import (
     Benchmark,
@@ -29,6 +30,7 @@ from bench.harness import (
     coalition_server,
     run_for,
 )
+from coalition.client import NEGOTIATION
 from coalition.v1 import negotiation_pb2
 
 NAME = "negotiation"
@@ -69,7 +71,10 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
     assert db is not None
     members = ctx.pick(10, 100)
     seconds = ctx.pick_seconds(2.0, 20.0)
-    async with coalition_server(ctx, db, NAME) as server:
+    metrics_port = free_port()
+    async with coalition_server(
+        ctx, db, NAME, extra=("--metrics-listen", f"127.0.0.1:{metrics_port}")
+    ) as server:
         ctx.log(
             f"{NAME}: pool of {members} members x {ITEMS_PER_MEMBER} items, {NEGOTIATIONS} labs"
         )
@@ -91,7 +96,12 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
                 await labs[worker].round_trip()
 
             await run_for(min(1.0, seconds / 4), NEGOTIATIONS, call)  # warm-up
-            with CpuWindow(server.pid) as cpu:
+            service = NEGOTIATION.strip("/")
+            window = CallWindow(
+                f"http://127.0.0.1:{metrics_port}/metrics",
+                [(service, "OpenNegotiation"), (service, "Move")],
+            )
+            with window, CpuWindow(server.pid) as cpu:
                 rounds, elapsed = await run_for(seconds, NEGOTIATIONS, call)
         finally:
             await world.close_all([*pool, *(lab.party for lab in labs)])
@@ -112,6 +122,9 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
             "pool_members": members,
             "pool_items": members * ITEMS_PER_MEMBER,
             "cpu": cpu.details(),
+            # Every lab has a round in flight all the time: the mean round trip is
+            # (labs x time) / rounds (Little's law).
+            "call_time": window.details(NEGOTIATIONS * elapsed / rounds, elapsed),
         },
     )
     ctx.ratio_to(figure, "echo")

@@ -57,6 +57,7 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(row) + " |")
     lines.extend(_cpu_table(report["figures"]))
+    lines.extend(_calls_table(report["figures"]))
     git = report["git"]
     commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git["dirty"] else "")
     machine = report["machine"]
@@ -95,6 +96,41 @@ def _cpu_table(figures: list[dict[str, Any]]) -> list[str]:
             f"| {figure['title']} | {figure['db'] or ''} | {cpu['server_loop_thread']:.2f} "
             f"| {cpu['server_process']:.2f} | {cpu['bench_process']:.2f} "
             f"| {cpu['rest_of_machine']:.2f} | {cpu['idle']:.2f} |"
+        )
+    return lines
+
+
+def _calls_table(figures: list[dict[str, Any]]) -> list[str]:
+    """Where a call's time went in the timed windows that recorded it (``bench.calls``),
+    one row per window; nothing when none did."""
+    rows, seen = [], set()
+    for figure in figures:
+        calls = figure["details"].get("call_time")
+        window = (figure["db"], tuple(sorted(calls.items()))) if calls else None
+        if window is not None and window not in seen:
+            seen.add(window)
+            rows.append(figure)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "A call's time in the timed windows, in ms (means; the server's from its metrics):",
+        "",
+        "| figure | db | round trip (clients) | in the handler | of which waiting for the "
+        "sequencer | outside the handler | batches/s | statements a batch |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+
+    def number(value: float | None, digits: int = 2) -> str:
+        return "" if value is None else f"{value:,.{digits}f}"
+
+    for figure in rows:
+        calls = figure["details"]["call_time"]
+        lines.append(
+            f"| {figure['title']} | {figure['db'] or ''} | {number(calls['round_trip_ms'])} "
+            f"| {number(calls['handler_ms'])} | {number(calls['sequencer_ms'])} "
+            f"| {number(calls['outside_handler_ms'])} | {number(calls['batches_per_s'], 0)} "
+            f"| {number(calls['statements_per_batch'], 1)} |"
         )
     return lines
 

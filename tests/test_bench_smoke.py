@@ -80,6 +80,12 @@ def test_smoke_run_reports_every_figure(db: str, tmp_path: Path) -> None:
     assert figures[("proofs-inclusion", db)]["baseline"] == "pymerkle-inclusion"
     assert figures[("proofs-inclusion", db)]["details"]["tree_size"] > 2_000  # the big ledger
     assert figures[("audit", db)]["details"]["entries"] > 2_000
+    for key in ("appends", "negotiation"):  # bench.calls: the server's metrics
+        call_time = figures[(key, db)]["details"]["call_time"]
+        assert call_time["calls"] > 0, call_time
+        assert 0 < call_time["handler_ms"] < call_time["round_trip_ms"], call_time
+        assert 0 < call_time["sequencer_ms"] <= call_time["handler_ms"], call_time
+        assert call_time["statements_per_batch"] >= 1, call_time
     if Path("/proc/self/task").is_dir():  # bench.cpu reads Linux's /proc
         for key in ("ingest", "appends", "negotiation"):
             cpu = figures[(key, db)]["details"]["cpu"]

@@ -1,0 +1,126 @@
+"""Where a call's time went during a timed window: the clients' round trip against the
+server's own account of the same calls, read from its Prometheus metrics.
+
+The server under test serves its metrics on a loopback port (``--metrics-listen``);
+:class:`CallWindow` reads them at the start and the end of the window and keeps the
+differences:
+
+- the time each call spent in its handler (``coalition_grpc_request_duration_seconds``:
+  from the handler's start, once gRPC has accepted the call and read its request, to its
+  answer), for the methods the figure calls;
+- of that, the time its statements waited for the sequencer to commit them
+  (``coalition_append_duration_seconds``);
+- the batches committed and the statements in them.
+
+The round trip as the clients saw it, less the time in the handler, is what no handler
+accounts for: the clients' own work (signing, encoding), the transport, and gRPC accepting
+the call, reading its request and sending the answer, each of which waits for the server's
+event loop. Figures 2 and 6 record these in their details (``call_time``), and
+``python -m bench.report`` prints them as a table: every run then shows which part of a
+round trip grew, without a probe in the server.
+
+Reading the metrics costs the server a few counter updates per call, as it does in
+production, where metrics are on; the two scrapes happen outside the timed calls.
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+_HANDLER = "coalition_grpc_request_duration_seconds"
+_APPEND = "coalition_append_duration_seconds"
+_BATCH_STATEMENTS = "coalition_sequencer_batch_statements"
+_BATCHES = "coalition_sequencer_batches_committed_total"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""Every sample of a scrape, keyed by its name and labels."""
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (for the server's metrics: it logs the port it
+    bound only at INFO, and the bench runs it at WARNING)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def parse(text: str) -> Samples:
+    """The samples of a Prometheus text exposition."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(url: str) -> Samples:
+    """The samples the server at ``url`` exposes now."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return parse(response.read().decode("utf-8"))
+
+
+class CallWindow:
+    """The server's account of the calls made during a ``with`` block.
+
+    ``methods`` are the figure's RPCs as (service, method), e.g.
+    ``("coalition.v1.NegotiationService", "Move")``. Used around the timed calls (outside
+    their stopwatch), then read into the figure with the clients' mean round trip::
+
+        with CallWindow(server.metrics_url, methods) as window:
+            ...  # the timed calls
+        details["call_time"] = window.details(round_trip_seconds, seconds)
+    """
+
+    def __init__(self, url: str, methods: Sequence[tuple[str, str]]) -> None:
+        self.url = url
+        self._methods = [frozenset({("service", s), ("method", m)}) for s, m in methods]
+        self._before: Samples = {}
+        self._after: Samples = {}
+
+    def __enter__(self) -> CallWindow:
+        self._before = scrape(self.url)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self._after = scrape(self.url)
+
+    def _delta(self, name: str, labels: frozenset[tuple[str, str]] = frozenset()) -> float:
+        key = (name, labels)
+        return self._after.get(key, 0.0) - self._before.get(key, 0.0)
+
+    def details(self, round_trip_seconds: float, seconds: float) -> dict[str, Any]:
+        """The window's figures, in ms, for calls whose mean round trip, as the clients saw
+        it, was ``round_trip_seconds``, over a window of ``seconds``."""
+        calls = sum(self._delta(f"{_HANDLER}_count", labels) for labels in self._methods)
+        if calls <= 0:
+            raise ValueError("the server counted none of the window's calls")
+        in_handler = sum(self._delta(f"{_HANDLER}_sum", labels) for labels in self._methods)
+        appends = self._delta(f"{_APPEND}_count")
+        batches = self._delta(f"{_BATCH_STATEMENTS}_count")
+        round_trip_ms = round_trip_seconds * 1000
+        handler_ms = in_handler / calls * 1000
+        return {
+            "calls": int(calls),
+            "round_trip_ms": round(round_trip_ms, 3),
+            "handler_ms": round(handler_ms, 3),
+            "sequencer_ms": round(self._delta(f"{_APPEND}_sum") / appends * 1000, 3)
+            if appends
+            else None,
+            "outside_handler_ms": round(round_trip_ms - handler_ms, 3),
+            "batches_per_s": round(self._delta(_BATCHES) / seconds, 1),
+            "statements_per_batch": round(self._delta(f"{_BATCH_STATEMENTS}_sum") / batches, 2)
+            if batches
+            else None,
+        }

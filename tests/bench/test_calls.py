@@ -1,0 +1,137 @@
+"""A call's time in a timed window (``bench.calls``): read from the server's own metrics,
+served over HTTP as the server serves them, and their table in the report.
+
+No speed is asserted: only that the window counts the calls made inside it, of the methods
+asked for, and does the arithmetic on them right."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from bench.calls import CallWindow, free_port, parse
+from bench.report import markdown
+from prometheus_client import generate_latest
+
+from coalition_server.metrics import ServerMetrics
+
+MOVE = "/coalition.v1.NegotiationService/Move"
+OPEN = "/coalition.v1.NegotiationService/OpenNegotiation"
+SERVICE = "coalition.v1.NegotiationService"
+WANTED = [(SERVICE, "Move"), (SERVICE, "OpenNegotiation")]
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[ServerMetrics, str]]:
+    """The server's metrics, served on a loopback port as ``--metrics-listen`` serves them."""
+    metrics = ServerMetrics()
+    port = metrics.serve(f"127.0.0.1:{free_port()}")
+    try:
+        yield metrics, f"http://127.0.0.1:{port}/metrics"
+    finally:
+        metrics.close()
+
+
+def test_the_window_counts_only_its_own_calls_of_the_methods_asked_for(
+    served: tuple[ServerMetrics, str],
+) -> None:
+    metrics, url = served
+    # Before the window: not counted.
+    metrics.rpc_finished(MOVE, grpc.StatusCode.OK, 5.0)
+    metrics.append_acknowledged(5.0)
+    metrics.batch_committed(100, 100)
+    with CallWindow(url, WANTED) as window:
+        metrics.rpc_finished(MOVE, grpc.StatusCode.OK, 0.010)
+        metrics.rpc_finished(MOVE, grpc.StatusCode.OK, 0.020)
+        metrics.rpc_finished(OPEN, grpc.StatusCode.OK, 0.030)
+        metrics.rpc_finished(MOVE, grpc.StatusCode.FAILED_PRECONDITION, 0.004)  # errors too
+        # Another method: not one of the figure's calls.
+        metrics.rpc_finished("/coalition.v1.LedgerService/GetLogInfo", grpc.StatusCode.OK, 1.0)
+        for seconds in (0.008, 0.012):
+            metrics.append_acknowledged(seconds)
+        metrics.batch_committed(6, 106)
+        metrics.batch_committed(2, 108)
+    details = window.details(round_trip_seconds=0.025, seconds=4.0)
+    assert details["calls"] == 4
+    assert details["handler_ms"] == pytest.approx((10 + 20 + 30 + 4) / 4)
+    assert details["sequencer_ms"] == pytest.approx(10.0)
+    assert details["round_trip_ms"] == pytest.approx(25.0)
+    assert details["outside_handler_ms"] == pytest.approx(25.0 - 16.0)
+    assert details["batches_per_s"] == pytest.approx(0.5)
+    assert details["statements_per_batch"] == pytest.approx(4.0)
+
+
+def test_a_window_without_the_figures_calls_is_an_error(served: tuple[ServerMetrics, str]) -> None:
+    metrics, url = served
+    with CallWindow(url, WANTED) as window:
+        metrics.rpc_finished("/coalition.v1.LedgerService/GetLogInfo", grpc.StatusCode.OK, 1.0)
+    with pytest.raises(ValueError, match="none of the window's calls"):
+        window.details(round_trip_seconds=0.01, seconds=1.0)
+
+
+def test_samples_are_keyed_by_name_and_labels() -> None:
+    metrics = ServerMetrics()
+    metrics.rpc_finished(MOVE, grpc.StatusCode.OK, 0.5)
+    samples = parse(generate_latest(metrics.registry).decode())
+    labels = frozenset({("service", "coalition.v1.NegotiationService"), ("method", "Move")})
+    assert samples[("coalition_grpc_request_duration_seconds_count", labels)] == 1
+    assert samples[("coalition_grpc_request_duration_seconds_sum", labels)] == 0.5
+
+
+def test_free_ports_are_free() -> None:
+    metrics = ServerMetrics()
+    port = free_port()
+    try:
+        assert metrics.serve(f"127.0.0.1:{port}") == port
+    finally:
+        metrics.close()
+
+
+def _figure(key: str, db: str | None, details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "title": key,
+        "value": 1.0,
+        "unit": "x/s",
+        "db": db,
+        "target": None,
+        "baseline": None,
+        "ratio": None,
+        "ratio_target": None,
+        "status": "measured",
+        "note": "",
+        "details": details,
+        "met": None,
+    }
+
+
+def test_the_report_tabulates_each_window_once() -> None:
+    window = {
+        "calls": 100,
+        "round_trip_ms": 25.0,
+        "handler_ms": 16.0,
+        "sequencer_ms": 15.5,
+        "outside_handler_ms": 9.0,
+        "batches_per_s": 100.0,
+        "statements_per_batch": 28.5,
+    }
+    report = {
+        "figures": [
+            _figure("echo", None, {"calls": 5}),  # a baseline's count of calls: not a window
+            _figure("appends", "sqlite", {"call_time": window}),
+            _figure("appends-p99", "sqlite", {"call_time": window}),  # the same window
+        ],
+        "git": {"commit": "abc", "dirty": False},
+        "machine": {"cpus": 2, "cpu_model": "test"},
+        "scale": "smoke",
+        "seconds": 1.0,
+    }
+    text = markdown(report)
+    table = text.split("A call's time in the timed windows")[1]
+    assert "| appends | sqlite | 25.00 | 16.00 | 15.50 | 9.00 | 100 | 28.5 |" in table
+    assert "| appends-p99 |" not in table
+    assert "| echo |" not in table
+    report["figures"] = [_figure("echo", None, {"calls": 5})]
+    assert "A call's time in the timed windows" not in markdown(report)
