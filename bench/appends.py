@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import world
-from bench.calls import CallWindow, free_port
+from bench.calls import CallWindow
 from bench.cpu import CpuWindow
 from bench.harness import (
     Benchmark,
@@ -59,10 +59,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
     """Appends per second and acknowledgement latency percentiles."""
     assert db is not None
     per_client = ctx.pick(4, 100)
-    metrics_port = free_port()
-    async with coalition_server(
-        ctx, db, NAME, extra=("--metrics-listen", f"127.0.0.1:{metrics_port}")
-    ) as server:
+    async with coalition_server(ctx, db, NAME, metrics=True) as server:
         ctx.log(f"{NAME}: {CLIENTS} members with {per_client} items each")
         members = await asyncio.gather(
             *(world.member(server.target, f"member {i}", per_client) for i in range(CLIENTS))
@@ -84,9 +81,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
                     responses.append(response)
 
             ctx.log(f"{NAME}: {CLIENTS * per_client} withdrawals from {CLIENTS} clients")
-            window = CallWindow(
-                f"http://127.0.0.1:{metrics_port}/metrics", [(CONSENT.strip("/"), "Withdraw")]
-            )
+            window = CallWindow(server.metrics_url, [(CONSENT.strip("/"), "Withdraw")])
             with window, Stopwatch() as watch, CpuWindow(server.pid) as cpu:
                 await asyncio.gather(
                     *(client(m, r) for m, r in zip(members, requests, strict=True))

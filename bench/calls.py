@@ -1,9 +1,9 @@
 """Where a call's time went during a timed window: the clients' round trip against the
 server's own account of the same calls, read from its Prometheus metrics.
 
-The server under test serves its metrics on a loopback port (``--metrics-listen``);
-:class:`CallWindow` reads them at the start and the end of the window and keeps the
-differences:
+The server under test serves its metrics on a loopback port (``coalition_server(...,
+metrics=True)``, which passes ``--metrics-listen``); :class:`CallWindow` reads them at the
+start and the end of the window and keeps the differences:
 
 - the time each call spent in its handler (``coalition_grpc_request_duration_seconds``:
   from the handler's start, once gRPC has accepted the call and read its request, to its
@@ -25,7 +25,6 @@ production, where metrics are on; the two scrapes happen outside the timed calls
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Sequence
 from types import TracebackType
@@ -40,14 +39,6 @@ _BATCHES = "coalition_sequencer_batches_committed_total"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 """Every sample of a scrape, keyed by its name and labels."""
-
-
-def free_port() -> int:
-    """A loopback TCP port free right now (for the server's metrics: it logs the port it
-    bound only at INFO, and the bench runs it at WARNING)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def parse(text: str) -> Samples:
@@ -77,7 +68,9 @@ class CallWindow:
         details["call_time"] = window.details(round_trip_seconds, seconds)
     """
 
-    def __init__(self, url: str, methods: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, url: str | None, methods: Sequence[tuple[str, str]]) -> None:
+        if url is None:
+            raise ValueError("the server was started without metrics")
         self.url = url
         self._methods = [frozenset({("service", s), ("method", m)}) for s, m in methods]
         self._before: Samples = {}

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -285,6 +286,8 @@ class ServerProcess:
     log_path: Path
     db_url: str
     data_dir: Path
+    metrics_url: str | None = None
+    """Where it serves its Prometheus metrics, when started with them."""
 
     @property
     def pid(self) -> int:
@@ -307,6 +310,13 @@ def _server_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COALITION_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def start_server(
@@ -362,14 +372,22 @@ def _migrate(db_url: str, data_dir: Path) -> None:
 
 @contextlib.asynccontextmanager
 async def coalition_server(
-    ctx: Context, db: DbKind, name: str, extra: Sequence[str] = ()
+    ctx: Context, db: DbKind, name: str, extra: Sequence[str] = (), *, metrics: bool = False
 ) -> AsyncIterator[ServerProcess]:
-    """A fresh coalition-server process on ``db`` (migrated), stopped when the block ends."""
+    """A fresh coalition-server process on ``db`` (migrated), stopped when the block ends;
+    with ``metrics``, serving its Prometheus metrics on a loopback port (``metrics_url``)."""
     async with scratch_database(ctx, db, name) as db_url:
         data_dir = ctx.fresh_dir(f"{name}-data")
         if db == "postgres":
             await asyncio.to_thread(_migrate, db_url, data_dir)
+        # The server logs the metrics port it bound only at INFO (the bench runs it at
+        # WARNING), so the port is chosen here.
+        metrics_port = free_port() if metrics else None
+        if metrics_port is not None:
+            extra = (*extra, "--metrics-listen", f"127.0.0.1:{metrics_port}")
         server = await asyncio.to_thread(start_server, db_url, data_dir, (*ctx.server_args, *extra))
+        if metrics_port is not None:
+            server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         ctx.log(f"{name}: coalition-server pid {server.pid} on {server.target} ({db})")
         profiler = (
             _profile(ctx.profile_dir / f"{name}-{db}.txt", server) if ctx.profile_dir else None

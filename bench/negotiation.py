@@ -19,7 +19,7 @@ import asyncio
 
 from bench import world
 from bench.baselines.echo import CONCURRENCY
-from bench.calls import CallWindow, free_port
+from bench.calls import CallWindow
 from bench.cpu import CpuWindow
 from bench.harness import (
     Benchmark,
@@ -71,10 +71,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
     assert db is not None
     members = ctx.pick(10, 100)
     seconds = ctx.pick_seconds(2.0, 20.0)
-    metrics_port = free_port()
-    async with coalition_server(
-        ctx, db, NAME, extra=("--metrics-listen", f"127.0.0.1:{metrics_port}")
-    ) as server:
+    async with coalition_server(ctx, db, NAME, metrics=True) as server:
         ctx.log(
             f"{NAME}: pool of {members} members x {ITEMS_PER_MEMBER} items, {NEGOTIATIONS} labs"
         )
@@ -98,7 +95,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
             await run_for(min(1.0, seconds / 4), NEGOTIATIONS, call)  # warm-up
             service = NEGOTIATION.strip("/")
             window = CallWindow(
-                f"http://127.0.0.1:{metrics_port}/metrics",
+                server.metrics_url,
                 [(service, "OpenNegotiation"), (service, "Move")],
             )
             with window, CpuWindow(server.pid) as cpu:

@@ -69,17 +69,27 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _windows(figures: list[dict[str, Any]], reading: str) -> list[dict[str, Any]]:
+    """The figures that recorded ``reading`` (a dict in their details), one per timed window:
+    figures of one window, as appends' rate and p99, carry the same reading, and only the
+    first of them is kept."""
+    rows, seen = [], set()
+    for figure in figures:
+        values = figure["details"].get(reading)
+        if not isinstance(values, dict) or not values:
+            continue
+        window = (figure["db"], tuple(sorted(values.items())))
+        if window not in seen:
+            seen.add(window)
+            rows.append(figure)
+    return rows
+
+
 def _cpu_table(figures: list[dict[str, Any]]) -> list[str]:
     """Where the CPU went in the timed windows that recorded it (``bench.cpu``), one row per
     window (figures of one window, as appends' rate and p99, share the first's row);
     nothing when none did."""
-    rows, seen = [], set()
-    for figure in figures:
-        cpu = figure["details"].get("cpu")
-        window = (figure["db"], tuple(sorted(cpu.items()))) if cpu else None
-        if window is not None and window not in seen:
-            seen.add(window)
-            rows.append(figure)
+    rows = _windows(figures, "cpu")
     if not rows:
         return []
     lines = [
@@ -103,13 +113,7 @@ def _cpu_table(figures: list[dict[str, Any]]) -> list[str]:
 def _calls_table(figures: list[dict[str, Any]]) -> list[str]:
     """Where a call's time went in the timed windows that recorded it (``bench.calls``),
     one row per window; nothing when none did."""
-    rows, seen = [], set()
-    for figure in figures:
-        calls = figure["details"].get("call_time")
-        window = (figure["db"], tuple(sorted(calls.items()))) if calls else None
-        if window is not None and window not in seen:
-            seen.add(window)
-            rows.append(figure)
+    rows = _windows(figures, "call_time")
     if not rows:
         return []
     lines = [

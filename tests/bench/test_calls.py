@@ -7,15 +7,16 @@ asked for, and does the arithmetic on them right."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import pytest
-from bench.calls import CallWindow, free_port, parse
+from bench.calls import CallWindow, parse
+from bench.harness import free_port
 from bench.report import markdown
 from prometheus_client import generate_latest
 
 from coalition_server.metrics import ServerMetrics
+from tests.bench.reports import figure, report
 
 MOVE = "/coalition.v1.NegotiationService/Move"
 OPEN = "/coalition.v1.NegotiationService/OpenNegotiation"
@@ -89,24 +90,6 @@ def test_free_ports_are_free() -> None:
         metrics.close()
 
 
-def _figure(key: str, db: str | None, details: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "key": key,
-        "title": key,
-        "value": 1.0,
-        "unit": "x/s",
-        "db": db,
-        "target": None,
-        "baseline": None,
-        "ratio": None,
-        "ratio_target": None,
-        "status": "measured",
-        "note": "",
-        "details": details,
-        "met": None,
-    }
-
-
 def test_the_report_tabulates_each_window_once() -> None:
     window = {
         "calls": 100,
@@ -117,21 +100,20 @@ def test_the_report_tabulates_each_window_once() -> None:
         "batches_per_s": 100.0,
         "statements_per_batch": 28.5,
     }
-    report = {
-        "figures": [
-            _figure("echo", None, {"calls": 5}),  # a baseline's count of calls: not a window
-            _figure("appends", "sqlite", {"call_time": window}),
-            _figure("appends-p99", "sqlite", {"call_time": window}),  # the same window
-        ],
-        "git": {"commit": "abc", "dirty": False},
-        "machine": {"cpus": 2, "cpu_model": "test"},
-        "scale": "smoke",
-        "seconds": 1.0,
-    }
-    text = markdown(report)
+    figures = [
+        figure("echo", None, {"calls": 5}),  # a baseline's count of calls: not a window
+        figure("appends", "sqlite", {"call_time": window}),
+        figure("appends-p99", "sqlite", {"call_time": window}),  # the same window
+    ]
+    text = markdown(report(figures))
     table = text.split("A call's time in the timed windows")[1]
     assert "| appends | sqlite | 25.00 | 16.00 | 15.50 | 9.00 | 100 | 28.5 |" in table
     assert "| appends-p99 |" not in table
     assert "| echo |" not in table
-    report["figures"] = [_figure("echo", None, {"calls": 5})]
-    assert "A call's time in the timed windows" not in markdown(report)
+    no_window = report([figure("echo", None, {"calls": 5})])
+    assert "A call's time in the timed windows" not in markdown(no_window)
+
+
+def test_a_server_without_metrics_has_no_window() -> None:
+    with pytest.raises(ValueError, match="without metrics"):
+        CallWindow(None, WANTED)

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from bench import cpu
 from bench.cpu import CpuWindow
 from bench.report import markdown
+
+from tests.bench.reports import figure, report
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
 
@@ -84,24 +85,6 @@ def test_a_server_that_is_gone_gives_no_readings() -> None:
     assert window.details() == {}
 
 
-def _figure(key: str, db: str | None, details: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "key": key,
-        "title": key,
-        "value": 1.0,
-        "unit": "x/s",
-        "db": db,
-        "target": None,
-        "baseline": None,
-        "ratio": None,
-        "ratio_target": None,
-        "status": "measured",
-        "note": "",
-        "details": details,
-        "met": None,
-    }
-
-
 def test_the_report_tabulates_the_windows_that_were_read() -> None:
     reading = {
         "cores": 2,
@@ -111,19 +94,16 @@ def test_the_report_tabulates_the_windows_that_were_read() -> None:
         "rest_of_machine": 0.05,
         "idle": 0.45,
     }
-    report = {
-        "figures": [
-            _figure("echo", None, {}),
-            _figure("appends", "sqlite", {"cpu": reading}),
-            _figure("appends-p99", "sqlite", {"cpu": reading}),  # the same window
-            _figure("appends", "postgres", {"cpu": {}}),  # not read there: no row
-        ],
-        "git": {"commit": "abc", "dirty": False},
-        "machine": {"cpus": 2, "cpu_model": "test"},
-        "scale": "smoke",
-        "seconds": 1.0,
-    }
-    text = markdown(report)
+    text = markdown(
+        report(
+            [
+                figure("echo", None, {}),
+                figure("appends", "sqlite", {"cpu": reading}),
+                figure("appends-p99", "sqlite", {"cpu": reading}),  # the same window
+                figure("appends", "postgres", {"cpu": {}}),  # not read there: no row
+            ]
+        )
+    )
     assert "CPU in the timed windows, in cores of 2:" in text
     assert "| appends | sqlite | 0.95 | 1.20 | 0.30 | 0.05 | 0.45 |" in text
     table = text.split("CPU in the timed windows")[1]
@@ -132,11 +112,4 @@ def test_the_report_tabulates_the_windows_that_were_read() -> None:
 
 
 def test_no_table_when_no_window_was_read() -> None:
-    report = {
-        "figures": [_figure("echo", None, {})],
-        "git": {"commit": "abc", "dirty": False},
-        "machine": {"cpus": 2, "cpu_model": "test"},
-        "scale": "smoke",
-        "seconds": 1.0,
-    }
-    assert "CPU in the timed windows" not in markdown(report)
+    assert "CPU in the timed windows" not in markdown(report([figure("echo", None, {})]))
