@@ -125,4 +125,6 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
     return [rate, p99]
 
 
-BENCHMARK = Benchmark(NAME, "figure", per_db=True, run=measure, needs=("signed-echo",))
+BENCHMARK = Benchmark(
+    NAME, "figure", per_db=True, run=measure, needs=("signed-echo",), beside=("signed-echo",)
+)

@@ -91,4 +91,6 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
     return [figure]
 
 
-BENCHMARK = Benchmark(NAME, "figure", per_db=True, run=measure, needs=("ed25519",))
+BENCHMARK = Benchmark(
+    NAME, "figure", per_db=True, run=measure, needs=("ed25519",), beside=("ed25519",)
+)

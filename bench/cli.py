@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -159,31 +159,77 @@ async def _run_all(
 async def _run_ordered(
     ctx: Context, ordered: Sequence[Benchmark], dbs: list[DbKind], figures: list[Figure]
 ) -> None:
+    # Every baseline a figure is measured beside is in ``ordered``: it is in the figure's needs.
+    baselines = {b.name: b for b in ordered if b.kind == "baseline"}
     for benchmark in ordered:
         for db in dbs if benchmark.per_db else [None]:
-            label = benchmark.name + (f" ({db})" if db else "")
-            ctx.log(f"{label}: running")
-            started = time.perf_counter()
-            try:
-                results = await benchmark.run(ctx, db)
-            except Exception as exc:
-                traceback.print_exc()
-                results = [
-                    Figure(
-                        benchmark.name,
-                        benchmark.name,
-                        None,
-                        "",
-                        db=db,
-                        status="failed",
-                        note=f"{type(exc).__name__}: {exc}",
-                    )
-                ]
-            ctx.log(f"{label}: done in {time.perf_counter() - started:.1f}s")
+            before = await _baselines_beside(ctx, benchmark, baselines)
+            results = await _run_one(ctx, benchmark, db)
+            if before:
+                after = await _baselines_beside(ctx, benchmark, baselines)
+                for figure in results:
+                    _take_ratio_beside(figure, before, after)
             for figure in results:
                 if benchmark.kind == "baseline" and figure.value is not None:
                     ctx.baselines[(figure.key, figure.db)] = figure
             figures.extend(results)
+
+
+async def _run_one(ctx: Context, benchmark: Benchmark, db: DbKind | None) -> list[Figure]:
+    """The benchmark's figures on ``db``, or one row saying why it failed."""
+    label = benchmark.name + (f" ({db})" if db else "")
+    ctx.log(f"{label}: running")
+    started = time.perf_counter()
+    try:
+        results = await benchmark.run(ctx, db)
+    except Exception as exc:
+        traceback.print_exc()
+        results = [
+            Figure(
+                benchmark.name,
+                benchmark.name,
+                None,
+                "",
+                db=db,
+                status="failed",
+                note=f"{type(exc).__name__}: {exc}",
+            )
+        ]
+    ctx.log(f"{label}: done in {time.perf_counter() - started:.1f}s")
+    return results
+
+
+async def _baselines_beside(
+    ctx: Context, figure: Benchmark, baselines: Mapping[str, Benchmark]
+) -> dict[str, float]:
+    """The baselines ``figure`` is measured beside, measured now (one that fails to run is
+    left out: the figure's ratio then stays against the run's first measurement). They are
+    machine baselines, measured once whatever the databases."""
+    values: dict[str, float] = {}
+    for name in figure.beside:
+        if baselines[name].per_db:
+            raise ValueError(f"{figure.name} is measured beside {name}, which is per database")
+        for result in await _run_one(ctx, baselines[name], None):
+            if result.key == name and result.value:
+                values[name] = result.value
+    return values
+
+
+def _take_ratio_beside(figure: Figure, before: dict[str, float], after: dict[str, float]) -> None:
+    """Take ``figure``'s ratio against the mean of its baseline measured right before and
+    right after it, keeping the ratio to the run's first measurement in its details."""
+    name = figure.baseline
+    if name is None or name not in before or name not in after or figure.value is None:
+        return
+    mean = (before[name] + after[name]) / 2
+    figure.details = {
+        **figure.details,
+        "baseline_beside": {"name": name, "before": before[name], "after": after[name]},
+        "ratio_to_first_baseline": figure.ratio,
+    }
+    figure.ratio = figure.value / mean
+    figure.note = f"{figure.note}; " if figure.note else ""
+    figure.note += f"{name} beside it {_number(mean)}"
 
 
 def _number(value: float | None) -> str:

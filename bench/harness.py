@@ -503,6 +503,10 @@ class Benchmark:
 
     ``per_db``: run once per selected database (``db`` is passed) rather than once (``None``).
     ``needs``: baselines its ratios are taken against (run first, even if not selected).
+    ``beside``: those of ``needs`` measured again right before and right after each run of
+    the figure, its ratios then taken against their mean: the machine's speed drifts over
+    a run (echo moved by a quarter within minutes on the shared 2-core machines), and a
+    baseline measured beside the figure is measured on the machine the figure ran on.
     """
 
     name: str
@@ -510,3 +514,8 @@ class Benchmark:
     per_db: bool
     run: Run
     needs: tuple[str, ...] = ()
+    beside: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not set(self.beside) <= set(self.needs):
+            raise ValueError(f"{self.name}: baselines measured beside it must be in its needs")

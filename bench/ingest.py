@@ -119,4 +119,6 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
     return [figure]
 
 
-BENCHMARK = Benchmark(NAME, "figure", per_db=True, run=measure, needs=("ed25519", "sql-insert"))
+BENCHMARK = Benchmark(
+    NAME, "figure", per_db=True, run=measure, needs=("ed25519", "sql-insert"), beside=("ed25519",)
+)

@@ -128,4 +128,4 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
     return [figure]
 
 
-BENCHMARK = Benchmark(NAME, "figure", per_db=True, run=measure, needs=("echo",))
+BENCHMARK = Benchmark(NAME, "figure", per_db=True, run=measure, needs=("echo",), beside=("echo",))

@@ -80,6 +80,18 @@ def test_smoke_run_reports_every_figure(db: str, tmp_path: Path) -> None:
     assert figures[("proofs-inclusion", db)]["baseline"] == "pymerkle-inclusion"
     assert figures[("proofs-inclusion", db)]["details"]["tree_size"] > 2_000  # the big ledger
     assert figures[("audit", db)]["details"]["entries"] > 2_000
+    # Relative figures are compared with their baseline measured right before and after them.
+    for key, baseline in (
+        ("ingest", "ed25519"),
+        ("appends", "signed-echo"),
+        ("audit", "ed25519"),
+        ("negotiation", "echo"),
+    ):
+        figure = figures[(key, db)]
+        beside = figure["details"]["baseline_beside"]
+        assert beside["name"] == baseline, figure
+        mean = (beside["before"] + beside["after"]) / 2
+        assert figure["ratio"] == pytest.approx(figure["value"] / mean), figure
     for key in ("appends", "negotiation"):  # bench.calls: the server's metrics
         call_time = figures[(key, db)]["details"]["call_time"]
         assert call_time["calls"] > 0, call_time
