@@ -202,16 +202,16 @@ async def _run_one(ctx: Context, benchmark: Benchmark, db: DbKind | None) -> lis
 async def _baselines_beside(
     ctx: Context, figure: Benchmark, baselines: Mapping[str, Benchmark]
 ) -> dict[str, float]:
-    """The baselines ``figure`` is measured beside, measured now (one that fails to run is
-    left out: the figure's ratio then stays against the run's first measurement). They are
-    machine baselines, measured once whatever the databases."""
+    """The baselines ``figure`` is measured beside, measured now, by figure key (one that
+    fails to run is left out: the figure's ratio then stays against the run's first
+    measurement). They are machine baselines, measured once whatever the databases."""
     values: dict[str, float] = {}
     for name in figure.beside:
         if baselines[name].per_db:
             raise ValueError(f"{figure.name} is measured beside {name}, which is per database")
         for result in await _run_one(ctx, baselines[name], None):
-            if result.key == name and result.value:
-                values[name] = result.value
+            if result.value:
+                values[result.key] = result.value
     return values
 
 

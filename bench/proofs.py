@@ -160,4 +160,6 @@ def _verify(tree: TreeCache, verifier: NoteVerifier, responses: list[Proof]) -> 
             )
 
 
-BENCHMARK = Benchmark(NAME, "figure", per_db=True, run=measure, needs=("pymerkle",))
+BENCHMARK = Benchmark(
+    NAME, "figure", per_db=True, run=measure, needs=("pymerkle",), beside=("pymerkle",)
+)

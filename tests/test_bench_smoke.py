@@ -85,6 +85,7 @@ def test_smoke_run_reports_every_figure(db: str, tmp_path: Path) -> None:
         ("ingest", "ed25519"),
         ("appends", "signed-echo"),
         ("audit", "ed25519"),
+        ("proofs-consistency", "pymerkle-consistency"),
         ("negotiation", "echo"),
     ):
         figure = figures[(key, db)]
