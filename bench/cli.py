@@ -5,7 +5,9 @@
 
 Baselines run first (those a selected figure is compared with are added even when not
 named in ``--only``), then the figures in their issue order; database-dependent ones run once
-per selected database, each on a fresh server process and a fresh database.
+per selected database, each on a fresh server process and a fresh database. A figure's
+machine baselines (``Benchmark.beside``) are measured again right before and right after each
+of its passes, and its ratio taken against their mean.
 """
 
 from __future__ import annotations
