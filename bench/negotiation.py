@@ -98,6 +98,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
                 server.metrics_url,
                 [(service, "OpenNegotiation"), (service, "Move")],
             )
+            ctx.log(f"{NAME}: timed window of {seconds:g} s")
             with window, CpuWindow(server.pid) as cpu:
                 rounds, elapsed = await run_for(seconds, NEGOTIATIONS, call)
         finally:
