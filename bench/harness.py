@@ -38,6 +38,10 @@ DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 """Where scratch databases are created; the named database is only used to create them."""
 
 SERVER_START_TIMEOUT = 60.0
+OWN_CONNECTION: tuple[tuple[str, int], ...] = (("grpc.use_local_subchannel_pool", 1),)
+"""gRPC channel options giving a client its own TCP connection. Without them, every channel
+of the bench process to one server shares a single connection (gRPC's global subchannel
+pool), so 64 "members" would reach the server as one HTTP/2 connection, as no 64 users do."""
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
@@ -399,6 +403,22 @@ async def coalition_server(
             if profiler is not None:
                 # py-spy writes its profile once the process it samples has exited.
                 await asyncio.to_thread(profiler.wait, 60)
+
+
+@contextlib.asynccontextmanager
+async def replica_of(
+    ctx: Context, server: ServerProcess, name: str
+) -> AsyncIterator[ServerProcess]:
+    """Another ``coalition-server`` process on ``server``'s database and keys (a replica, as
+    docker-compose.yml runs two), stopped when the block ends."""
+    replica = await asyncio.to_thread(
+        start_server, server.db_url, server.data_dir, ctx.server_args, f"{name}-replica.log"
+    )
+    ctx.log(f"{name}: replica pid {replica.pid} on {replica.target}")
+    try:
+        yield replica
+    finally:
+        await asyncio.to_thread(replica.stop)
 
 
 def _profile(out: Path, server: ServerProcess) -> subprocess.Popen[bytes]:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.big_ledger import shared_big_ledger
-from bench.harness import Benchmark, Context, DbKind, Figure, Target, start_server
+from bench.harness import OWN_CONNECTION, Benchmark, Context, DbKind, Figure, Target, start_server
 from coalition.client import Client
 
 NAME = "memory"
@@ -48,7 +48,7 @@ async def measure(ctx: Context, db: DbKind | None) -> list[Figure]:
 
         async def client() -> None:
             nonlocal served
-            async with Client(server.target) as c:
+            async with Client(server.target, channel_options=OWN_CONNECTION) as c:
                 size = (await c.checkpoint()).tree_size
                 while time.perf_counter() < deadline:
                     if rng.random() < 0.5:

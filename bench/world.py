@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from google.protobuf.duration_pb2 import Duration
 
+from bench.harness import OWN_CONNECTION
 from coalition.client import Client, consent_token, price_floor
 from coalition.keys import SigningKey
 from coalition.v1 import negotiation_pb2, party_pb2, terms_pb2
@@ -38,7 +39,7 @@ async def member(
     """A contributor with ``items`` registered items and (``grant``) one consent token for
     all of them: purpose train-ai, purchase at ``floor_micros`` per item at least."""
     key = SigningKey.generate()
-    client = Client(target, key)
+    client = Client(target, key, channel_options=OWN_CONNECTION)
     await client.register(party_pb2.ROLE_CONTRIBUTOR, name)
     item_ids: list[str] = []
     if items:
@@ -61,7 +62,7 @@ async def member(
 async def lab(target: str, name: str) -> Party:
     """A registered lab."""
     key = SigningKey.generate()
-    client = Client(target, key)
+    client = Client(target, key, channel_options=OWN_CONNECTION)
     await client.register(party_pb2.ROLE_LAB, name)
     return Party(client, key, [])
 

@@ -17,7 +17,15 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from bench.harness import Benchmark, Context, DbKind, Figure, run_for, subprocess_with_port
+from bench.harness import (
+    OWN_CONNECTION,
+    Benchmark,
+    Context,
+    DbKind,
+    Figure,
+    run_for,
+    subprocess_with_port,
+)
 
 NAME = "echo"
 SERVICE = "bench.Echo"
@@ -65,7 +73,10 @@ async def rate_figure(
     seconds = ctx.pick_seconds(1.5, 10.0)
     log = ctx.fresh_dir(key) / "server.log"
     with subprocess_with_port([sys.executable, "-m", server_module], log) as (_, port):
-        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(concurrency)]
+        channels = [
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
+            for _ in range(concurrency)
+        ]
         stubs: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
             channel.unary_unary(f"/{service}/Echo") for channel in channels
         ]

@@ -106,6 +106,7 @@ def main_command(
     max_message_bytes: Annotated[int | None, _flag("max_message_bytes")] = None,
     policy_file: Annotated[Path | None, _flag("policy_file")] = None,
     negotiation_sweep_seconds: Annotated[float | None, _flag("negotiation_sweep_seconds")] = None,
+    follow_poll_seconds: Annotated[float | None, _flag("follow_poll_seconds")] = None,
     currency: Annotated[str | None, _flag("currency")] = None,
     kek_dir: Annotated[Path | None, _flag("kek_dir")] = None,
     # Durations are parsed by config (90d, 12h, 30m, 45s), like their env and file forms.

@@ -109,6 +109,15 @@ class Settings:
     negotiation_sweep_seconds: float = field(
         default=5.0, metadata=_meta("How often negotiations past their deadline are terminated.")
     )
+    follow_poll_seconds: float = field(
+        default=0.5,
+        metadata=_meta(
+            "How long a feed (withdrawal notices, a negotiation's moves) waits for a commit "
+            "before reading the log again. Commits of this process and, on PostgreSQL, "
+            "announced commits of other replicas wake it at once; this bounds how late it "
+            "sees one whose announcement was missed."
+        ),
+    )
     currency: str = field(
         default="USD", metadata=_meta("ISO 4217 currency of every price (integer micros).")
     )

@@ -24,5 +24,7 @@ class ServerContext:
     currency: str = "USD"
     # How the coalition bargains (the operator's policy file).
     policy: CoalitionPolicy = field(default_factory=CoalitionPolicy)
+    # Longest wait of a feed for a commit before it reads the log again (Settings).
+    follow_poll_seconds: float = 0.5
     # The pool as of its latest version, shared by every move (store/pool.py).
     pools: PoolCache = field(default_factory=PoolCache)

@@ -39,6 +39,7 @@ from coalition_server.keys.server_keys import ServerKeys
 from coalition_server.metrics import ServerMetrics
 from coalition_server.policy import CoalitionPolicy
 from coalition_server.store import migrate
+from coalition_server.store.commit_notices import CommitNotices
 from coalition_server.store.database import Database
 from coalition_server.store.items import destroy_retired_keks, retire_aged_keks
 from coalition_server.store.ledger import LedgerStore, LogIdentity, StoredCheckpoint
@@ -78,6 +79,7 @@ class CoalitionServer:
         self.metrics_port: int | None = None
         self._db: Database | None = None
         self._sequencer: Sequencer | None = None
+        self.commit_notices: CommitNotices | None = None
         self._background: list[asyncio.Task[None]] = []
         # The tree's hashes in memory, for proofs (filled in the background at start).
         self.tree: TreeCache | None = None
@@ -109,11 +111,15 @@ class CoalitionServer:
         def committed(commit: Commit) -> None:
             tree.extend(commit.old_size, commit.new_size, commit.nodes)
             ledger.saw_checkpoint(StoredCheckpoint(commit.new_size, commit.root_hash, commit.note))
+            notices.announce(commit.new_size)
 
         sequencer = self._sequencer = Sequencer(
             db, keys.log_signer, max_batch=settings.max_batch, metrics=metrics, on_commit=committed
         )
+        # Other replicas' commits wake this process's followers (PostgreSQL only).
+        notices = self.commit_notices = CommitNotices(db.url, sequencer.wake_followers)
         sequencer.start()
+        notices.start()
         parties = self.parties = PartyStore(db)
         dispatcher = Dispatcher(
             Authenticator(parties, settings.auth_window_seconds), observer=metrics
@@ -125,6 +131,7 @@ class CoalitionServer:
             key_provider=FileKeyProvider(settings.kek_directory()),
             currency=settings.currency,
             policy=CoalitionPolicy.load(settings.policy_file),
+            follow_poll_seconds=settings.follow_poll_seconds,
         )
         await register_coalition(sequencer, parties, keys.coalition_key, keys.log_signer.name)
         self.negotiations = NegotiationServicer(self.context)
@@ -249,6 +256,8 @@ class CoalitionServer:
             await self._server.stop(grace)
         if self._sequencer is not None:
             await self._sequencer.stop()
+        if self.commit_notices is not None:
+            await self.commit_notices.stop()
         if self.metrics is not None:
             # The exporter's shutdown waits for its poll loop: not on the event loop.
             await asyncio.to_thread(self.metrics.close)

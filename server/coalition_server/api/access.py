@@ -47,7 +47,6 @@ from coalition_server.timeutil import to_timestamp, utcnow
 
 LAB = party_pb2.ROLE_LAB
 RELEASE_ATTEMPTS = 5
-FEED_POLL_SECONDS = 0.5
 
 
 # Each refusal names its reason literally (not built with an f-string), so that
@@ -371,7 +370,7 @@ class AccessServicer:
                 )
                 since = notice.index + 1
             if not notices:
-                await self._ctx.sequencer.wait_for_commit(FEED_POLL_SECONDS)
+                await self._ctx.sequencer.wait_for_commit(self._ctx.follow_poll_seconds)
 
     @rpc(Policy.PARTY)
     async def AcknowledgeWithdrawal(

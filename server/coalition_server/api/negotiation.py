@@ -424,7 +424,7 @@ class NegotiationServicer:
                 ):
                     return
             if not entries:
-                await self._ctx.sequencer.wait_for_commit(0.5)
+                await self._ctx.sequencer.wait_for_commit(self._ctx.follow_poll_seconds)
 
     async def expire_due(self) -> int:
         """Terminate open negotiations past their deadline (a coalition-signed move each)."""

@@ -526,15 +526,17 @@ class Sequencer:
         for pending, key in outcome.replays:
             pending.future.set_result(await self._replay(key))
         self.batches += 1
-        # Wake everyone following the log (feeds), then arm a fresh event for the next batch.
+        self.wake_followers()
+
+    def wake_followers(self) -> None:
+        """Wake everyone waiting in :meth:`wait_for_commit` (this process committed, or
+        another replica announced a commit), and arm a fresh event for the next time."""
         self._committed.set()
         self._committed = asyncio.Event()
 
     async def wait_for_commit(self, seconds: float) -> None:
-        """Return after this process commits its next batch, or after ``seconds``.
-
-        Other replicas' batches are not signalled here: followers also poll on timeout.
-        """
+        """Return after this process commits its next batch, after another replica's commit
+        is announced (:mod:`commit_notices`), or after ``seconds``, whichever comes first."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._committed.wait(), seconds)
 
