@@ -4,6 +4,7 @@ the announcer, and again after the listener's connection is cut."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
@@ -111,3 +112,21 @@ async def test_sqlite_has_no_listener() -> None:
     assert not notices.listening.is_set()
     assert woken.count == 0
     await notices.stop()
+
+
+async def test_an_unreachable_database_is_retried_less_and_less_often(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on port 1: every attempt is refused at once.
+    url = make_url("postgresql+asyncpg://postgres@127.0.0.1:1/nowhere")
+    notices = CommitNotices(url, Woken(), retry_seconds=0.05)
+    with caplog.at_level(logging.WARNING, logger="coalition_server.store.commit_notices"):
+        notices.start()
+        async with asyncio.timeout(20):
+            # The log records are what is observed here: nothing to wait on but them.
+            while len(caplog.records) < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await notices.stop()
+    delays = [float(r.getMessage().rsplit(" ", 2)[1]) for r in caplog.records[:4]]
+    assert delays == [0.05, 0.1, 0.2, 0.4]
+    assert not notices.listening.is_set()

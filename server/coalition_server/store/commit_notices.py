@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "coalition_log_commits"
 """The notification channel every replica of a log listens on (one database, one log)."""
+MAX_RETRY_SECONDS = 30.0
+"""Longest wait between two attempts to reconnect the listener."""
 APPLICATION_NAME = "coalition commit notices"
 """The listener's connection's name in ``pg_stat_activity``."""
 
@@ -45,7 +47,9 @@ class CommitNotices:
 
     ``on_notice`` is called (on the event loop) when another process announces a commit,
     and once each time the listener (re)connects, since announcements may have been missed
-    while it was away. On SQLite :meth:`start` does nothing and :meth:`announce` is a no-op.
+    while it was away. A lost connection is retried after ``retry_seconds``, then twice as
+    long each time, up to :data:`MAX_RETRY_SECONDS`. On SQLite :meth:`start` does nothing and
+    :meth:`announce` is a no-op.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class CommitNotices:
                 "server_settings": {"application_name": APPLICATION_NAME},
             },
         )
+        delay = self._retry_seconds
         try:
             while True:
                 try:
@@ -104,14 +109,18 @@ class CommitNotices:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the database went away: retry, followers poll
+                    if self.listening.is_set():
+                        delay = self._retry_seconds  # it had worked: start over
                     log.warning(
-                        "commit notices unavailable (%s); retrying in %.0f s",
+                        "commit notices unavailable (%s); retrying in %.3g s",
                         type(exc).__name__,
-                        self._retry_seconds,
+                        delay,
                     )
                 finally:
                     self.listening.clear()
-                await asyncio.sleep(self._retry_seconds)
+                await asyncio.sleep(delay)
+                # Doubling up to half a minute: one line a minute or so in a long outage.
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
         finally:
             await engine.dispose()
 
