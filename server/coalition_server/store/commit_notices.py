@@ -65,7 +65,7 @@ class CommitNotices:
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
-        """Set while the listener is connected (for tests and health)."""
+        """Set while the listener is connected (tests wait for it)."""
         self.heard = 0
         """Announcements heard from other processes."""
 
