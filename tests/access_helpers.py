@@ -1,11 +1,12 @@
-"""Agreements for SDK and CLI tests, made directly through the domain layer.
+"""Items, agreements and leases for SDK and CLI tests.
 
-Negotiation comes in a later issue; until then a test concludes an agreement the way an
-operator would: the lab signs the Agreement, the coalition countersigns and logs it.
+Agreements are made directly through the domain layer, skipping negotiation (its own tests
+cover it): the lab signs the Agreement, the coalition countersigns and logs it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from coalition.client import Client, price_floor
 from coalition.keys import SigningKey
 from coalition.statements import sign_statement
 from coalition.v1 import access_pb2, ledger_pb2, terms_pb2
@@ -76,3 +78,24 @@ async def make_agreement(
     )
     envelope = sign_statement(statement, lab)
     return await conclude_agreement(server.context, server.parties, envelope)
+
+
+CONTENTS = [b"first item " * 100, os.urandom(1_300_000), b"", b"last"]
+
+
+async def stored_items(member: Client, contents: list[bytes] = CONTENTS) -> list[str]:
+    response = await member.register_items(
+        [(hashlib.sha256(c).digest(), len(c), "text/plain", ["set"]) for c in contents]
+    )
+    for item, data in zip(response.items, contents, strict=True):
+        await member.upload(item.item_id, data)
+    await member.grant_consent(
+        tag="set", purposes=["train-ai"], floors=[price_floor("purchase", 1)]
+    )
+    return [i.item_id for i in response.items]
+
+
+async def leased(server: CoalitionServer, lab: Client, ids: list[str], **terms: object) -> str:
+    assert lab.key is not None
+    agreement_id, _ = await make_agreement(server, lab.key, ids, terms=licence_terms(**terms))  # type: ignore[arg-type]
+    return (await lab.take_lease(agreement_id)).lease.lease_id

@@ -14,7 +14,7 @@ from coalition.keys import SigningKey
 from coalition.v1 import access_pb2, party_pb2
 from coalition_server.config import Settings
 from coalition_server.server import CoalitionServer
-from tests.sdk.test_access import leased, stored_items
+from tests.access_helpers import leased, stored_items
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,34 +18,13 @@ from coalition.client import (
     FetchError,
     FetchProgress,
     ServerError,
-    price_floor,
 )
 from coalition.errors import VerificationError
 from coalition.v1 import access_pb2, ledger_pb2, party_pb2
 from coalition_server.server import CoalitionServer
-from tests.access_helpers import licence_terms, make_agreement
+from tests.access_helpers import CONTENTS, leased, make_agreement, stored_items
 from tests.sdk.conftest import MakeParty
 from tests.sdk.proxy import Proxy
-
-CONTENTS = [b"first item " * 100, os.urandom(1_300_000), b"", b"last"]
-
-
-async def stored_items(member: Client, contents: list[bytes] = CONTENTS) -> list[str]:
-    response = await member.register_items(
-        [(hashlib.sha256(c).digest(), len(c), "text/plain", ["set"]) for c in contents]
-    )
-    for item, data in zip(response.items, contents, strict=True):
-        await member.upload(item.item_id, data)
-    await member.grant_consent(
-        tag="set", purposes=["train-ai"], floors=[price_floor("purchase", 1)]
-    )
-    return [i.item_id for i in response.items]
-
-
-async def leased(server: CoalitionServer, lab: Client, ids: list[str], **terms: object) -> str:
-    assert lab.key is not None
-    agreement_id, _ = await make_agreement(server, lab.key, ids, terms=licence_terms(**terms))  # type: ignore[arg-type]
-    return (await lab.take_lease(agreement_id)).lease.lease_id
 
 
 async def ledger(client: Client) -> list[tuple[int, ledger_pb2.LedgerLeaf]]:
