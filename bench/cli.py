@@ -203,30 +203,38 @@ async def _run_one(ctx: Context, benchmark: Benchmark, db: DbKind | None) -> lis
 
 async def _baselines_beside(
     ctx: Context, figure: Benchmark, baselines: Mapping[str, Benchmark]
-) -> dict[str, float]:
+) -> dict[str, Figure]:
     """The baselines ``figure`` is measured beside, measured now, by figure key (one that
     fails to run is left out: the figure's ratio then stays against the run's first
     measurement). They are machine baselines, measured once whatever the databases."""
-    values: dict[str, float] = {}
+    measured: dict[str, Figure] = {}
     for name in figure.beside:
         if baselines[name].per_db:
             raise ValueError(f"{figure.name} is measured beside {name}, which is per database")
         for result in await _run_one(ctx, baselines[name], None):
             if result.value:
-                values[result.key] = result.value
-    return values
+                measured[result.key] = result
+    return measured
 
 
-def _take_ratio_beside(figure: Figure, before: dict[str, float], after: dict[str, float]) -> None:
+def _take_ratio_beside(figure: Figure, before: dict[str, Figure], after: dict[str, Figure]) -> None:
     """Take ``figure``'s ratio against the mean of its baseline measured right before and
-    right after it, keeping the ratio to the run's first measurement in its details."""
+    right after it, keeping the ratio to the run's first measurement in its details, and the
+    baseline's CPU readings (``bench.cpu``) where it took them."""
     name = figure.baseline
     if name is None or name not in before or name not in after or figure.value is None:
         return
-    mean = (before[name] + after[name]) / 2
+    first, last = before[name], after[name]
+    if not first.value or not last.value:
+        return
+    mean = (first.value + last.value) / 2
+    beside: dict[str, Any] = {"name": name, "before": first.value, "after": last.value}
+    if first.details.get("cpu") and last.details.get("cpu"):
+        beside["cpu_before"] = first.details["cpu"]
+        beside["cpu_after"] = last.details["cpu"]
     figure.details = {
         **figure.details,
-        "baseline_beside": {"name": name, "before": before[name], "after": after[name]},
+        "baseline_beside": beside,
         "ratio_to_first_baseline": figure.ratio,
     }
     figure.ratio = figure.value / mean

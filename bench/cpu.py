@@ -15,6 +15,7 @@ core is good to about 0.2%); where ``/proc`` is missing, :meth:`CpuWindow.detail
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,18 @@ class CpuWindow:
             "rest_of_machine": round(max(0.0, busy - server - bench), 3),
             "idle": share(start.machine_idle, end.machine_idle),
         }
+
+
+def machine_ms_each(cpu: Mapping[str, Any], rate: float | None) -> float | None:
+    """Milliseconds of the whole machine's CPU (every process, every core) per unit of a
+    figure measured at ``rate`` units a second (calls, rounds, appends, tokens) over the
+    window ``cpu`` was read in (:meth:`CpuWindow.details`); None without a reading or a rate.
+
+    Set beside the same reading of a baseline, it tells a figure that does too much work per
+    unit from one that leaves part of the machine idle: a ratio target of 0.2 to echo holds
+    at equal use of the machine if a round costs at most five echo calls.
+    """
+    if not cpu or not rate or rate <= 0:
+        return None
+    busy = float(cpu["cores"]) - float(cpu["idle"])
+    return round(max(busy, 0.0) / rate * 1000, 4)

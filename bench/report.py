@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import machine_ms_each
+
 
 def _number(value: float | None) -> str:
     if value is None:
@@ -88,26 +90,55 @@ def _windows(figures: list[dict[str, Any]], reading: str) -> list[dict[str, Any]
 def _cpu_table(figures: list[dict[str, Any]]) -> list[str]:
     """Where the CPU went in the timed windows that recorded it (``bench.cpu``), one row per
     window (figures of one window, as appends' rate and p99, share the first's row);
-    nothing when none did."""
+    nothing when none did. A rate's row also gives the machine's CPU per unit of it, and
+    that as a number of its baseline's calls where the baseline's CPU was read too."""
     rows = _windows(figures, "cpu")
     if not rows:
         return []
     lines = [
         "",
-        f"CPU in the timed windows, in cores of {rows[0]['details']['cpu']['cores']}:",
+        f"CPU in the timed windows, in cores of {rows[0]['details']['cpu']['cores']}, and the "
+        "whole machine's CPU for each call, round, append or token of a rate:",
         "",
         "| figure | db | server's event loop | server process | bench (clients) "
-        "| rest of machine | idle |",
-        "|---|---|--:|--:|--:|--:|--:|",
+        "| rest of machine | idle | machine's CPU each, ms | in baseline calls |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for figure in rows:
         cpu = figure["details"]["cpu"]
+        each = machine_ms_each(cpu, _rate(figure))
+        baseline_each = _baseline_ms_each(figure, figures)
+        in_calls = ""
+        if each is not None and baseline_each:
+            in_calls = f"{each / baseline_each:.2f} × {figure['baseline']}"
         lines.append(
             f"| {figure['title']} | {figure['db'] or ''} | {cpu['server_loop_thread']:.2f} "
             f"| {cpu['server_process']:.2f} | {cpu['bench_process']:.2f} "
-            f"| {cpu['rest_of_machine']:.2f} | {cpu['idle']:.2f} |"
+            f"| {cpu['rest_of_machine']:.2f} | {cpu['idle']:.2f} "
+            f"| {'' if each is None else f'{each:.3f}'} | {in_calls} |"
         )
     return lines
+
+
+def _rate(figure: dict[str, Any]) -> float | None:
+    """The figure's value if it is a rate (a unit per second), else None."""
+    unit = str(figure.get("unit", ""))
+    return figure["value"] if unit.endswith("/s") and figure["value"] else None
+
+
+def _baseline_ms_each(figure: dict[str, Any], figures: list[dict[str, Any]]) -> float | None:
+    """The machine's CPU per call of ``figure``'s baseline: the mean of its measurements
+    right before and after the figure where they read the CPU, else the run's first."""
+    beside = figure["details"].get("baseline_beside") or {}
+    if beside.get("cpu_before") and beside.get("cpu_after"):
+        before = machine_ms_each(beside["cpu_before"], beside["before"])
+        after = machine_ms_each(beside["cpu_after"], beside["after"])
+        if before is not None and after is not None:
+            return (before + after) / 2
+    for other in figures:
+        if other["key"] == figure.get("baseline") and other["details"].get("cpu"):
+            return machine_ms_each(other["details"]["cpu"], _rate(other))
+    return None
 
 
 def _calls_table(figures: list[dict[str, Any]]) -> list[str]:

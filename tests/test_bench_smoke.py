@@ -108,3 +108,9 @@ def test_smoke_run_reports_every_figure(db: str, tmp_path: Path) -> None:
             cpu = figures[(key, db)]["details"]["cpu"]
             assert cpu["server_loop_thread"] > 0, cpu
             assert cpu["server_process"] >= cpu["server_loop_thread"] - 0.01, cpu
+        # The echo baselines read the machine's CPU too, beside the figures compared with them.
+        for key in ("echo", "signed-echo"):
+            assert figures[(key, None)]["details"]["cpu"]["server_loop_thread"] > 0
+        for key in ("appends", "negotiation"):
+            beside = figures[(key, db)]["details"]["baseline_beside"]
+            assert beside["cpu_before"]["cores"] == beside["cpu_after"]["cores"] >= 1, beside

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from bench.cpu import CpuWindow
 from bench.harness import (
     OWN_CONNECTION,
     Benchmark,
@@ -72,7 +73,7 @@ async def rate_figure(
     server_module, service = server
     seconds = ctx.pick_seconds(1.5, 10.0)
     log = ctx.fresh_dir(key) / "server.log"
-    with subprocess_with_port([sys.executable, "-m", server_module], log) as (_, port):
+    with subprocess_with_port([sys.executable, "-m", server_module], log) as (pid, port):
         channels = [
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
             for _ in range(concurrency)
@@ -86,7 +87,9 @@ async def rate_figure(
                 check(await stubs[worker](request(worker), timeout=10))
 
             await run_for(min(1.0, seconds / 3), concurrency, call)  # warm-up: connections
-            calls, elapsed = await run_for(seconds, concurrency, call)
+            # The machine's CPU per call, to set a figure's own beside it (bench.cpu).
+            with CpuWindow(pid) as cpu:
+                calls, elapsed = await run_for(seconds, concurrency, call)
         finally:
             await asyncio.gather(*(channel.close() for channel in channels))
     return Figure(
@@ -94,7 +97,12 @@ async def rate_figure(
         title,
         calls / elapsed,
         "calls/s",
-        details={"calls": calls, "seconds": round(elapsed, 3), "concurrency": concurrency},
+        details={
+            "calls": calls,
+            "seconds": round(elapsed, 3),
+            "concurrency": concurrency,
+            "cpu": cpu.details(),
+        },
     )
 
 

@@ -83,6 +83,24 @@ async def test_a_baseline_that_fails_beside_the_figure_leaves_its_ratio_to_the_f
     assert rate.note == "32 at once"
 
 
+async def test_the_baselines_cpu_readings_beside_the_figure_go_into_its_details(
+    tmp_path: Path,
+) -> None:
+    ctx = cli.context(cli._parser().parse_args([]), tmp_path, "postgresql://unused")
+    reading = {"cores": 2, "server_loop_thread": 0.9, "idle": 0.2}
+
+    async def speed(_ctx: Context, _db: DbKind | None) -> list[Figure]:
+        return [Figure("speed", "machine speed", 1000.0, "calls/s", details={"cpu": reading})]
+
+    figures: list[Figure] = []
+    await cli._run_ordered(
+        ctx, [Benchmark("speed", "baseline", per_db=False, run=speed), FIGURE], ["sqlite"], figures
+    )
+    beside = figures[-1].details["baseline_beside"]
+    assert beside["cpu_before"] == reading
+    assert beside["cpu_after"] == reading
+
+
 def test_a_figure_is_measured_beside_only_machine_baselines_it_needs() -> None:
     for figure in cli.BENCHMARKS:
         for name in figure.beside:

@@ -104,8 +104,9 @@ def test_the_report_tabulates_the_windows_that_were_read() -> None:
             ]
         )
     )
-    assert "CPU in the timed windows, in cores of 2:" in text
-    assert "| appends | sqlite | 0.95 | 1.20 | 0.30 | 0.05 | 0.45 |" in text
+    assert "CPU in the timed windows, in cores of 2" in text
+    # 1.55 cores busy at 1 append a second: 1,550 ms of the machine's CPU each.
+    assert "| appends | sqlite | 0.95 | 1.20 | 0.30 | 0.05 | 0.45 | 1550.000 |  |" in text
     table = text.split("CPU in the timed windows")[1]
     assert "| appends-p99 |" not in table
     assert "| appends | postgres |" not in table
@@ -113,3 +114,48 @@ def test_the_report_tabulates_the_windows_that_were_read() -> None:
 
 def test_no_table_when_no_window_was_read() -> None:
     assert "CPU in the timed windows" not in markdown(report([figure("echo", None, {})]))
+
+
+def _reading(idle: float) -> dict[str, float]:
+    """A two-core window's reading with ``idle`` cores idle (the rest split at will)."""
+    busy = 2 - idle
+    return {
+        "cores": 2,
+        "server_loop_thread": busy / 2,
+        "server_process": busy / 2,
+        "bench_process": busy / 2,
+        "rest_of_machine": 0.0,
+        "idle": idle,
+    }
+
+
+def test_the_machines_cpu_per_unit_is_the_busy_cores_over_the_rate() -> None:
+    assert cpu.machine_ms_each(_reading(idle=0.5), 1000.0) == pytest.approx(1.5)
+    assert cpu.machine_ms_each(_reading(idle=0.5), None) is None
+    assert cpu.machine_ms_each({}, 1000.0) is None
+
+
+def test_a_rate_is_set_beside_its_baselines_cpu_per_call() -> None:
+    negotiation = figure("negotiation", "sqlite", {"cpu": _reading(idle=0.5)})
+    negotiation["value"] = 1000.0  # 1.5 cores: 1.5 ms of the machine each round
+    negotiation["baseline"] = "echo"
+    # Echo beside it: 1.8 cores at 6,000 calls/s before (0.3 ms each), 1.6 at 4,000 after (0.4).
+    negotiation["details"]["baseline_beside"] = {
+        "name": "echo",
+        "before": 6000.0,
+        "after": 4000.0,
+        "cpu_before": _reading(idle=0.2),
+        "cpu_after": _reading(idle=0.4),
+    }
+    echo = figure("echo", None, {"cpu": _reading(idle=0.0)})
+    echo["value"] = 1000.0  # the run's first echo: 2 ms each, not used when read beside
+    text = markdown(report([echo, negotiation]))
+    assert "| negotiation | sqlite |" in text
+    assert "| 1.500 | 4.29 × echo |" in text  # 1.5 / 0.35
+
+    # Without readings beside it, against the run's first measurement of the baseline.
+    del negotiation["details"]["baseline_beside"]
+    assert "| 1.500 | 0.75 × echo |" in markdown(report([echo, negotiation]))
+    # Without any reading of the baseline's CPU, the column stays empty.
+    echo["details"] = {}
+    assert "| 1.500 |  |" in markdown(report([echo, negotiation]))
