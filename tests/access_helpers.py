@@ -81,9 +81,12 @@ async def make_agreement(
 
 
 CONTENTS = [b"first item " * 100, os.urandom(1_300_000), b"", b"last"]
+"""Item contents of several sizes: empty, small, and over one 1 MiB segment."""
 
 
 async def stored_items(member: Client, contents: list[bytes] = CONTENTS) -> list[str]:
+    """Register and upload ``contents`` as ``member``'s items, consent them for train-ai;
+    their item ids."""
     response = await member.register_items(
         [(hashlib.sha256(c).digest(), len(c), "text/plain", ["set"]) for c in contents]
     )
@@ -96,6 +99,7 @@ async def stored_items(member: Client, contents: list[bytes] = CONTENTS) -> list
 
 
 async def leased(server: CoalitionServer, lab: Client, ids: list[str], **terms: object) -> str:
+    """An agreement of ``lab`` for ``ids`` on ``terms``, and the id of a lease taken on it."""
     assert lab.key is not None
     agreement_id, _ = await make_agreement(server, lab.key, ids, terms=licence_terms(**terms))  # type: ignore[arg-type]
     return (await lab.take_lease(agreement_id)).lease.lease_id
