@@ -134,3 +134,18 @@ def machine_ms_each(cpu: Mapping[str, Any], rate: float | None) -> float | None:
         return None
     busy = float(cpu["cores"]) - float(cpu["idle"])
     return round(max(busy, 0.0) / rate * 1000, 4)
+
+
+def rate_with_every_core_busy(cpu: Mapping[str, Any], rate: float | None) -> float | None:
+    """The rate a figure measured at ``rate`` would reach if the same work per unit kept every
+    core of the machine busy (:func:`machine_ms_each` into the cores); None without a reading,
+    a rate or any busy time.
+
+    An upper bound for any layout over threads or processes that does the same work: where
+    it is under an absolute target (figure 2's 800 appends/s), only less work per unit can
+    meet the target on that machine, not a better use of its cores.
+    """
+    each = machine_ms_each(cpu, rate)
+    if not each:
+        return None
+    return round(float(cpu["cores"]) * 1000 / each, 1)

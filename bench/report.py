@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import machine_ms_each
+from bench.cpu import machine_ms_each, rate_with_every_core_busy
 
 
 def _number(value: float | None) -> str:
@@ -91,7 +91,8 @@ def _cpu_table(figures: list[dict[str, Any]]) -> list[str]:
     """Where the CPU went in the timed windows that recorded it (``bench.cpu``), one row per
     window (figures of one window, as appends' rate and p99, share the first's row);
     nothing when none did. A rate's row also gives the machine's CPU per unit of it, and
-    that as a number of its baseline's calls where the baseline's CPU was read too."""
+    that as a number of its baseline's calls where the baseline's CPU was read too, and the
+    rate that work per unit would reach with every core busy (its bound on this machine)."""
     rows = _windows(figures, "cpu")
     if not rows:
         return []
@@ -101,8 +102,9 @@ def _cpu_table(figures: list[dict[str, Any]]) -> list[str]:
         "whole machine's CPU for each call, round, append or token of a rate:",
         "",
         "| figure | db | server's event loop | server process | bench (clients) "
-        "| rest of machine | idle | machine's CPU each, ms | in baseline calls |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| rest of machine | idle | machine's CPU each, ms | in baseline calls "
+        "| rate with every core busy |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for figure in rows:
         cpu = figure["details"]["cpu"]
@@ -111,11 +113,13 @@ def _cpu_table(figures: list[dict[str, Any]]) -> list[str]:
         in_calls = ""
         if each is not None and baseline_each:
             in_calls = f"{each / baseline_each:.2f} × {figure['baseline']}"
+        ceiling = rate_with_every_core_busy(cpu, _rate(figure))
+        at_full_use = "" if ceiling is None else f"{_number(ceiling)} {figure['unit']}"
         lines.append(
             f"| {figure['title']} | {figure['db'] or ''} | {cpu['server_loop_thread']:.2f} "
             f"| {cpu['server_process']:.2f} | {cpu['bench_process']:.2f} "
             f"| {cpu['rest_of_machine']:.2f} | {cpu['idle']:.2f} "
-            f"| {'' if each is None else f'{each:.3f}'} | {in_calls} |"
+            f"| {'' if each is None else f'{each:.3f}'} | {in_calls} | {at_full_use} |"
         )
     return lines
 
