@@ -13,6 +13,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 from coalition.errors import EnvelopeError, SignatureError
@@ -88,6 +89,12 @@ class Envelope:
 
     def pae(self) -> bytes:
         """The bytes the signatures cover."""
+        return self._signed_bytes
+
+    @cached_property
+    def _signed_bytes(self) -> bytes:
+        # Encoded once: a server verifies the signature and hashes the same bytes for the
+        # statement's id and its ledger entry.
         return pae(self.payload_type, self.payload)
 
     def to_proto(self) -> envelope_pb2.Envelope:

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -75,9 +75,10 @@ class PublicKey:
         """The public key whose raw encoding is ``raw``; KeyFormatError if invalid."""
         return cls(bytes(raw))
 
-    @property
+    @cached_property
     def key_id(self) -> str:
-        """Lowercase hex SHA-256 of the raw key."""
+        """Lowercase hex SHA-256 of the raw key (computed once: a server asks for it several
+        times per call, and once per token of a batch when checking whose signature it is)."""
         return key_id(self.raw)
 
     def verify(self, signature: bytes, message: bytes) -> None:

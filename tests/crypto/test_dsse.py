@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from typing import Any
 
@@ -230,3 +231,12 @@ def test_envelope_is_immutable(key: SigningKey) -> None:
     env = dsse.sign(PAYLOAD_TYPE, b"x", key)
     with pytest.raises(AttributeError):
         env.payload = b"y"  # type: ignore[misc]
+
+
+def test_the_signed_bytes_follow_the_envelope(key: SigningKey) -> None:
+    env = dsse.sign(PAYLOAD_TYPE, b"x", key)
+    assert env.pae() == pae(PAYLOAD_TYPE, b"x")
+    assert env.pae() is env.pae()  # encoded once
+    other = dataclasses.replace(env, payload=b"y")
+    assert other.pae() == pae(PAYLOAD_TYPE, b"y")
+    assert env == dsse.Envelope.from_proto(env.to_proto())  # still compared by its fields

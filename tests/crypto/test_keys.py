@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import stat
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,17 @@ def test_public_key_from_raw_accepts_bytes_like_and_compares_by_value() -> None:
     assert a == b
     assert hash(a) == hash(b)
     assert isinstance(a.raw, bytes)
+
+
+def test_a_key_id_read_once_is_kept_and_the_key_still_a_value() -> None:
+    key = PublicKey(RFC8032_PUB)
+    assert key.key_id == key_id(RFC8032_PUB) == key.key_id
+    fresh = PublicKey(RFC8032_PUB)
+    assert key == fresh
+    assert hash(key) == hash(fresh)
+    assert pickle.loads(pickle.dumps(key)) == fresh
+    with pytest.raises(AttributeError):
+        key.raw = bytes(32)  # type: ignore[misc]
 
 
 def test_verify_rejects_tampering() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from google.protobuf import descriptor_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -37,6 +38,7 @@ from coalition_server.store.sequencer import (
     Sequencer,
     Submission,
     _Edge,
+    length_delimited,
 )
 
 from ..integration.builders import now, ts
@@ -215,6 +217,18 @@ async def test_a_run_is_decided_in_one_call_and_split_at_a_repeated_statement(
     a = first.receipts[0].index
     assert [r.index for r in first.receipts] == [a, a + 1]
     assert [r.index for r in third.receipts] == [a + 2, a + 3]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16383, 16384, 2**21 + 5])
+def test_a_length_delimited_field_is_encoded_as_protobuf_does(size: int) -> None:
+    body = "a" * size
+    # Fields 1 and 11 have one-byte tags (the written-out cases), 36 a two-byte tag.
+    for number, message in [
+        (1, descriptor_pb2.FieldDescriptorProto(name=body)),
+        (11, descriptor_pb2.FileOptions(go_package=body)),
+        (36, descriptor_pb2.FileOptions(objc_class_prefix=body)),
+    ]:
+        assert length_delimited(number, body.encode()) == message.SerializeToString()
 
 
 async def test_leaves_are_the_ledger_leaf_as_protobuf_encodes_it(server: CoalitionServer) -> None:
