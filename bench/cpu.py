@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 _PROC = Path("/proc")
-_TICK = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+TICK_SECONDS = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+"""One clock tick, the unit ``/proc`` counts CPU time in. A thread's ticks and its process's
+are scaled to their run times apart, so over a window the two may differ by a tick or so."""
 
 
 def _stat_seconds(path: Path) -> float:
@@ -32,7 +34,7 @@ def _stat_seconds(path: Path) -> float:
     """
     text = path.read_text()
     fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK
+    return (int(fields[11]) + int(fields[12])) * TICK_SECONDS
 
 
 def _machine_seconds() -> tuple[float, float]:
@@ -41,7 +43,7 @@ def _machine_seconds() -> tuple[float, float]:
     # user nice system idle iowait irq softirq steal (guest time is already in user).
     idle = values[3] + values[4]
     busy = sum(values[:8]) - idle
-    return busy * _TICK, idle * _TICK
+    return busy * TICK_SECONDS, idle * TICK_SECONDS
 
 
 @dataclass(frozen=True)
