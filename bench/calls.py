@@ -12,6 +12,13 @@ start and the end of the window and keeps the differences:
   (``coalition_append_duration_seconds``);
 - the batches committed and the statements in them.
 
+- on SQLite, the hand-overs of work to each pool's driver thread
+  (``coalition_sqlite_hand_overs_total`` and ``coalition_sqlite_hand_over_seconds_total``):
+  how many, per batch, and each one's mean time waiting for the thread, running on it, and
+  waiting for the event loop to resume the coroutine that waits for it. The writer's are
+  the sequencer's (and the few read-write transactions outside it); a batch waits for
+  each of its hand-overs in turn.
+
 The round trip as the clients saw it, less the time in the handler, is what no handler
 accounts for: the clients' own work (signing, encoding), the transport, and gRPC accepting
 the call, reading its request and sending the answer, each of which waits for the server's
@@ -36,6 +43,9 @@ _HANDLER = "coalition_grpc_request_duration_seconds"
 _APPEND = "coalition_append_duration_seconds"
 _BATCH_STATEMENTS = "coalition_sequencer_batch_statements"
 _BATCHES = "coalition_sequencer_batches_committed_total"
+_HAND_OVERS = "coalition_sqlite_hand_overs_total"
+_HAND_OVER_SECONDS = "coalition_sqlite_hand_over_seconds_total"
+PHASES = ("to_thread", "on_thread", "to_loop")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 """Every sample of a scrape, keyed by its name and labels."""
@@ -116,4 +126,33 @@ class CallWindow:
             "statements_per_batch": round(self._delta(f"{_BATCH_STATEMENTS}_sum") / batches, 2)
             if batches
             else None,
+            "sqlite_hand_overs": self._hand_overs(batches, seconds),
         }
+
+    def _hand_overs(self, batches: float, seconds: float) -> dict[str, dict[str, float | None]]:
+        """Each SQLite pool's hand-overs in the window (none on PostgreSQL)."""
+        pools = sorted(
+            dict(labels)["pool"]
+            for name, labels in self._after
+            if name == _HAND_OVERS and self._delta(name, labels) > 0
+        )
+        found: dict[str, dict[str, float | None]] = {}
+        for pool in pools:
+            count = self._delta(_HAND_OVERS, frozenset({("pool", pool)}))
+            found[pool] = {
+                "hand_overs": int(count),
+                "per_s": round(count / seconds, 1),
+                "per_batch": round(count / batches, 2) if batches else None,
+                **{
+                    f"{phase}_ms": round(
+                        self._delta(
+                            _HAND_OVER_SECONDS, frozenset({("pool", pool), ("phase", phase)})
+                        )
+                        / count
+                        * 1000,
+                        3,
+                    )
+                    for phase in PHASES
+                },
+            }
+        return found

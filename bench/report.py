@@ -80,7 +80,8 @@ def _windows(figures: list[dict[str, Any]], reading: str) -> list[dict[str, Any]
         values = figure["details"].get(reading)
         if not isinstance(values, dict) or not values:
             continue
-        window = (figure["db"], tuple(sorted(values.items())))
+        # The reading may nest (call_time's SQLite hand-overs): compared as canonical JSON.
+        window = (figure["db"], json.dumps(values, sort_keys=True))
         if window not in seen:
             seen.add(window)
             rows.append(figure)
@@ -170,6 +171,37 @@ def _calls_table(figures: list[dict[str, Any]]) -> list[str]:
             f"| {number(calls['handler_ms'])} | {number(calls['sequencer_ms'])} "
             f"| {number(calls['outside_handler_ms'])} | {number(calls['batches_per_s'], 0)} "
             f"| {number(calls['statements_per_batch'], 1)} |"
+        )
+    return lines + _hand_overs_table(rows)
+
+
+def _hand_overs_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The SQLite hand-overs of the windows that recorded any, one row per pool."""
+    found = [
+        (figure, pool, times)
+        for figure in rows
+        for pool, times in sorted(
+            figure["details"]["call_time"].get("sqlite_hand_overs", {}).items()
+        )
+    ]
+    if not found:
+        return []
+    lines = [
+        "",
+        "SQLite hand-overs to the driver's thread in the same windows (the writer's are the "
+        "sequencer's), each one's mean time in ms:",
+        "",
+        "| figure | db | pool | per second | per batch | waiting for the thread | on the thread "
+        "| waiting for the event loop |",
+        "|---|---|---|--:|--:|--:|--:|--:|",
+    ]
+    for figure, pool, times in found:
+        per_batch = times["per_batch"]
+        lines.append(
+            f"| {figure['title']} | {figure['db'] or ''} | {pool} | {times['per_s']:,.0f} "
+            f"| {'' if per_batch is None else f'{per_batch:,.1f}'} "
+            f"| {times['to_thread_ms']:,.2f} | {times['on_thread_ms']:,.2f} "
+            f"| {times['to_loop_ms']:,.2f} |"
         )
     return lines
 

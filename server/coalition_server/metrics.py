@@ -12,6 +12,10 @@ Where the numbers come from:
 * Appends and batches: the sequencer reports through :meth:`ServerMetrics.append_acknowledged`
   and :meth:`ServerMetrics.batch_committed` (the ``SequencerMetrics`` protocol), so the store
   does not depend on a metrics library.
+* SQLite hand-overs: each hand-over of work to a SQLite connection's driver thread is timed
+  by the connection itself (``store/round_trip.py``, :data:`~coalition_server.store.
+  round_trip.HAND_OVERS`) and exported at scrape time, by pool and phase. Absent on
+  PostgreSQL.
 * Tree size, pending withdrawal notices and overdue receipts: read from the database by
   :meth:`ServerMetrics.refresh`, which the server runs in a background task every
   ``metrics_refresh_seconds``. A scrape only reads gauges and never waits for the database
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -36,9 +40,11 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
-from coalition_server.store import models
+from coalition_server.store import models, round_trip
 from coalition_server.store.database import Database
 from coalition_server.timeutil import utcnow
 
@@ -66,6 +72,38 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
+class SqliteHandOvers(Collector):
+    """Exports this process's SQLite hand-overs (``round_trip.HAND_OVERS``) when scraped:
+    how many per pool, and the seconds they spent in each phase, summed."""
+
+    def collect(self) -> Iterator[Metric]:
+        """The two counter families; nothing before a SQLite connection exists."""
+        pools = sorted(round_trip.HAND_OVERS.items())
+        if not pools:
+            return
+        count = CounterMetricFamily(
+            "coalition_sqlite_hand_overs",
+            "Hand-overs of work to a SQLite connection's driver thread, by connection pool.",
+            labels=["pool"],
+        )
+        seconds = CounterMetricFamily(
+            "coalition_sqlite_hand_over_seconds",
+            "Seconds SQLite hand-overs spent, summed, by pool and phase: to_thread (until "
+            "the driver's thread starts the work), on_thread (running it), to_loop (until "
+            "the waiting coroutine resumes on the event loop).",
+            labels=["pool", "phase"],
+        )
+        for pool, times in pools:
+            count.add_metric([pool], times.count)
+            for phase in HAND_OVER_PHASES:
+                seconds.add_metric([pool, phase], getattr(times, phase))
+        yield count
+        yield seconds
+
+
+HAND_OVER_PHASES = ("to_thread", "on_thread", "to_loop")
+
+
 def split_method(full_method: str) -> tuple[str, str]:
     """``/coalition.v1.PartyService/Register`` -> ``("coalition.v1.PartyService", "Register")``."""
     service, _, method = full_method.lstrip("/").rpartition("/")
@@ -88,6 +126,7 @@ class ServerMetrics:
         registry = self.registry
         # CPU, memory, file descriptors: in our registry, as the global one would have them.
         ProcessCollector(registry=registry)
+        registry.register(SqliteHandOvers())
         self.requests = Counter(
             "coalition_grpc_requests",
             "Coalition RPCs finished, by service, method and gRPC status code.",
@@ -223,4 +262,4 @@ class ServerMetrics:
             self._http = None
 
 
-__all__ = ["ServerMetrics", "parse_listen", "split_method"]
+__all__ = ["ServerMetrics", "SqliteHandOvers", "parse_listen", "split_method"]

@@ -16,6 +16,7 @@ from bench.report import markdown
 from prometheus_client import generate_latest
 
 from coalition_server.metrics import ServerMetrics
+from coalition_server.store import round_trip
 from tests.bench.reports import figure, report
 
 MOVE = "/coalition.v1.NegotiationService/Move"
@@ -64,6 +65,31 @@ def test_the_window_counts_only_its_own_calls_of_the_methods_asked_for(
     assert details["statements_per_batch"] == pytest.approx(4.0)
 
 
+def test_the_window_reads_each_sqlite_pools_hand_overs(served: tuple[ServerMetrics, str]) -> None:
+    metrics, url = served
+    writer = round_trip.HAND_OVERS.setdefault("writer", round_trip.HandOverTimes())
+    reader = round_trip.HAND_OVERS.setdefault("reader", round_trip.HandOverTimes())
+    writer.add(0.0, 5.0, 6.0, 7.0)  # before the window: not counted
+    with CallWindow(url, WANTED) as window:
+        metrics.rpc_finished(MOVE, grpc.StatusCode.OK, 0.010)
+        metrics.batch_committed(6, 106)
+        metrics.batch_committed(2, 108)
+        # (queued, started on the thread, finished, resumed on the loop), in seconds
+        writer.add(10.000, 10.001, 10.004, 10.006)  # 1, 3, 2 ms
+        writer.add(20.000, 20.003, 20.004, 20.005)  # 3, 1, 1 ms
+        writer.add(30.000, 30.002, 30.004, 30.0075)  # 2, 2, 3.5 ms
+    details = window.details(round_trip_seconds=0.025, seconds=2.0)
+    found = details["sqlite_hand_overs"]
+    assert set(found) == {"writer"}  # the reader's pool did none in the window
+    assert reader.count == 0 or "reader" not in found
+    assert found["writer"]["hand_overs"] == 3
+    assert found["writer"]["per_s"] == pytest.approx(1.5)
+    assert found["writer"]["per_batch"] == pytest.approx(1.5)
+    assert found["writer"]["to_thread_ms"] == pytest.approx(2.0)
+    assert found["writer"]["on_thread_ms"] == pytest.approx(2.0)
+    assert found["writer"]["to_loop_ms"] == pytest.approx(6.5 / 3, abs=0.001)  # rounded
+
+
 def test_a_window_without_the_figures_calls_is_an_error(served: tuple[ServerMetrics, str]) -> None:
     metrics, url = served
     with CallWindow(url, WANTED) as window:
@@ -99,6 +125,16 @@ def test_the_report_tabulates_each_window_once() -> None:
         "outside_handler_ms": 9.0,
         "batches_per_s": 100.0,
         "statements_per_batch": 28.5,
+        "sqlite_hand_overs": {
+            "writer": {
+                "hand_overs": 900,
+                "per_s": 1200.0,
+                "per_batch": 12.0,
+                "to_thread_ms": 0.5,
+                "on_thread_ms": 0.75,
+                "to_loop_ms": 1.25,
+            }
+        },
     }
     figures = [
         figure("echo", None, {"calls": 5}),  # a baseline's count of calls: not a window
@@ -109,6 +145,13 @@ def test_the_report_tabulates_each_window_once() -> None:
     table = text.split("A call's time in the timed windows")[1]
     assert "| appends | sqlite | 25.00 | 16.00 | 15.50 | 9.00 | 100 | 28.5 |" in table
     assert "| appends-p99 |" not in table
+    hand_overs = text.split("SQLite hand-overs to the driver's thread")[1]
+    assert "| appends | sqlite | writer | 1,200 | 12.0 | 0.50 | 0.75 | 1.25 |" in hand_overs
+    assert "| appends-p99 |" not in hand_overs
+    on_postgres = dict(window, sqlite_hand_overs={})
+    postgres = markdown(report([figure("appends", "postgres", {"call_time": on_postgres})]))
+    assert "A call's time in the timed windows" in postgres
+    assert "SQLite hand-overs" not in postgres
     assert "| echo |" not in table
     no_window = report([figure("echo", None, {"calls": 5})])
     assert "A call's time in the timed windows" not in markdown(no_window)

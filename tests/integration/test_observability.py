@@ -92,6 +92,30 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+async def test_sqlite_hand_overs_are_timed_on_sqlite(
+    server: CoalitionServer, make_client: Callable[..., Client], db_url: str
+) -> None:
+    before = await scrape(server.metrics_port)
+    await make_client().register(party_pb2.ROLE_CONTRIBUTOR, "ada")
+    after = await scrape(server.metrics_port)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    seconds = "coalition_sqlite_hand_over_seconds_total"
+    phases = ("to_thread", "on_thread", "to_loop")
+    if db_url.startswith("sqlite"):
+        # The registration's batch went through the writer's thread, each hand-over timed.
+        assert grew("coalition_sqlite_hand_overs_total", pool="writer") >= 2
+        for phase in phases:
+            assert grew(seconds, pool="writer", phase=phase) > 0
+    else:
+        # No SQLite connection of this server's: nothing moved (the counters are the
+        # process's, so other tests' SQLite servers may have left some behind).
+        assert grew("coalition_sqlite_hand_overs_total", pool="writer") == 0
+        assert grew("coalition_sqlite_hand_overs_total", pool="reader") == 0
+
+
 async def test_metrics_count_rpcs_appends_and_batches(
     server: CoalitionServer, make_client: Callable[..., Client], anonymous: Client
 ) -> None:

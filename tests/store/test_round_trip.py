@@ -4,10 +4,14 @@ connection directly; always in the caller's transaction."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+import time
 import tomllib
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -216,3 +220,33 @@ async def test_statements_go_below_sqlalchemy_only_in_a_transaction(db_url: str)
             assert round_trip.below_sqlalchemy(conn)
     finally:
         await database.dispose()
+
+
+async def test_each_hand_over_is_timed_under_its_pool(tmp_path: Path) -> None:
+    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'coalition.db'}")
+    try:
+        await migrate.upgrade(database)
+        async with database.reader.connect() as conn:
+            await conn.execute(select(func.count()).select_from(models.MerkleNode))
+        reader = dataclasses.replace(round_trip.HAND_OVERS["reader"])
+        async with database.writer.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(driver, round_trip.Connection)
+            before = dataclasses.replace(round_trip.HAND_OVERS["writer"])
+            on_thread: Callable[..., Awaitable[Any]] = driver._execute
+            assert await on_thread(_sleep_and_name, 0.05) == "slept"
+            after = round_trip.HAND_OVERS["writer"]
+            assert after.count == before.count + 1
+            # The work itself is on the thread: at least its 50 ms.
+            assert after.on_thread - before.on_thread >= 0.05
+            assert after.to_thread >= before.to_thread
+            assert after.to_loop >= before.to_loop
+        # The reader's pool counts its own, and the writer's hand-over was not one of them.
+        assert round_trip.HAND_OVERS["reader"] == reader
+    finally:
+        await database.dispose()
+
+
+def _sleep_and_name(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"

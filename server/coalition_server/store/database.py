@@ -99,7 +99,9 @@ def _make_engine(url: URL, *, writer: bool, pool_size: int) -> AsyncEngine:
             # each IN-list length as new SQL: the cache filled with large statements and the
             # server grew by ~25 MiB over a 2-minute soak. 16 keeps the hot statements.
             # Each statement in one hand-over to the driver's thread, not three or four.
-            async_creator=round_trip.connector(url, cached_statements=16),
+            async_creator=round_trip.connector(
+                url, "writer" if writer else "reader", cached_statements=16
+            ),
         )
         # Executemany INSERTs go as multi-row VALUES statements (SQLAlchemy's
         # "insertmanyvalues", by default only for INSERT .. RETURNING): the sqlite3 module

@@ -32,6 +32,7 @@ it back as usual). Errors are raised as SQLAlchemy raises the driver's.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -256,23 +257,94 @@ class _Cursor:
         self._done = _Done(self._done.description, [], self._done.rowcount, None)
 
 
+@dataclass
+class HandOverTimes:
+    """The hand-overs of one pool's SQLite connections to their driver threads so far: how
+    many, and the seconds they spent in each phase, summed.
+
+    Each hand-over's time splits three ways, and which part grows tells what bounds the
+    sequencer on SQLite (docs/benchmarks.md):
+
+    - ``to_thread``: from queueing the work to the driver's thread starting it (the thread
+      waking up and taking the GIL);
+    - ``on_thread``: running it (SQLite's own work, and the GIL taken back after each of its
+      steps);
+    - ``to_loop``: from its end to the waiting coroutine resuming (a turn of the event loop,
+      behind every callback that became ready meanwhile).
+    """
+
+    count: int = 0
+    to_thread: float = 0.0
+    on_thread: float = 0.0
+    to_loop: float = 0.0
+
+    def add(self, queued: float, started: float, finished: float, resumed: float) -> None:
+        """Count one hand-over from its four ``perf_counter`` readings."""
+        self.count += 1
+        self.to_thread += started - queued
+        self.on_thread += finished - started
+        self.to_loop += resumed - finished
+
+
+HAND_OVERS: dict[str, HandOverTimes] = {}
+"""This process's SQLite hand-overs by pool (``writer``, ``reader``), for its metrics
+(``coalition_sqlite_hand_overs_total``); updated on the event loop only."""
+
+
+class _Timed:
+    """A hand-over's work, noting when the driver's thread started and finished it; named
+    as the function it runs, for whoever inspects the queue (tests)."""
+
+    __slots__ = ("__name__", "_args", "_fn", "_kwargs", "finished", "started")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self.__name__: str = getattr(fn, "__name__", "work")
+        self.started = self.finished = 0.0
+
+    def __call__(self) -> Any:
+        self.started = time.perf_counter()
+        try:
+            return self._fn(*self._args, **self._kwargs)
+        finally:
+            self.finished = time.perf_counter()
+
+
 class Connection(aiosqlite.Connection):
-    """aiosqlite's connection, whose cursors take one hand-over per statement."""
+    """aiosqlite's connection, whose cursors take one hand-over per statement, with each
+    hand-over timed into :data:`HAND_OVERS` under its pool's name."""
+
+    def __init__(self, connector: Callable[[], sqlite3.Connection], pool: str) -> None:
+        super().__init__(connector, iter_chunk_size=64)
+        self._times = HAND_OVERS.setdefault(pool, HandOverTimes())
 
     def cursor(self) -> _Cursor:  # type: ignore[override]
         """A cursor (made without a hand-over: the statement makes its own)."""
         return _Cursor(self)
 
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Every hand-over goes through here: aiosqlite's own calls (commit, rollback, close)
+        # as well as our cursors and run().
+        work = _Timed(fn, args, kwargs)
+        queued = time.perf_counter()
+        try:
+            return await super()._execute(work)  # type: ignore[no-untyped-call]
+        finally:
+            if work.finished:
+                self._times.add(queued, work.started, work.finished, time.perf_counter())
 
-def connector(url: URL, **connect_args: Any) -> Callable[[], Awaitable[Connection]]:
+
+def connector(url: URL, pool: str, **connect_args: Any) -> Callable[[], Awaitable[Connection]]:
     """An ``async_creator`` for ``create_async_engine``: connects to ``url`` as SQLAlchemy's
     aiosqlite dialect would (its ``create_connect_args``, then ``connect_args``), through
-    :class:`Connection`."""
+    :class:`Connection`, whose hand-overs count under ``pool``."""
     args, options = SQLiteDialect_aiosqlite().create_connect_args(url)
     connect = partial(sqlite3.connect, *args, **{**options, **connect_args})
 
     async def open_connection() -> Connection:
-        connection = Connection(connect, iter_chunk_size=64)
+        connection = Connection(connect, pool)
         connection._thread.daemon = True  # as SQLAlchemy sets aiosqlite's: exit never waits
         await connection  # starts its thread and connects (aiosqlite returns it typed as its own)
         return connection
