@@ -10,8 +10,7 @@ start and the end of the window and keeps the differences:
   answer), for the methods the figure calls;
 - of that, the time its statements waited for the sequencer to commit them
   (``coalition_append_duration_seconds``);
-- the batches committed and the statements in them.
-
+- the batches committed and the statements in them;
 - on SQLite, the hand-overs of work to each pool's driver thread
   (``coalition_sqlite_hand_overs_total`` and ``coalition_sqlite_hand_over_seconds_total``):
   how many, per batch, and each one's mean time waiting for the thread, running on it, and

@@ -72,6 +72,11 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
+HAND_OVER_PHASES = ("to_thread", "on_thread", "to_loop")
+"""The phases of a SQLite hand-over, as :class:`~coalition_server.store.round_trip.
+HandOverTimes` names them."""
+
+
 class SqliteHandOvers(Collector):
     """Exports this process's SQLite hand-overs (``round_trip.HAND_OVERS``) when scraped:
     how many per pool, and the seconds they spent in each phase, summed."""
@@ -99,9 +104,6 @@ class SqliteHandOvers(Collector):
                 seconds.add_metric([pool, phase], getattr(times, phase))
         yield count
         yield seconds
-
-
-HAND_OVER_PHASES = ("to_thread", "on_thread", "to_loop")
 
 
 def split_method(full_method: str) -> tuple[str, str]:
