@@ -38,13 +38,14 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from coalition_server.store.round_trip import HAND_OVER_PHASES
+
 _HANDLER = "coalition_grpc_request_duration_seconds"
 _APPEND = "coalition_append_duration_seconds"
 _BATCH_STATEMENTS = "coalition_sequencer_batch_statements"
 _BATCHES = "coalition_sequencer_batches_committed_total"
 _HAND_OVERS = "coalition_sqlite_hand_overs_total"
 _HAND_OVER_SECONDS = "coalition_sqlite_hand_over_seconds_total"
-PHASES = ("to_thread", "on_thread", "to_loop")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 """Every sample of a scrape, keyed by its name and labels."""
@@ -151,7 +152,7 @@ class CallWindow:
                         * 1000,
                         3,
                     )
-                    for phase in PHASES
+                    for phase in HAND_OVER_PHASES
                 },
             }
         return found

@@ -72,11 +72,6 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
-HAND_OVER_PHASES = ("to_thread", "on_thread", "to_loop")
-"""The phases of a SQLite hand-over, as :class:`~coalition_server.store.round_trip.
-HandOverTimes` names them."""
-
-
 class SqliteHandOvers(Collector):
     """Exports this process's SQLite hand-overs (``round_trip.HAND_OVERS``) when scraped:
     how many per pool, and the seconds they spent in each phase, summed."""
@@ -100,7 +95,7 @@ class SqliteHandOvers(Collector):
         )
         for pool, times in pools:
             count.add_metric([pool], times.count)
-            for phase in HAND_OVER_PHASES:
+            for phase in round_trip.HAND_OVER_PHASES:
                 seconds.add_metric([pool, phase], getattr(times, phase))
         yield count
         yield seconds

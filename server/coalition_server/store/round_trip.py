@@ -286,6 +286,9 @@ class HandOverTimes:
         self.to_loop += resumed - finished
 
 
+HAND_OVER_PHASES = ("to_thread", "on_thread", "to_loop")
+"""The phases of a hand-over, as :class:`HandOverTimes` names its sums."""
+
 HAND_OVERS: dict[str, HandOverTimes] = {}
 """This process's SQLite hand-overs by pool (``writer``, ``reader``), for its metrics
 (``coalition_sqlite_hand_overs_total``); updated on the event loop only."""
