@@ -68,7 +68,8 @@ def test_the_window_counts_only_its_own_calls_of_the_methods_asked_for(
 def test_the_window_reads_each_sqlite_pools_hand_overs(served: tuple[ServerMetrics, str]) -> None:
     metrics, url = served
     writer = round_trip.HAND_OVERS.setdefault("writer", round_trip.HandOverTimes())
-    reader = round_trip.HAND_OVERS.setdefault("reader", round_trip.HandOverTimes())
+    # The reader's pool is there, idle in the window: it gets no row.
+    round_trip.HAND_OVERS.setdefault("reader", round_trip.HandOverTimes())
     writer.add(0.0, 5.0, 6.0, 7.0)  # before the window: not counted
     with CallWindow(url, WANTED) as window:
         metrics.rpc_finished(MOVE, grpc.StatusCode.OK, 0.010)
@@ -81,7 +82,6 @@ def test_the_window_reads_each_sqlite_pools_hand_overs(served: tuple[ServerMetri
     details = window.details(round_trip_seconds=0.025, seconds=2.0)
     found = details["sqlite_hand_overs"]
     assert set(found) == {"writer"}  # the reader's pool did none in the window
-    assert reader.count == 0 or "reader" not in found
     assert found["writer"]["hand_overs"] == 3
     assert found["writer"]["per_s"] == pytest.approx(1.5)
     assert found["writer"]["per_batch"] == pytest.approx(1.5)
